@@ -1,0 +1,47 @@
+"""Atomic file writes: outputs go to a temporary name beside the target and are renamed into place when complete."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["atomic_path"]
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in ``dest``'s folder; on success rename it onto ``dest``, on any error remove it.
+
+    The rename (``os.replace``) is atomic on POSIX file systems, so ``dest`` is always either the previous complete
+    file or the new complete file, never a half-written one, even if the process is killed mid-write.
+    The temporary name keeps ``dest``'s suffixes (``.nii.gz``, ``.pt``) so writers that infer a format from the
+    name still work.
+
+    Args:
+        dest: the final path.
+
+    Yields:
+        The temporary path to write to.
+
+    Example:
+        >>> with atomic_path("out/sub-01.nii.gz") as tmp:  # doctest: +SKIP
+        ...     nib.save(img, tmp)
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(dest.suffixes)
+    stem = dest.name[: len(dest.name) - len(suffix)] if suffix else dest.name
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".part{suffix}", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, dest)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import pytest
+
+from pipeline.files import atomic_path
+from transforms.errors import InputError
+
+
+def test_atomic_path_replaces_only_on_success(tmp_path):
+    dest = tmp_path / "out" / "scan.nii.gz"
+    with atomic_path(dest) as tmp:
+        assert tmp.name.endswith(".nii.gz") and tmp.parent == dest.parent
+        tmp.write_bytes(b"first")
+    assert dest.read_bytes() == b"first"
+
+    with pytest.raises(RuntimeError), atomic_path(dest) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("disk full")
+    assert dest.read_bytes() == b"first"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["scan.nii.gz"]
+
+
+def test_input_error_names_file_and_problem():
+    err = InputError("a/b.nii.gz", "is empty")
+    assert str(err) == "a/b.nii.gz: is empty" and err.path == "a/b.nii.gz"
+    assert isinstance(err, ValueError)
