@@ -1,0 +1,707 @@
+"""Noise models for denoising: Gaussian (0-255 scale), Poisson, Rician and low-dose PET, array + dictionary pairs.
+
+Every model is stated against a *reference intensity* ``ref`` (argument ``reference``): the intensity that plays
+the part of 255 on the notes' 8-bit scale, or of "1" on the normalised ``[0, 1]`` scale. The default
+``reference=1.0`` means the image is already normalised (``ScalePercentile`` maps the 99.5th percentile of the
+non-zero voxels to 1), so ``gaussian15`` adds noise of standard deviation ``15/255`` of that normalised range.
+``reference="robust"`` computes the same statistic from the image itself (for noising raw scans on disk),
+``reference="max"`` uses the image maximum, and a number fixes it.
+
+Models, for a clean voxel ``x`` (``ref`` as above, ``N(0, 1)`` a standard normal draw per voxel):
+
+* Gaussian: ``y = x + (level / 255) * ref * N(0, 1)``.
+* Rician (magnitude MRI): ``y = sqrt((x + s * N1)^2 + (s * N2)^2)`` with ``s = (level / 255) * ref`` and two
+  independent normal draws, i.e. Gaussian noise of std ``s`` in both the real and imaginary channel.
+* Poisson: ``y = ref * Poisson(scale * x / ref) / scale``, so ``E[y] = x`` and ``Var[y] = x * ref / scale``
+  (``variance = mean / scale`` on the normalised scale); ``scale`` is the photon count of a voxel at ``ref``.
+* Low-dose PET: the full-dose image is read as a count map with ``counts`` events per voxel at ``ref``; a scan at
+  dose fraction ``f`` keeps each event with probability ``f`` (binomial thinning, which is exactly how a
+  low-dose acquisition is simulated from list-mode data) and is rescaled to full-dose units:
+  ``y = ref * Binomial(n, f) / (f * counts)`` with ``n`` the full-dose count (``counts * x / ref``, rounded
+  stochastically so ``E[n]`` is exact). ``E[y] = x``; ``Var[y] = x * ref * (1 - f) / (f * counts)`` plus the
+  rounding term. The model works in image space; it does not reproduce the spatially correlated noise texture
+  that reconstruction from thinned sinograms gives.
+
+Random levels: every level argument takes a number or a ``(low, high)`` pair drawn uniformly per call.
+Deterministic mode: the dictionary transforms take ``seed``; each item is then noised with a generator seeded by
+``item_seed(seed, identifier)`` where the identifier is the item's file name (or ``id_key``), so the noise of a
+validation or test scan is the same in every run and in any iteration order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import zlib
+from abc import abstractmethod
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import DtypeLike, KeysCollection, NdarrayOrTensor
+from monai.data import MetaTensor, get_track_meta
+from monai.transforms import MapTransform, RandomizableTransform
+from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
+
+__all__ = [
+    "NOISE_NAMES",
+    "RandGaussianNoise255",
+    "RandGaussianNoise255d",
+    "RandLowDose",
+    "RandLowDosed",
+    "RandPoissonNoise",
+    "RandPoissonNoised",
+    "RandRicianNoise",
+    "RandRicianNoised",
+    "item_seed",
+    "make_noise",
+    "parse_noise_name",
+]
+
+logger = logging.getLogger(__name__)
+
+NOISE_NAMES: tuple[str, ...] = ("gaussian", "poisson", "rician", "lowdose")
+"""The names :func:`make_noise` accepts."""
+
+Reference = float | str
+_REFERENCE_WORDS = ("max", "robust")
+ROBUST_PERCENTILE = 99.5
+"""Percentile of the non-zero voxels used by ``reference="robust"`` (the statistic ``ScalePercentile`` maps to 1)."""
+
+
+def _level_range(value: float | Sequence[float], name: str, low: float, high: float, low_open: bool) -> tuple:
+    """Validate a level or a ``(low, high)`` range and return it as a pair."""
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        pair = (float(value), float(value))
+    elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
+        pair = (float(value[0]), float(value[1]))
+    else:
+        raise ValueError(f"{name} must be a number or a (low, high) pair, got {value!r}.")
+    lower_ok = all((v > low) if low_open else (v >= low) for v in pair)
+    if not (lower_ok and all(v <= high and np.isfinite(v) for v in pair)):
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{name} must lie in {bracket}{low:g}, {high:g}], got {value!r}.")
+    if pair[0] > pair[1]:
+        raise ValueError(f"{name} range must be (low, high) with low <= high, got {value!r}.")
+    return pair
+
+
+def _check_reference(reference: Reference) -> Reference:
+    if isinstance(reference, str):
+        if reference not in _REFERENCE_WORDS:
+            raise ValueError(f"reference must be a positive number or one of {_REFERENCE_WORDS}, got {reference!r}.")
+        return reference
+    if isinstance(reference, bool) or not np.isfinite(reference) or float(reference) <= 0:
+        raise ValueError(f"reference must be a positive number or one of {_REFERENCE_WORDS}, got {reference!r}.")
+    return float(reference)
+
+
+def _reference_value(reference: Reference, x: np.ndarray) -> float:
+    """The intensity that stands for 255 (or 1 after normalisation) for this image."""
+    if not isinstance(reference, str):
+        return float(reference)
+    if reference == "max":
+        return float(x.max()) if x.size else 0.0
+    nonzero = x[x != 0]
+    return float(np.percentile(nonzero, ROBUST_PERCENTILE)) if nonzero.size else 0.0
+
+
+def _as_numpy(img: NdarrayOrTensor) -> np.ndarray:
+    if isinstance(img, torch.Tensor):
+        return img.detach().cpu().numpy()
+    return np.asarray(img)
+
+
+def item_seed(base_seed: int, identifier: str) -> int:
+    """Derive a stable per-item seed from a base seed and an item identifier.
+
+    The identifier's base name is hashed with CRC-32 (stable across Python runs, unlike ``hash``) and mixed with
+    the base seed by ``numpy.random.SeedSequence``, so nearby base seeds or similar names give unrelated streams.
+
+    Args:
+        base_seed: non-negative integer, e.g. the experiment seed.
+        identifier: the item's file path or subject ID; only its base name is used, so moving the data folder
+            does not change the noise.
+
+    Returns:
+        A seed in ``[0, 2**32)`` for ``numpy.random.RandomState``.
+
+    Raises:
+        ValueError: ``base_seed`` is negative or not an integer.
+    """
+    if isinstance(base_seed, bool) or not isinstance(base_seed, (int, np.integer)) or base_seed < 0:
+        raise ValueError(f"base_seed must be a non-negative integer, got {base_seed!r}.")
+    name = os.path.basename(os.fspath(identifier).rstrip("/\\"))
+    digest = zlib.crc32(name.encode("utf-8"))
+    return int(np.random.SeedSequence([int(base_seed), digest]).generate_state(1)[0])
+
+
+class _RandNoise(RandomizableTransform):
+    """Shared machinery: level range, reference, draw-then-apply and MetaTensor handling."""
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+    _level_name = "level"
+
+    def __init__(self, prob: float, level: tuple[float, float], reference: Reference, dtype: DtypeLike) -> None:
+        RandomizableTransform.__init__(self, prob)
+        self.level_range = level
+        self.reference = _check_reference(reference)
+        self.dtype = dtype
+        self.level: float = level[0]
+        self._draw: Any = None
+        self._ref: float = 0.0
+        self._shape: tuple[int, ...] | None = None
+
+    def randomize(self, img: NdarrayOrTensor | None = None) -> None:
+        """Flip the coin, draw the level, and (given ``img``) the noise for that image, all from ``self.R``.
+
+        Args:
+            img: the image that will be noised; ``None`` draws only the coin and the level.
+        """
+        super().randomize(None)
+        if not self._do_transform:
+            return
+        low, high = self.level_range
+        self.level = float(self.R.uniform(low, high)) if high > low else low
+        if img is not None:
+            self.randomize_field(img)
+
+    def randomize_field(self, img: NdarrayOrTensor) -> None:
+        """Draw the per-voxel noise for ``img`` at the current level, from ``self.R``.
+
+        Args:
+            img: the image that will be noised, any shape (e.g. ``(C, H, W, D)``).
+        """
+        x = _as_numpy(img)
+        self._check_input(x)
+        self._ref = _reference_value(self.reference, x)
+        self._shape = tuple(x.shape)
+        self._draw = self._sample(x)
+
+    def _check_input(self, x: np.ndarray) -> None:
+        if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+            raise ValueError(f"{type(self).__name__} needs a real-valued image, got dtype {x.dtype}.")
+
+    @abstractmethod
+    def _sample(self, x: np.ndarray) -> Any:
+        """Draw, from ``self.R``, whatever the model needs to noise ``x`` (numpy, input shape)."""
+
+    @abstractmethod
+    def _apply(self, img: torch.Tensor) -> torch.Tensor:
+        """Combine ``img`` (plain float tensor) with the stored draws; must not write into ``img``."""
+
+    def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> NdarrayOrTensor:
+        """Return a noisy copy of ``img``; the input is never modified.
+
+        Args:
+            img: image of any shape, channel first by convention ``(C, H, W, D)``; numpy, torch or MetaTensor.
+            randomize: draw a new coin, level and noise; ``False`` reuses the last draws (same image shape).
+
+        Returns:
+            A tensor (a MetaTensor, with the input's metadata, when metadata tracking is on) of dtype ``dtype``.
+
+        Raises:
+            ValueError: the image does not suit the model (see the class), or ``randomize=False`` with draws made
+                for a different shape.
+        """
+        img_t = convert_to_tensor(img, track_meta=get_track_meta())
+        if randomize:
+            self.randomize(img_t)
+        if not self._do_transform:
+            return convert_to_dst_type(img_t, img_t, dtype=self.dtype or img_t.dtype)[0]
+        if self._shape != tuple(img_t.shape):
+            raise ValueError(
+                f"{type(self).__name__}: noise was drawn for shape {self._shape}, image has {tuple(img_t.shape)}; "
+                "call randomize(img) first."
+            )
+        work = img_t.as_tensor() if isinstance(img_t, MetaTensor) else img_t
+        work = work.to(torch.float64 if work.dtype == torch.float64 else torch.float32)
+        out = self._apply(work)
+        return convert_to_dst_type(out, img_t, dtype=self.dtype or img_t.dtype)[0]
+
+    def _noise_tensor(self, array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(array, device=like.device).to(like.dtype)
+
+
+class RandGaussianNoise255(_RandNoise):
+    """Add zero-mean Gaussian noise whose standard deviation is given on the notes' 0-255 scale.
+
+    ``y = x + (level / 255) * ref * N(0, 1)``, independently per voxel; ``ref`` is the reference intensity
+    (module docstring): with the default ``reference=1.0`` the image is assumed normalised to ``[0, 1]`` and
+    ``level=15`` (``gaussian15``) means a standard deviation of ``15/255 = 0.0588`` of that range.
+    The output is not clipped, so the noise stays zero-mean.
+
+    Args:
+        level: noise standard deviation on the 0-255 scale, in ``[0, 255]``, or a ``(low, high)`` range drawn
+            uniformly per call.
+        prob: probability of adding noise.
+        reference: intensity that stands for 255: a positive number, ``"max"`` or ``"robust"``.
+        dtype: output dtype; ``None`` keeps the input's.
+
+    Raises:
+        ValueError: ``level``, ``prob`` or ``reference`` out of range.
+    """
+
+    def __init__(
+        self,
+        level: float | Sequence[float] = 15.0,
+        prob: float = 1.0,
+        reference: Reference = 1.0,
+        dtype: DtypeLike = np.float32,
+    ) -> None:
+        super().__init__(prob, _level_range(level, "level", 0.0, 255.0, low_open=False), reference, dtype)
+
+    @property
+    def sigma(self) -> float:
+        """Standard deviation, in image units, of the last draw."""
+        return self.level / 255.0 * self._ref
+
+    def _sample(self, x: np.ndarray) -> np.ndarray:
+        return self.R.standard_normal(x.shape).astype(np.float32)
+
+    def _apply(self, img: torch.Tensor) -> torch.Tensor:
+        return img + self.sigma * self._noise_tensor(self._draw, img)
+
+
+class RandRicianNoise(_RandNoise):
+    """Rician noise of magnitude MRI, with the level on the 0-255 scale; replaces MONAI's ``RandRicianNoise``.
+
+    ``y = sqrt((x + s * N1)^2 + (s * N2)^2)`` with ``s = (level / 255) * ref``: the magnitude of a complex signal
+    whose real and imaginary channels carry independent Gaussian noise of std ``s``. For a signal ``A`` the
+    output follows the Rice distribution; on the background (``A = 0``) it is Rayleigh with mean
+    ``s * sqrt(pi / 2)``.
+
+    MONAI 1.6's ``RandRicianNoise`` is not used because it stores the unclamped ``prob`` over the clamped one,
+    writes into the caller's tensor in ``channel_wise`` mode, and draws its noise in ``__call__`` rather than in
+    ``randomize()`` (so ``randomize=False`` still redraws); ``tests/test_noise.py`` checks all three.
+
+    Args:
+        level: std ``s`` of each Gaussian channel on the 0-255 scale, in ``[0, 255]``, or a ``(low, high)`` range.
+        prob: probability of adding noise.
+        reference: intensity that stands for 255: a positive number, ``"max"`` or ``"robust"``.
+        dtype: output dtype; ``None`` keeps the input's.
+
+    Raises:
+        ValueError: ``level``, ``prob`` or ``reference`` out of range.
+    """
+
+    def __init__(
+        self,
+        level: float | Sequence[float] = 15.0,
+        prob: float = 1.0,
+        reference: Reference = 1.0,
+        dtype: DtypeLike = np.float32,
+    ) -> None:
+        super().__init__(prob, _level_range(level, "level", 0.0, 255.0, low_open=False), reference, dtype)
+
+    @property
+    def sigma(self) -> float:
+        """Standard deviation of each Gaussian channel, in image units, of the last draw."""
+        return self.level / 255.0 * self._ref
+
+    def _sample(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        real = self.R.standard_normal(x.shape).astype(np.float32)
+        imag = self.R.standard_normal(x.shape).astype(np.float32)
+        return real, imag
+
+    def _apply(self, img: torch.Tensor) -> torch.Tensor:
+        real, imag = (self._noise_tensor(a, img) for a in self._draw)
+        return torch.sqrt((img + self.sigma * real) ** 2 + (self.sigma * imag) ** 2)
+
+
+class _CountingNoise(_RandNoise):
+    """Noise models that read intensities as counts and so refuse negative or non-finite voxels."""
+
+    def _check_input(self, x: np.ndarray) -> None:
+        super()._check_input(x)
+        if x.size and not np.isfinite(x).all():
+            raise ValueError(f"{type(self).__name__} needs finite intensities; the image has NaN or infinite voxels.")
+        if x.size and x.min() < 0:
+            raise ValueError(
+                f"{type(self).__name__} reads intensities as photon counts and needs non-negative input, but the "
+                f"image's minimum is {float(x.min()):g}; scale it without an offset first "
+                "(ScalePercentile(lower=None)) or use Gaussian noise for signed data."
+            )
+
+
+class RandPoissonNoise(_CountingNoise):
+    """Poisson (shot) noise with a photon-count scale, so that the variance is the mean divided by ``scale``.
+
+    ``y = ref * Poisson(scale * x / ref) / scale`` per voxel: ``E[y] = x`` and ``Var[y] = x * ref / scale``; with
+    the default ``reference=1.0`` (image normalised to ``[0, 1]``) that is ``variance = mean / scale``, and a
+    voxel at intensity 1 has signal-to-noise ratio ``sqrt(scale)``. Smaller ``scale`` means fewer photons and
+    more noise. Missing from MONAI and TorchIO.
+
+    Args:
+        scale: photon count of a voxel at the reference intensity, ``> 0`` (at most ``1e9``), or a
+            ``(low, high)`` range drawn uniformly per call.
+        prob: probability of adding noise.
+        reference: intensity read as ``scale`` photons: a positive number, ``"max"`` or ``"robust"``.
+        dtype: output dtype; ``None`` keeps the input's.
+
+    Raises:
+        ValueError: ``scale``, ``prob`` or ``reference`` out of range; at call time, negative or non-finite input.
+    """
+
+    def __init__(
+        self,
+        scale: float | Sequence[float] = 100.0,
+        prob: float = 1.0,
+        reference: Reference = 1.0,
+        dtype: DtypeLike = np.float32,
+    ) -> None:
+        super().__init__(prob, _level_range(scale, "scale", 0.0, 1e9, low_open=True), reference, dtype)
+
+    @property
+    def scale(self) -> float:
+        """Photon count at the reference intensity, of the last draw."""
+        return self.level
+
+    def _sample(self, x: np.ndarray) -> np.ndarray:
+        if self._ref <= 0:
+            return np.zeros(x.shape, dtype=np.float64)
+        lam = x.astype(np.float64) * (self.scale / self._ref)
+        return self.R.poisson(lam).astype(np.float64)
+
+    def _apply(self, img: torch.Tensor) -> torch.Tensor:
+        factor = self._ref / self.scale
+        return self._noise_tensor(self._draw, img) * factor
+
+
+class RandLowDose(_CountingNoise):
+    """Simulate a low-dose PET scan from a full-dose one by binomial thinning of its counts.
+
+    The full-dose image is read as a count map with ``counts`` events per voxel at the reference intensity:
+    ``n = counts * x / ref`` rounded stochastically (floor plus a Bernoulli draw of the fraction, so ``E[n]`` is
+    exact). A scan at dose fraction ``f`` keeps each event with probability ``f`` and is rescaled to full-dose
+    units: ``y = ref * Binomial(n, f) / (f * counts)``. Hence ``E[y] = x`` and
+    ``Var[y] ~= x * ref * (1 - f) / (f * counts)``; ``f = 1`` returns the image up to the rounding.
+    Image-space model: the correlated texture of reconstructed low-count data is not reproduced.
+
+    Args:
+        dose: dose fraction ``f`` in ``(0, 1]`` (e.g. ``0.25`` for a quarter dose), or a ``(low, high)`` range.
+        counts: full-dose events per voxel at the reference intensity, ``> 0``.
+        prob: probability of simulating a low dose.
+        reference: intensity read as ``counts`` events: a positive number, ``"max"`` or ``"robust"``.
+        dtype: output dtype; ``None`` keeps the input's.
+
+    Raises:
+        ValueError: ``dose``, ``counts``, ``prob`` or ``reference`` out of range; negative or non-finite input.
+    """
+
+    def __init__(
+        self,
+        dose: float | Sequence[float] = 0.25,
+        counts: float = 200.0,
+        prob: float = 1.0,
+        reference: Reference = 1.0,
+        dtype: DtypeLike = np.float32,
+    ) -> None:
+        super().__init__(prob, _level_range(dose, "dose", 0.0, 1.0, low_open=True), reference, dtype)
+        if isinstance(counts, bool) or not np.isfinite(counts) or not 0 < counts <= 1e9:
+            raise ValueError(f"counts must be a number in (0, 1e9], got {counts!r}.")
+        self.counts = float(counts)
+
+    @property
+    def dose(self) -> float:
+        """Dose fraction of the last draw."""
+        return self.level
+
+    def _sample(self, x: np.ndarray) -> np.ndarray:
+        if self._ref <= 0:
+            return np.zeros(x.shape, dtype=np.float64)
+        expected = x.astype(np.float64) * (self.counts / self._ref)
+        full = np.floor(expected)
+        full += self.R.random_sample(x.shape) < (expected - full)
+        return self.R.binomial(full.astype(np.int64), self.dose).astype(np.float64)
+
+    def _apply(self, img: torch.Tensor) -> torch.Tensor:
+        factor = self._ref / (self.dose * self.counts)
+        return self._noise_tensor(self._draw, img) * factor
+
+
+class _RandNoised(RandomizableTransform, MapTransform):
+    """Dictionary twin: one coin and one level per item, an independent noise field per key, optional seeding."""
+
+    backend = _RandNoise.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        noise: _RandNoise,
+        prob: float,
+        allow_missing_keys: bool,
+        seed: int | None,
+        id_key: str | None,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ValueError(f"seed must be None or a non-negative integer, got {seed!r}.")
+        self.noise = noise
+        self.seed = seed
+        self.id_key = id_key
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> _RandNoised:
+        """Seed this transform and its inner array transform; returns ``self``."""
+        super().set_random_state(seed, state)
+        self.noise.set_random_state(seed, state)
+        return self
+
+    def identifier(self, data: Mapping[Hashable, Any]) -> str:
+        """The name that seeds an item in deterministic mode.
+
+        ``data[id_key]`` when ``id_key`` is set; otherwise the ``filename_or_obj`` of the first key's MetaTensor,
+        then ``data["subject"]``.
+
+        Raises:
+            ValueError: no identifier can be found.
+        """
+        if self.id_key is not None:
+            if self.id_key not in data:
+                raise ValueError(f"id_key {self.id_key!r} is not in the item (keys: {sorted(map(str, data))}).")
+            return str(data[self.id_key])
+        for key in self.key_iterator(dict(data)):
+            value = data[key]
+            name = value.meta.get("filename_or_obj") if isinstance(value, MetaTensor) else None
+            if name:
+                return str(name)
+        if "subject" in data:
+            return str(data["subject"])
+        raise ValueError(
+            f"{type(self).__name__}(seed=...) needs an identifier per item: pass id_key=... or load the image as a "
+            "MetaTensor that carries its file name."
+        )
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        """Noise every present key of ``data``; other keys (e.g. the clean ``label``) are left as they are.
+
+        Args:
+            data: item dictionary; the keyed images may be numpy, torch or MetaTensor, any shape.
+
+        Returns:
+            A new dictionary (the input's arrays are never modified).
+        """
+        d = dict(data)
+        if self.seed is not None:
+            self.set_random_state(seed=item_seed(self.seed, self.identifier(d)))
+        self.randomize(None)
+        if not self._do_transform:
+            for key in self.key_iterator(d):
+                d[key] = convert_to_tensor(d[key], track_meta=get_track_meta())
+            return d
+        self.noise.randomize(None)
+        for key in self.key_iterator(d):
+            self.noise.randomize_field(d[key])
+            d[key] = self.noise(d[key], randomize=False)
+        return d
+
+
+class RandGaussianNoise255d(_RandNoised):
+    """Dictionary version of :class:`RandGaussianNoise255`.
+
+    The keys share one coin flip and one level per item; each key gets its own noise field.
+
+    Args:
+        keys: keys to noise, normally ``"image"`` only (the clean ``label`` keeps its copy).
+        level: std on the 0-255 scale, or a ``(low, high)`` range drawn per item.
+        prob: probability of noising an item.
+        reference: intensity that stands for 255 (see :class:`RandGaussianNoise255`).
+        dtype: output dtype; ``None`` keeps the input's.
+        seed: ``None`` for ordinary augmentation; an integer for deterministic per-item noise (``item_seed``).
+        id_key: key whose value identifies an item in deterministic mode (default: the image's file name).
+        allow_missing_keys: skip absent keys instead of raising.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        level: float | Sequence[float] = 15.0,
+        prob: float = 1.0,
+        reference: Reference = 1.0,
+        dtype: DtypeLike = np.float32,
+        seed: int | None = None,
+        id_key: str | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        noise = RandGaussianNoise255(level=level, prob=1.0, reference=reference, dtype=dtype)
+        super().__init__(keys, noise, prob, allow_missing_keys, seed, id_key)
+
+
+class RandRicianNoised(_RandNoised):
+    """Dictionary version of :class:`RandRicianNoise`; keys share the coin and the level, not the noise field.
+
+    Args:
+        keys: keys to noise.
+        level: std of each Gaussian channel on the 0-255 scale, or a ``(low, high)`` range.
+        prob: probability of noising an item.
+        reference: intensity that stands for 255.
+        dtype: output dtype; ``None`` keeps the input's.
+        seed: ``None``, or an integer for deterministic per-item noise.
+        id_key: key identifying an item in deterministic mode.
+        allow_missing_keys: skip absent keys instead of raising.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        level: float | Sequence[float] = 15.0,
+        prob: float = 1.0,
+        reference: Reference = 1.0,
+        dtype: DtypeLike = np.float32,
+        seed: int | None = None,
+        id_key: str | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        noise = RandRicianNoise(level=level, prob=1.0, reference=reference, dtype=dtype)
+        super().__init__(keys, noise, prob, allow_missing_keys, seed, id_key)
+
+
+class RandPoissonNoised(_RandNoised):
+    """Dictionary version of :class:`RandPoissonNoise`; keys share the coin and the scale, not the draws.
+
+    Args:
+        keys: keys to noise.
+        scale: photon count at the reference intensity, or a ``(low, high)`` range.
+        prob: probability of noising an item.
+        reference: intensity read as ``scale`` photons.
+        dtype: output dtype; ``None`` keeps the input's.
+        seed: ``None``, or an integer for deterministic per-item noise.
+        id_key: key identifying an item in deterministic mode.
+        allow_missing_keys: skip absent keys instead of raising.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        scale: float | Sequence[float] = 100.0,
+        prob: float = 1.0,
+        reference: Reference = 1.0,
+        dtype: DtypeLike = np.float32,
+        seed: int | None = None,
+        id_key: str | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        noise = RandPoissonNoise(scale=scale, prob=1.0, reference=reference, dtype=dtype)
+        super().__init__(keys, noise, prob, allow_missing_keys, seed, id_key)
+
+
+class RandLowDosed(_RandNoised):
+    """Dictionary version of :class:`RandLowDose`; keys share the coin and the dose, not the draws.
+
+    Args:
+        keys: keys to noise.
+        dose: dose fraction in ``(0, 1]``, or a ``(low, high)`` range.
+        counts: full-dose events per voxel at the reference intensity.
+        prob: probability of simulating a low dose for an item.
+        reference: intensity read as ``counts`` events.
+        dtype: output dtype; ``None`` keeps the input's.
+        seed: ``None``, or an integer for deterministic per-item noise.
+        id_key: key identifying an item in deterministic mode.
+        allow_missing_keys: skip absent keys instead of raising.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        dose: float | Sequence[float] = 0.25,
+        counts: float = 200.0,
+        prob: float = 1.0,
+        reference: Reference = 1.0,
+        dtype: DtypeLike = np.float32,
+        seed: int | None = None,
+        id_key: str | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        noise = RandLowDose(dose=dose, counts=counts, prob=1.0, reference=reference, dtype=dtype)
+        super().__init__(keys, noise, prob, allow_missing_keys, seed, id_key)
+
+
+_NAME_RE = re.compile(r"^(gaussian|poisson|rician|lowdose)[_-]?(\d+(?:\.\d+)?)?$")
+
+
+def parse_noise_name(text: str) -> tuple[str, float | None]:
+    """Split a folder-style noise name such as ``"gaussian15"`` into ``("gaussian", 15.0)``.
+
+    Args:
+        text: ``<name>[<level>]`` with ``name`` in :data:`NOISE_NAMES`; ``"poisson"`` gives ``("poisson", None)``.
+
+    Returns:
+        The noise name and the level, or ``None`` when the text carries no level.
+
+    Raises:
+        ValueError: unknown name.
+    """
+    match = _NAME_RE.match(str(text).strip().lower())
+    if not match:
+        raise ValueError(f"noise name must be one of {NOISE_NAMES} optionally followed by a level, got {text!r}.")
+    return match.group(1), (float(match.group(2)) if match.group(2) else None)
+
+
+def make_noise(
+    name: str,
+    level: float | Sequence[float],
+    keys: KeysCollection | None = ("image",),
+    prob: float = 1.0,
+    reference: Reference = 1.0,
+    seed: int | None = None,
+    id_key: str | None = None,
+    counts: float = 200.0,
+    dtype: DtypeLike = np.float32,
+    allow_missing_keys: bool = False,
+) -> _RandNoised | _RandNoise:
+    """Build a noise transform by name, e.g. ``make_noise("gaussian", 15)`` for the notes' ``gaussian15``.
+
+    What ``level`` means depends on the model:
+
+    ============ ========================================================= ===============
+    name         level                                                     allowed
+    ============ ========================================================= ===============
+    ``gaussian`` std on the 0-255 scale of the reference intensity         ``[0, 255]``
+    ``rician``   std of each complex channel on the 0-255 scale            ``[0, 255]``
+    ``poisson``  photon count at the reference intensity (var = mean/level) ``(0, 1e9]``
+    ``lowdose``  dose fraction of the full-dose scan (``counts`` at full)   ``(0, 1]``
+    ============ ========================================================= ===============
+
+    Args:
+        name: one of :data:`NOISE_NAMES`.
+        level: a number, or a ``(low, high)`` range drawn uniformly per item (training augmentation).
+        keys: keys to noise; ``None`` returns the array transform instead of the dictionary one.
+        prob: probability of noising an item.
+        reference: intensity that stands for 255 / 1 (see the module docstring).
+        seed: ``None`` for random noise, or a base seed for deterministic per-item noise (dictionary only).
+        id_key: key identifying an item in deterministic mode (default: the image's file name).
+        counts: full-dose events per voxel for ``lowdose``.
+        dtype: output dtype.
+        allow_missing_keys: skip absent keys instead of raising.
+
+    Returns:
+        ``RandGaussianNoise255d``, ``RandPoissonNoised``, ``RandRicianNoised`` or ``RandLowDosed`` (or the array
+        class when ``keys`` is ``None``).
+
+    Raises:
+        ValueError: unknown ``name``, ``level`` out of the allowed range, or ``seed`` without ``keys``.
+    """
+    if name not in NOISE_NAMES:
+        raise ValueError(f"name must be one of {NOISE_NAMES}, got {name!r}.")
+    if keys is None:
+        if seed is not None:
+            raise ValueError("seed (per-item noise) needs keys; seed array transforms with set_random_state.")
+        if name == "gaussian":
+            return RandGaussianNoise255(level, prob, reference, dtype)
+        if name == "rician":
+            return RandRicianNoise(level, prob, reference, dtype)
+        if name == "poisson":
+            return RandPoissonNoise(level, prob, reference, dtype)
+        return RandLowDose(level, counts, prob, reference, dtype)
+    common = {"prob": prob, "reference": reference, "dtype": dtype, "seed": seed, "id_key": id_key}
+    common["allow_missing_keys"] = allow_missing_keys
+    if name == "gaussian":
+        return RandGaussianNoise255d(keys, level=level, **common)
+    if name == "rician":
+        return RandRicianNoised(keys, level=level, **common)
+    if name == "poisson":
+        return RandPoissonNoised(keys, scale=level, **common)
+    return RandLowDosed(keys, dose=level, counts=counts, **common)
