@@ -139,13 +139,13 @@ class SubjectSplits:
         """Return the JSON-ready form documented in the module docstring."""
         return {
             "version": _VERSION,
-            "seed": self.seed,
-            "stratified": self.stratified,
+            "seed": int(self.seed),
+            "stratified": bool(self.stratified),
             "train": list(self.train),
             "val": list(self.val),
             "test": list(self.test),
             "folds": [{"train": list(f.train), "val": list(f.val)} for f in self.folds],
-            "labels": dict(self.labels),
+            "labels": {str(k): int(v) for k, v in self.labels.items()},
         }
 
     @classmethod
@@ -246,7 +246,7 @@ def _check_fraction(name: str, value: float) -> None:
 
 def _can_stratify(labels: Sequence[int], n_parts: int) -> bool:
     counts = np.bincount(np.asarray(labels)) if len(labels) else np.array([])
-    return len(counts[counts > 0]) > 1 and counts[counts > 0].min() >= n_parts
+    return bool(len(counts[counts > 0]) > 1 and counts[counts > 0].min() >= n_parts)
 
 
 def _holdout(
