@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from transforms.errors import InputError
+from transforms.intensity import ScalePercentile, ScalePercentiled, ZScoreInMask, ZScoreInMaskd, percentile_stats
+from transforms.io import LoadScan, LoadScand, SimpleITKReader, canonical_transforms, scan_suffix
 from transforms.noise import (
     NOISE_NAMES,
     RandGaussianNoise255,
@@ -17,10 +19,24 @@ from transforms.noise import (
     make_noise,
     parse_noise_name,
 )
+from transforms.presets import STAGES, classify_transforms, denoise_transforms, intensity_augmentation
+from transforms.spatial import (
+    ForegroundMask,
+    ForegroundMaskd,
+    center_crop,
+    divisible_pad,
+    foreground_crop,
+    random_patches,
+)
 
 __all__ = [
     "NOISE_NAMES",
+    "STAGES",
+    "ForegroundMask",
+    "ForegroundMaskd",
     "InputError",
+    "LoadScan",
+    "LoadScand",
     "RandGaussianNoise255",
     "RandGaussianNoise255d",
     "RandLowDose",
@@ -29,7 +45,22 @@ __all__ = [
     "RandPoissonNoised",
     "RandRicianNoise",
     "RandRicianNoised",
+    "ScalePercentile",
+    "ScalePercentiled",
+    "SimpleITKReader",
+    "ZScoreInMask",
+    "ZScoreInMaskd",
+    "canonical_transforms",
+    "center_crop",
+    "classify_transforms",
+    "denoise_transforms",
+    "divisible_pad",
+    "foreground_crop",
+    "intensity_augmentation",
     "item_seed",
     "make_noise",
     "parse_noise_name",
+    "percentile_stats",
+    "random_patches",
+    "scan_suffix",
 ]
