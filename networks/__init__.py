@@ -2,4 +2,32 @@
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from networks.pretrained import (
+    FREEZE_ORDER,
+    PretrainedWeightsError,
+    describe_state_dict,
+    freeze_until,
+    load_pretrained,
+    read_state_dict,
+)
+from networks.registry import NETWORKS, get_network, list_networks
+from networks.resunet import RESNET_LAYOUTS, ResUnet3D, build_resnet, make_norm
+from networks.transfer import encoder_to_classifier, load_encoder_from_classifier
+
+__all__ = [
+    "FREEZE_ORDER",
+    "NETWORKS",
+    "RESNET_LAYOUTS",
+    "PretrainedWeightsError",
+    "ResUnet3D",
+    "build_resnet",
+    "describe_state_dict",
+    "encoder_to_classifier",
+    "freeze_until",
+    "get_network",
+    "list_networks",
+    "load_encoder_from_classifier",
+    "load_pretrained",
+    "make_norm",
+    "read_state_dict",
+]
