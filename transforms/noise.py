@@ -88,6 +88,12 @@ def _level_range(value: float | Sequence[float], name: str, low: float, high: fl
     return pair
 
 
+def _check_prob(prob: float) -> float:
+    if isinstance(prob, bool) or not isinstance(prob, (int, float, np.floating)) or not 0.0 <= float(prob) <= 1.0:
+        raise ValueError(f"prob must be a number in [0, 1], got {prob!r}.")
+    return float(prob)
+
+
 def _check_reference(reference: Reference) -> Reference:
     if isinstance(reference, str):
         if reference not in _REFERENCE_WORDS:
@@ -145,7 +151,7 @@ class _RandNoise(RandomizableTransform):
     _level_name = "level"
 
     def __init__(self, prob: float, level: tuple[float, float], reference: Reference, dtype: DtypeLike) -> None:
-        RandomizableTransform.__init__(self, prob)
+        RandomizableTransform.__init__(self, _check_prob(prob))
         self.level_range = level
         self.reference = _check_reference(reference)
         self.dtype = dtype
@@ -437,7 +443,7 @@ class _RandNoised(RandomizableTransform, MapTransform):
         id_key: str | None,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob)
+        RandomizableTransform.__init__(self, _check_prob(prob))
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
             raise ValueError(f"seed must be None or a non-negative integer, got {seed!r}.")
         self.noise = noise
