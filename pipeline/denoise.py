@@ -1,0 +1,345 @@
+"""Supervised denoising: noisy ``image`` -> clean ``label``, trained and validated with MONAI's engines.
+
+Low level (for bundle configs and custom loops): :func:`build_denoise_trainer`, :func:`build_denoise_evaluator`.
+High level (for researchers): :func:`train_denoiser` and :func:`evaluate_denoiser`.
+
+Data: dicts with ``image`` (noisy, (1, H, W, D)), ``label`` (clean, same shape), optionally ``mask`` (brain mask)
+and ``subject``; intensities in ``[0, data_range]`` (``[0, 1]`` after ``ScalePercentile``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
+from torch import nn
+from torch.optim import Optimizer
+
+from pipeline.engines import TrainingResult, make_loader, precision_settings, resolve_device, run_training
+from pipeline.handlers import CopyBatchKeys, TensorBoardSlices
+from pipeline.losses import build_loss
+from pipeline.metrics import denoise_metrics
+from pipeline.optim import build_optimizer, build_scheduler
+
+__all__ = ["build_denoise_evaluator", "build_denoise_trainer", "evaluate_denoiser", "train_denoiser"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_denoise_trainer(
+    network: nn.Module,
+    train_loader: Any,
+    optimizer: Optimizer,
+    loss_function: Callable,
+    max_epochs: int,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    train_handlers: Sequence[Any] | None = None,
+) -> SupervisedTrainer:
+    """A ``SupervisedTrainer`` for denoising on patches (whole batches through the network).
+
+    Args:
+        network: the denoiser, (B, 1, H, W, D) -> (B, 1, H, W, D).
+        train_loader: yields dicts with ``image`` and ``label``.
+        optimizer: the optimiser.
+        loss_function: ``loss(pred, label) -> scalar`` (see :func:`pipeline.losses.build_loss`).
+        max_epochs: epochs to train.
+        device: the device.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (see :func:`pipeline.engines.precision_settings`).
+        train_handlers: more handlers, attached in order.
+
+    Returns:
+        The trainer; its output holds ``image``, ``label``, ``pred`` and ``loss``.
+
+    Raises:
+        ValueError: for ``max_epochs < 1`` or an invalid precision.
+    """
+    if max_epochs < 1:
+        raise ValueError(f"max_epochs must be >= 1, got {max_epochs}.")
+    device = torch.device(device)
+    amp, inferer = precision_settings(precision, device, SimpleInferer())
+    return SupervisedTrainer(
+        device=device,
+        max_epochs=max_epochs,
+        train_data_loader=train_loader,
+        network=network,
+        optimizer=optimizer,
+        loss_function=loss_function,
+        inferer=inferer,
+        amp=amp,
+        train_handlers=list(train_handlers or []),
+        decollate=False,
+    )
+
+
+def build_denoise_evaluator(
+    network: nn.Module,
+    val_loader: Any,
+    device: str | torch.device = "cpu",
+    roi_size: Sequence[int] | int | None = None,
+    sw_batch_size: int = 1,
+    overlap: float = 0.25,
+    key_metric: str = "psnr_brain",
+    mask_key: str | None = "mask",
+    data_range: float = 1.0,
+    ssim_kernel_size: int = 7,
+    include_noisy: bool = True,
+    precision: str = "fp32",
+    val_handlers: Sequence[Any] | None = None,
+) -> SupervisedEvaluator:
+    """A ``SupervisedEvaluator`` on whole volumes with sliding-window inference and the denoising metrics.
+
+    Metrics (see :mod:`pipeline.metrics`): ``psnr_brain``, ``ssim_brain`` (inside ``mask``), ``psnr_volume``,
+    ``ssim_volume`` (whole volume), and the noisy input's ``*_noisy`` reference values.
+
+    Args:
+        network: the denoiser.
+        val_loader: yields dicts with ``image``, ``label`` and (for the brain metrics) ``mask``; batch size 1 lets
+            volumes differ in shape.
+        device: the device.
+        roi_size: sliding-window patch size (e.g. the training patch); ``None`` runs whole volumes at once.
+        sw_batch_size: windows per forward pass.
+        overlap: window overlap fraction in [0, 1).
+        key_metric: the metric that tracks the best model.
+        mask_key: batch key of the brain mask; ``None`` for whole-volume metrics only.
+        data_range: intensity range of the images.
+        ssim_kernel_size: SSIM window.
+        include_noisy: also report the noisy input's metrics.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        val_handlers: more handlers (e.g. :class:`pipeline.handlers.TensorBoardSlices`), attached in order.
+
+    Returns:
+        The evaluator.
+
+    Raises:
+        ValueError: for an unknown ``key_metric`` (listing the available ones) or invalid window settings.
+    """
+    metrics = denoise_metrics(
+        mask_key=mask_key, data_range=data_range, ssim_kernel_size=ssim_kernel_size, include_noisy=include_noisy
+    )
+    if key_metric not in metrics:
+        raise ValueError(f"key_metric must be one of {sorted(metrics)}, got {key_metric!r}.")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must lie in [0, 1), got {overlap}.")
+    device = torch.device(device)
+    base: Inferer = (
+        SimpleInferer()
+        if roi_size is None
+        else SlidingWindowInferer(roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian")
+    )
+    amp, inferer = precision_settings(precision, device, base)
+    handlers: list[Any] = [CopyBatchKeys([mask_key])] if mask_key else []
+    handlers.extend(val_handlers or [])
+    key = {key_metric: metrics.pop(key_metric)}
+    return SupervisedEvaluator(
+        device=device,
+        val_data_loader=val_loader,
+        network=network,
+        inferer=inferer,
+        key_val_metric=key,
+        additional_metrics=metrics,
+        val_handlers=handlers,
+        amp=amp,
+    )
+
+
+def train_denoiser(
+    train_data: Any,
+    val_data: Any,
+    network: nn.Module,
+    run_dir: str | os.PathLike,
+    *,
+    max_epochs: int = 10,
+    batch_size: int = 2,
+    optimizer: str | Optimizer = "sgd",
+    lr: float = 0.01,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    scheduler: str = "cosine",
+    warmup_epochs: int = 0,
+    loss: str | nn.Module = "l1",
+    l1_weight: float = 1.0,
+    ssim_weight: float = 1.0,
+    roi_size: Sequence[int] | int | None = None,
+    sw_batch_size: int = 1,
+    overlap: float = 0.25,
+    val_interval: int = 1,
+    checkpoint_every: int = 10,
+    keep_checkpoints: int | None = None,
+    key_metric: str = "psnr_brain",
+    early_stop_patience: int | None = None,
+    precision: str = "fp32",
+    seed: int = 0,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    train_transform: Callable | None = None,
+    val_transform: Callable | None = None,
+    mask_key: str | None = "mask",
+    data_range: float = 1.0,
+    ssim_kernel_size: int = 7,
+    resume: bool = True,
+    progress: bool = True,
+    config: Mapping[str, Any] | None = None,
+) -> TrainingResult:
+    """Train a denoiser, validate it on whole volumes, checkpoint, log to TensorBoard; resume when interrupted.
+
+    The network should be built after :func:`pipeline.seed.seed_everything` for reproducible initial weights.
+    Everything lands in ``run_dir`` (see :func:`pipeline.engines.run_training`); ``tensorboard --logdir run_dir``
+    shows the loss, learning rate, all metrics and each validation's middle slices (tags ``val/axial``,
+    ``val/coronal``, ``val/sagittal``: noisy | denoised | clean | |error|).
+
+    Args:
+        train_data: training dicts (``image``, ``label``[, ``subject``]) or a dataset yielding them (patches).
+        val_data: validation dicts (``image``, ``label``, ``mask``) or a dataset (whole volumes).
+        network: the denoiser (moved to ``device``).
+        run_dir: the run folder.
+        max_epochs: epochs.
+        batch_size: training batch size.
+        optimizer: ``"sgd"`` (with ``momentum``), ``"adam"``, ``"adamw"`` or a ready optimiser.
+        lr: learning rate.
+        momentum: SGD momentum.
+        weight_decay: weight decay.
+        scheduler: ``"none"``, ``"cosine"``, ``"step"`` or ``"plateau"`` (on ``key_metric``).
+        warmup_epochs: linear warm-up epochs.
+        loss: ``"l1"``, ``"mse"``, ``"ssim"``, ``"l1_ssim"`` or a module ``loss(pred, target)``.
+        l1_weight: L1 weight of ``"l1_ssim"``.
+        ssim_weight: SSIM weight of ``"l1_ssim"``.
+        roi_size: sliding-window size for validation (``None``: whole volumes at once).
+        sw_batch_size: sliding-window batch.
+        overlap: sliding-window overlap.
+        val_interval: validate every N epochs.
+        checkpoint_every: resumable checkpoint every N epochs (and at the end).
+        keep_checkpoints: periodic checkpoints to keep (``None``: all).
+        key_metric: metric for ``model.pt``, early stopping and plateau (``psnr_brain`` by default).
+        early_stop_patience: validations without improvement before stopping (``None``: off).
+        precision: ``"fp32"``, ``"bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA).
+        seed: the run seed.
+        num_workers: data-loader workers.
+        device: default CUDA when available, else CPU.
+        train_transform: transform for ``train_data`` given as dicts.
+        val_transform: transform for ``val_data`` given as dicts.
+        mask_key: brain-mask key (``None``: whole-volume metrics only; then use a ``*_volume`` key metric).
+        data_range: intensity range (1.0 for [0, 1]).
+        ssim_kernel_size: SSIM window for the metrics and the SSIM loss.
+        resume: continue from the newest checkpoint in ``run_dir``.
+        progress: progress bars and console epoch summaries.
+        config: the resolved configuration to record in ``run_info.json`` (the arguments are recorded too).
+
+    Returns:
+        A :class:`pipeline.engines.TrainingResult`.
+
+    Raises:
+        ValueError: for invalid arguments, before any training.
+        pipeline.handlers.NonFiniteLossError: when the loss becomes NaN/Inf (the last checkpoint stays).
+    """
+    arguments = {k: v for k, v in locals().items() if k not in ("train_data", "val_data", "network", "config")}
+    device = resolve_device(device)
+    network = network.to(device)
+    loss_fn = (
+        build_loss(
+            loss, l1_weight=l1_weight, ssim_weight=ssim_weight, data_range=data_range, ssim_window=ssim_kernel_size
+        )
+        if isinstance(loss, str)
+        else loss
+    )
+    opt = (
+        build_optimizer(network, optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        if isinstance(optimizer, str)
+        else optimizer
+    )
+    sched = build_scheduler(
+        opt,
+        scheduler,
+        max_epochs=max_epochs,
+        warmup_epochs=warmup_epochs,
+        min_lr=0.0,
+        plateau_mode="min" if "loss" in key_metric else "max",
+    )
+    train_loader = make_loader(
+        train_data, train_transform, batch_size=batch_size, shuffle=True, num_workers=num_workers
+    )
+    val_loader = make_loader(val_data, val_transform, batch_size=1, shuffle=False, num_workers=num_workers)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(run_dir))
+    evaluator = build_denoise_evaluator(
+        network,
+        val_loader,
+        device=device,
+        roi_size=roi_size,
+        sw_batch_size=sw_batch_size,
+        overlap=overlap,
+        key_metric=key_metric,
+        mask_key=mask_key,
+        data_range=data_range,
+        ssim_kernel_size=ssim_kernel_size,
+        precision=precision,
+        val_handlers=[TensorBoardSlices(writer, data_range=data_range)],
+    )
+    trainer = build_denoise_trainer(network, train_loader, opt, loss_fn, max_epochs, device=device, precision=precision)
+    try:
+        return run_training(
+            trainer,
+            evaluator,
+            run_dir,
+            network=network,
+            optimizer=opt,
+            lr_scheduler=sched,
+            seed=seed,
+            key_metric=key_metric,
+            val_interval=val_interval,
+            checkpoint_every=checkpoint_every,
+            keep_checkpoints=keep_checkpoints,
+            early_stop_patience=early_stop_patience,
+            resume=resume,
+            summary_writer=writer,
+            progress=progress,
+            config={"arguments": arguments, **dict(config or {})},
+            train_data=train_data,
+            val_data=val_data,
+            run_info={"task": "denoise", "network": type(network).__name__},
+        )
+    finally:
+        writer.close()
+
+
+def evaluate_denoiser(
+    network: nn.Module,
+    data: Any,
+    *,
+    roi_size: Sequence[int] | int | None = None,
+    sw_batch_size: int = 1,
+    overlap: float = 0.25,
+    transform: Callable | None = None,
+    mask_key: str | None = "mask",
+    data_range: float = 1.0,
+    ssim_kernel_size: int = 7,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+) -> dict[str, float]:
+    """The denoising metrics of ``network`` on ``data`` (whole volumes), with the noisy input's as reference.
+
+    Returns:
+        ``{"psnr_brain": ..., "psnr_brain_noisy": ..., ...}`` (see :func:`build_denoise_evaluator`).
+    """
+    device = resolve_device(device)
+    evaluator = build_denoise_evaluator(
+        network.to(device),
+        make_loader(data, transform, batch_size=1),
+        device=device,
+        roi_size=roi_size,
+        sw_batch_size=sw_batch_size,
+        overlap=overlap,
+        key_metric="psnr_brain" if mask_key else "psnr_volume",
+        mask_key=mask_key,
+        data_range=data_range,
+        ssim_kernel_size=ssim_kernel_size,
+        precision=precision,
+    )
+    evaluator.run()
+    return {k: float(v) for k, v in evaluator.state.metrics.items()}

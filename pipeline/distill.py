@@ -1,0 +1,248 @@
+"""Knowledge distillation: a frozen teacher classifier teaches a student classifier.
+
+The notes' plan: the teacher is, e.g., a classifier started from video-pretrained weights and fine-tuned (or any
+checkpoint); the student is, e.g., the denoiser-pretrained classifier. The loss is
+``α·CE(student, y) + (1 − α)·T²·KL(softmax(teacher/T) ‖ softmax(student/T))``
+(:class:`pipeline.losses.DistillationLoss`). The teacher is frozen and kept in eval mode throughout (its batch-norm
+statistics and dropout are those of inference), even though the engine calls ``train()`` on the network.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.metrics import Accuracy
+from monai.engines import SupervisedTrainer
+from monai.inferers import SimpleInferer
+from torch import nn
+from torch.optim import Optimizer
+
+from pipeline.checkpoint import load_network_state
+from pipeline.classify import build_classify_evaluator, labels_of, predict_classifier
+from pipeline.engines import (
+    BEST_FILENAME,
+    TrainingResult,
+    make_loader,
+    precision_settings,
+    resolve_device,
+    run_training,
+)
+from pipeline.losses import DistillationLoss, class_weights
+from pipeline.metrics import logits_and_labels
+from pipeline.optim import build_optimizer, build_scheduler
+from pipeline.runinfo import collect_subjects
+from pipeline.splits import check_no_overlap
+
+__all__ = ["TeacherStudent", "build_distill_trainer", "distill"]
+
+
+class TeacherStudent(nn.Module):
+    """Run a student and a frozen teacher on the same input: ``forward(x) -> (student_logits, teacher_logits)``.
+
+    The teacher's parameters get ``requires_grad=False``, its forward runs under ``torch.no_grad``, and ``train()``
+    never switches it out of eval mode. ``state_dict`` holds both (``student.*``, ``teacher.*``); checkpoints of a
+    distillation save the student alone (see :func:`distill`).
+
+    Args:
+        student: the network being trained, (B, C, H, W, D) -> (B, K).
+        teacher: the trained network, same input and K.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module) -> None:
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+
+    def train(self, mode: bool = True) -> TeacherStudent:
+        """Set the student's mode; the teacher stays in eval mode."""
+        self.training = mode
+        self.student.train(mode)
+        self.teacher.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Student logits (with gradients) and teacher logits (without), both (B, K)."""
+        with torch.no_grad():
+            teacher = self.teacher(x)
+        return self.student(x), teacher
+
+
+def _student_logits(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    pred = output["pred"]
+    return logits_and_labels({"pred": pred[0] if isinstance(pred, (tuple, list)) else pred, "label": output["label"]})
+
+
+def build_distill_trainer(
+    pair: TeacherStudent,
+    train_loader: Any,
+    optimizer: Optimizer,
+    loss_function: DistillationLoss,
+    max_epochs: int,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    train_handlers: list[Any] | None = None,
+) -> SupervisedTrainer:
+    """A ``SupervisedTrainer`` whose network is a :class:`TeacherStudent` and whose loss is the distillation loss.
+
+    The output's ``pred`` is the pair ``(student_logits, teacher_logits)``; ``train_accuracy`` is the student's.
+
+    Raises:
+        ValueError: for ``max_epochs < 1`` or an invalid precision.
+    """
+    if max_epochs < 1:
+        raise ValueError(f"max_epochs must be >= 1, got {max_epochs}.")
+    device = torch.device(device)
+    amp, inferer = precision_settings(precision, device, SimpleInferer())
+    return SupervisedTrainer(
+        device=device,
+        max_epochs=max_epochs,
+        train_data_loader=train_loader,
+        network=pair,
+        optimizer=optimizer,
+        loss_function=loss_function,
+        inferer=inferer,
+        amp=amp,
+        key_train_metric={"train_accuracy": Accuracy(output_transform=_student_logits)},
+        train_handlers=list(train_handlers or []),
+        decollate=False,
+    )
+
+
+def distill(
+    train_data: Any,
+    val_data: Any,
+    student: nn.Module,
+    teacher: nn.Module,
+    run_dir: str | os.PathLike,
+    *,
+    num_classes: int = 2,
+    alpha: float = 0.5,
+    temperature: float = 4.0,
+    test_data: Any = None,
+    max_epochs: int = 10,
+    batch_size: int = 2,
+    optimizer: str | Optimizer = "adam",
+    lr: float = 1e-3,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    scheduler: str = "cosine",
+    warmup_epochs: int = 0,
+    class_weighted: bool = True,
+    key_metric: str = "balanced_accuracy",
+    val_interval: int = 1,
+    checkpoint_every: int = 10,
+    early_stop_patience: int | None = None,
+    precision: str = "fp32",
+    seed: int = 0,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    train_transform: Callable | None = None,
+    val_transform: Callable | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    config: Mapping[str, Any] | None = None,
+) -> TrainingResult:
+    """Distil ``teacher`` into ``student``; validate the student; write ``model.pt`` (student) and predictions CSVs.
+
+    Args:
+        train_data: training dicts (``image``, ``label``, ``subject``) or a dataset.
+        val_data: validation dicts or dataset.
+        student: the classifier to train (logits (B, K)).
+        teacher: the trained classifier (frozen, eval mode).
+        run_dir: the run folder.
+        num_classes: K.
+        alpha: weight of the hard-label cross-entropy, in [0, 1].
+        temperature: softening temperature T > 0.
+        test_data: optional held-out data, predicted with the best student.
+        max_epochs: epochs.
+        batch_size: batch size.
+        optimizer: ``"sgd"``, ``"adam"``, ``"adamw"`` or a ready optimiser over the student's parameters.
+        lr: learning rate.
+        momentum: SGD momentum.
+        weight_decay: weight decay.
+        scheduler: ``"none"``, ``"cosine"``, ``"step"`` or ``"plateau"``.
+        warmup_epochs: linear warm-up epochs.
+        class_weighted: class-weight the hard-label term by the training labels' inverse frequency.
+        key_metric: ``"balanced_accuracy"``, ``"accuracy"`` or ``"auc"`` (of the student).
+        val_interval: validate every N epochs.
+        checkpoint_every: resumable checkpoint every N epochs (and at the end).
+        early_stop_patience: validations without improvement before stopping.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        seed: the run seed.
+        num_workers: data-loader workers.
+        device: default CUDA when available.
+        train_transform: transform for dict training data.
+        val_transform: transform for dict validation/test data.
+        resume: continue from the newest checkpoint in ``run_dir``.
+        progress: progress bars and console summaries.
+        config: configuration to record in ``run_info.json``.
+
+    Returns:
+        A :class:`pipeline.engines.TrainingResult`.
+
+    Raises:
+        ValueError: for invalid arguments (``alpha``, ``temperature``...).
+        pipeline.splits.LeakageError: if train, val and test share subjects.
+    """
+    arguments = {
+        k: v
+        for k, v in locals().items()
+        if k not in ("train_data", "val_data", "test_data", "student", "teacher", "config")
+    }
+    groups = {"train": collect_subjects(train_data), "val": collect_subjects(val_data)}
+    if test_data is not None:
+        groups["test"] = collect_subjects(test_data)
+    check_no_overlap(groups)
+    device = resolve_device(device)
+    weight = class_weights(labels_of(train_data), num_classes) if class_weighted else None
+    loss_fn = DistillationLoss(alpha=alpha, temperature=temperature, class_weight=weight).to(device)
+    pair = TeacherStudent(student, teacher).to(device)
+    opt = (
+        build_optimizer(student, optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        if isinstance(optimizer, str)
+        else optimizer
+    )
+    sched = build_scheduler(opt, scheduler, max_epochs=max_epochs, warmup_epochs=warmup_epochs)
+    train_loader = make_loader(
+        train_data, train_transform, batch_size=batch_size, shuffle=True, num_workers=num_workers
+    )
+    val_loader = make_loader(val_data, val_transform, batch_size=batch_size, num_workers=num_workers)
+    evaluator = build_classify_evaluator(
+        student, val_loader, num_classes, device=device, key_metric=key_metric, precision=precision
+    )
+    trainer = build_distill_trainer(pair, train_loader, opt, loss_fn, max_epochs, device=device, precision=precision)
+    run_dir = Path(run_dir)
+    result = run_training(
+        trainer,
+        evaluator,
+        run_dir,
+        network=student,
+        optimizer=opt,
+        lr_scheduler=sched,
+        seed=seed,
+        key_metric=key_metric,
+        val_interval=val_interval,
+        checkpoint_every=checkpoint_every,
+        early_stop_patience=early_stop_patience,
+        resume=resume,
+        progress=progress,
+        config={"arguments": arguments, **dict(config or {})},
+        train_data=train_data,
+        val_data=val_data,
+        run_info={"task": "distill", "student": type(student).__name__, "teacher": type(teacher).__name__},
+    )
+    best = run_dir / BEST_FILENAME
+    if best.is_file():
+        student.load_state_dict(load_network_state(best), strict=True)
+    predict_classifier(student, val_data, num_classes, run_dir / "predictions_val.csv", val_transform, device=device)
+    if test_data is not None:
+        predict_classifier(
+            student, test_data, num_classes, run_dir / "predictions_test.csv", val_transform, device=device
+        )
+    return result

@@ -1,0 +1,379 @@
+"""Shared assembly of MONAI trainers and evaluators: loaders, precision, handlers, checkpoints, resume, results.
+
+:mod:`pipeline.denoise`, :mod:`pipeline.classify` and :mod:`pipeline.distill` build a task's
+``SupervisedTrainer``/``SupervisedEvaluator`` and hand them to :func:`run_training`, which attaches the same
+machinery to all three, in an order that matters for exact resume:
+
+- trainer ``EPOCH_STARTED``: :class:`~pipeline.handlers.EpochReseed` first, before the epoch's data iterator exists;
+- trainer ``LOSS_COMPLETED``: :class:`~pipeline.handlers.NonFiniteLossGuard` (before the optimiser step);
+- trainer ``EPOCH_COMPLETED``: validation, then the learning-rate step, logging, and last the periodic checkpoint,
+  so a checkpoint holds the state *after* everything of its epoch (including the best-metric record and the
+  early-stopping counter);
+- evaluator ``EPOCH_COMPLETED``: metrics, plateau schedule, best checkpoint (``model.pt``), early stopping, logging.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.contrib.handlers import ProgressBar
+from ignite.engine import Engine, Events
+from monai.data import DataLoader, Dataset
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.handlers import (
+    CheckpointLoader,
+    EarlyStopHandler,
+    LrScheduleHandler,
+    StatsHandler,
+    TensorBoardStatsHandler,
+    ValidationHandler,
+    stopping_fn_from_metric,
+)
+from monai.inferers import Inferer
+from torch.optim import Optimizer
+from torch.utils.tensorboard import SummaryWriter
+
+from pipeline.checkpoint import AtomicCheckpointSaver, find_last_checkpoint, load_checkpoint, remove_partial_files
+from pipeline.handlers import AutocastInferer, EpochReseed, LearningRateLogger, NonFiniteLossGuard
+from pipeline.optim import WarmupPlateau
+from pipeline.runinfo import collect_subjects, run_logging, write_run_info
+
+__all__ = [
+    "BEST_FILENAME",
+    "PRECISIONS",
+    "TrainingResult",
+    "make_loader",
+    "precision_settings",
+    "resolve_device",
+    "run_training",
+]
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+BEST_FILENAME = "model.pt"
+
+
+@dataclass
+class TrainingResult:
+    """What a training run returns.
+
+    Attributes:
+        run_dir: the run folder (checkpoints, ``model.pt``, ``run_info.json``, ``train.log``, TensorBoard events).
+        epochs: the last completed epoch.
+        best_metric: the best validation value of the key metric (``None`` without validation).
+        best_epoch: the epoch it was reached at.
+        history: per validation, ``{metric name: [(epoch, value), ...]}`` (scalar metrics only).
+        losses: the training loss of every iteration run in this call, in order.
+        last_checkpoint: the newest ``checkpoint_epoch=K.pt``.
+        best_checkpoint: ``model.pt``, the network's weights at the best key metric.
+        stopped_early: whether early stopping ended the run.
+    """
+
+    run_dir: Path
+    epochs: int
+    best_metric: float | None
+    best_epoch: int | None
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)
+    last_checkpoint: Path | None = None
+    best_checkpoint: Path | None = None
+    stopped_early: bool = False
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device``, or CUDA when available, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def precision_settings(precision: str, device: torch.device, inferer: Inferer) -> tuple[bool, Inferer]:
+    """Translate ``precision`` into MONAI's ``amp`` flag and an inferer.
+
+    Args:
+        precision: ``"fp32"``, ``"bf16"`` (autocast on the CPU or CUDA, no loss scaling) or ``"fp16"`` (CUDA only:
+            MONAI's ``amp=True`` with its gradient scaler).
+        device: the training device.
+        inferer: the task's inferer.
+
+    Returns:
+        ``(amp, inferer)`` for ``SupervisedTrainer``/``SupervisedEvaluator``.
+
+    Raises:
+        ValueError: for an unknown precision, or fp16 on a device that is not CUDA.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}.")
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ValueError(f"precision='fp16' needs a CUDA device, got {device}; use 'bf16' on the CPU.")
+        return True, inferer
+    if precision == "bf16":
+        return False, AutocastInferer(inferer, device_type=device.type, dtype=torch.bfloat16)
+    return False, inferer
+
+
+def make_loader(
+    data: Any,
+    transform: Callable | None = None,
+    batch_size: int = 1,
+    shuffle: bool = False,
+    num_workers: int = 0,
+) -> DataLoader:
+    """A MONAI ``DataLoader`` over a dataset, or over a list of dicts wrapped in ``monai.data.Dataset``.
+
+    Args:
+        data: a ``torch.utils.data.Dataset`` (used as is) or a sequence of dicts (paths or tensors per key).
+        transform: applied to each dict when ``data`` is a sequence.
+        batch_size: items per batch (>= 1).
+        shuffle: reshuffle every epoch (training); the order follows torch's global generator, which
+            :class:`~pipeline.handlers.EpochReseed` re-seeds per epoch.
+        num_workers: worker processes (MONAI's loader seeds each worker and its transforms).
+
+    Raises:
+        ValueError: for an empty data set or ``batch_size < 1``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    dataset = data if isinstance(data, torch.utils.data.Dataset) else Dataset(list(data), transform=transform)
+    if len(dataset) == 0:
+        raise ValueError("the data set is empty.")
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers)
+
+
+def _loss_value(output: Any) -> float:
+    """The scalar loss of a trainer output (batched dict, ``decollate=False``)."""
+    loss = output["loss"] if isinstance(output, Mapping) else output[0]["loss"]
+    return float(torch.as_tensor(loss).detach().float().mean())
+
+
+class _History:
+    """Records each iteration's loss and each validation's scalar metrics, by epoch."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.metrics: dict[str, list[tuple[int, float]]] = {}
+
+    def loss(self, engine: Engine) -> None:
+        self.losses.append(_loss_value(engine.state.output))
+
+    def validation(self, engine: Engine) -> None:
+        for name, value in engine.state.metrics.items():
+            if _is_number(value):
+                self.metrics.setdefault(name, []).append((int(engine.state.epoch), float(value)))
+
+
+def run_training(
+    trainer: SupervisedTrainer,
+    evaluator: SupervisedEvaluator | None,
+    run_dir: str | os.PathLike,
+    *,
+    network: torch.nn.Module,
+    optimizer: Optimizer,
+    lr_scheduler: Any = None,
+    seed: int = 0,
+    key_metric: str | None = None,
+    val_interval: int = 1,
+    checkpoint_every: int = 10,
+    keep_checkpoints: int | None = None,
+    early_stop_patience: int | None = None,
+    early_stop_min_delta: float = 0.0,
+    resume: bool = True,
+    extra_state: Mapping[str, Any] | None = None,
+    summary_writer: SummaryWriter | None = None,
+    progress: bool = True,
+    config: Mapping[str, Any] | None = None,
+    train_data: Any = None,
+    val_data: Any = None,
+    run_info: Mapping[str, Any] | None = None,
+) -> TrainingResult:
+    """Attach the shared handlers to a task's trainer and evaluator, resume if asked, train, and report.
+
+    Writes into ``run_dir``: ``checkpoint_epoch=K.pt`` every ``checkpoint_every`` epochs and at the end
+    (``{network, optimizer, lr_scheduler, trainer, ...}`` together, atomically), ``model.pt`` (the network at
+    the best key metric), ``run_info.json`` (config, seed, versions, training and validation subjects),
+    ``train.log`` and TensorBoard events.
+
+    Args:
+        trainer: the task's ``SupervisedTrainer`` (not yet run).
+        evaluator: its validation ``SupervisedEvaluator`` with ``key_metric`` among its metrics, or ``None``.
+        run_dir: the run folder.
+        network: the trained network.
+        optimizer: its optimiser.
+        lr_scheduler: an epoch-level schedule; a :class:`~pipeline.optim.WarmupPlateau` or ``ReduceLROnPlateau``
+            is stepped with the key metric after each validation.
+        seed: the run seed (per-epoch re-seeding from ``(seed, epoch)``).
+        key_metric: the evaluator metric that picks ``model.pt``, drives early stopping and the plateau schedule.
+        val_interval: validate every N epochs.
+        checkpoint_every: save a resumable checkpoint every N epochs (the notes' ``--checkpoint 10``).
+        keep_checkpoints: how many periodic checkpoints to keep (``None``: all).
+        early_stop_patience: stop after this many validations without improvement (``None``: never).
+        early_stop_min_delta: the smallest change that counts as an improvement.
+        resume: continue from the newest ``checkpoint_epoch=K.pt`` in ``run_dir`` when there is one.
+        extra_state: more stateful objects saved and restored with the checkpoint, in order (they load before
+            the network and optimiser, e.g. :class:`~pipeline.handlers.GradualUnfreeze`).
+        summary_writer: TensorBoard writer (created in ``run_dir`` when ``None``; closed at the end).
+        progress: show ignite progress bars.
+        config: the run's full resolved configuration, recorded in ``run_info.json``.
+        train_data: the training data (its ``subject`` IDs are recorded).
+        val_data: the validation data (ditto).
+        run_info: more fields for ``run_info.json``.
+
+    Returns:
+        A :class:`TrainingResult`.
+
+    Raises:
+        ValueError: on invalid intervals or a ``key_metric`` the evaluator does not compute.
+        pipeline.handlers.NonFiniteLossError: when a loss is NaN or infinite (the last checkpoint stays).
+    """
+    if val_interval < 1 or checkpoint_every < 1:
+        raise ValueError(f"val_interval and checkpoint_every must be >= 1, got {val_interval} and {checkpoint_every}.")
+    if keep_checkpoints is not None and keep_checkpoints < 1:
+        raise ValueError(f"keep_checkpoints must be >= 1 or None, got {keep_checkpoints}.")
+    if evaluator is not None and key_metric is None:
+        raise ValueError("key_metric is required when there is an evaluator.")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    own_writer = summary_writer is None
+    writer = SummaryWriter(log_dir=str(run_dir)) if own_writer else summary_writer
+
+    with run_logging(run_dir, console=progress) as log_file:
+        best_saver = None
+        early = None
+        if evaluator is not None:
+            if isinstance(lr_scheduler, (WarmupPlateau, torch.optim.lr_scheduler.ReduceLROnPlateau)):
+                LrScheduleHandler(
+                    lr_scheduler, print_lr=False, step_transform=stopping_fn_from_metric(key_metric)
+                ).attach(evaluator)
+            best_saver = AtomicCheckpointSaver(
+                save_dir=str(run_dir),
+                save_dict={"network": network},
+                save_key_metric=True,
+                key_metric_name=key_metric,
+                key_metric_filename=BEST_FILENAME,
+            )
+            best_saver.attach(evaluator)
+            if early_stop_patience is not None:
+                early = EarlyStopHandler(
+                    patience=early_stop_patience,
+                    score_function=stopping_fn_from_metric(key_metric),
+                    trainer=trainer,
+                    min_delta=early_stop_min_delta,
+                )
+                early.attach(evaluator)
+            StatsHandler(iteration_log=False, name="pipeline.validation", tag_name="val").attach(evaluator)
+            TensorBoardStatsHandler(writer, iteration_log=False).attach(evaluator)
+            if progress:
+                ProgressBar(persist=False, desc="validation").attach(evaluator)
+
+        EpochReseed(seed).attach(trainer)
+        NonFiniteLossGuard().attach(trainer)
+        if evaluator is not None:
+            ValidationHandler(interval=val_interval, validator=evaluator).attach(trainer)
+        if lr_scheduler is not None and not isinstance(
+            lr_scheduler, (WarmupPlateau, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        ):
+            LrScheduleHandler(lr_scheduler, print_lr=False).attach(trainer)
+        StatsHandler(
+            iteration_log=False, name="pipeline.training", tag_name="loss", output_transform=_loss_value
+        ).attach(trainer)
+        TensorBoardStatsHandler(writer, epoch_log=False, tag_name="train/loss", output_transform=_loss_value).attach(
+            trainer
+        )
+        LearningRateLogger(writer, optimizer).attach(trainer)
+        history = _History()
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, history.loss)
+        if evaluator is not None:
+            evaluator.add_event_handler(Events.EPOCH_COMPLETED, history.validation)
+
+        save_dict: dict[str, Any] = dict(extra_state or {})
+        save_dict.update({"network": network, "optimizer": optimizer})
+        if lr_scheduler is not None:
+            save_dict["lr_scheduler"] = lr_scheduler
+        save_dict["trainer"] = trainer
+        if best_saver is not None:
+            save_dict["best_saver"] = best_saver
+        if early is not None:
+            save_dict["early_stop"] = early._handler
+        if evaluator is not None:
+            save_dict["evaluator_best"] = _BestMetricState(evaluator)
+        AtomicCheckpointSaver(
+            save_dir=str(run_dir), save_dict=save_dict, save_interval=checkpoint_every, n_saved=keep_checkpoints
+        ).attach(trainer)
+
+        resumed_from = None
+        if resume:
+            remove_partial_files(run_dir)
+            resumed_from = find_last_checkpoint(run_dir)
+            if resumed_from is not None:
+                load_checkpoint(resumed_from)  # fails early and clearly on a corrupt file
+                CheckpointLoader(str(resumed_from), save_dict, map_location=trainer.state.device).attach(trainer)
+                logger.info("resuming from %s", resumed_from)
+        if progress:
+            ProgressBar(persist=False, desc="train").attach(
+                trainer, output_transform=lambda out: {"loss": _loss_value(out)}
+            )
+
+        info = dict(run_info or {})
+        info.update(
+            seed=seed,
+            config=dict(config or {}),
+            key_metric=key_metric,
+            train_subjects=collect_subjects(train_data),
+            val_subjects=collect_subjects(val_data),
+            log_file=log_file.name,
+        )
+        if resumed_from is not None:
+            info["resumed_from"] = resumed_from.name
+        write_run_info(run_dir, **info)
+        try:
+            trainer.run()
+        finally:
+            if own_writer:
+                writer.close()
+
+    validated = evaluator is not None and evaluator.state.best_metric_epoch > 0
+    best_path = run_dir / BEST_FILENAME
+    return TrainingResult(
+        run_dir=run_dir,
+        epochs=int(trainer.state.epoch),
+        best_metric=float(evaluator.state.best_metric) if validated else None,
+        best_epoch=int(evaluator.state.best_metric_epoch) if validated else None,
+        history=history.metrics,
+        losses=history.losses,
+        last_checkpoint=find_last_checkpoint(run_dir),
+        best_checkpoint=best_path if best_path.is_file() else None,
+        stopped_early=bool(early is not None and trainer.should_terminate),
+    )
+
+
+class _BestMetricState:
+    """The evaluator's best key metric and its epoch, as a checkpointable object."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best_metric": float(self.engine.state.best_metric),
+            "best_epoch": int(self.engine.state.best_metric_epoch),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.engine.state.best_metric = state["best_metric"]
+        self.engine.state.best_metric_epoch = state["best_epoch"]
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True

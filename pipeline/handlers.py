@@ -1,0 +1,347 @@
+"""Engine plug-ins: re-seeding, non-finite-loss guard, TensorBoard, unfreezing, frozen norms, mixed precision.
+
+Everything here attaches to MONAI's ``SupervisedTrainer``/``SupervisedEvaluator`` (ignite engines) through
+``attach(engine)`` or is passed to them as an inferer, so bundle configs can list them by ``_target_``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.engines.utils import IterationEvents
+from monai.inferers import Inferer
+from monai.utils import convert_to_tensor
+from torch import nn
+from torch.optim import Optimizer
+
+from networks import FREEZE_ORDER, freeze_until
+from pipeline.seed import epoch_seed, reseed
+
+__all__ = [
+    "AutocastInferer",
+    "CopyBatchKeys",
+    "EpochReseed",
+    "GradualUnfreeze",
+    "LearningRateLogger",
+    "NonFiniteLossError",
+    "NonFiniteLossGuard",
+    "TensorBoardSlices",
+    "middle_slices",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class EpochReseed:
+    """Re-seed every generator at each epoch start from ``(seed, epoch)``, so a resumed run replays exactly.
+
+    Fires on ``EPOCH_STARTED``, before ignite creates the epoch's data iterator: the shuffling order, the
+    data-loader workers' seeds and the random transforms of epoch *k* then depend only on ``(seed, k)``, not on
+    what ran before, and a run resumed from the checkpoint of epoch *k − 1* draws what an uninterrupted run draws.
+
+    Args:
+        seed: the run seed.
+        datasets: datasets whose MONAI random transforms are re-seeded too (needed for ``num_workers=0``; with
+            workers, MONAI's ``worker_init_fn`` derives them from torch's seed). By default the trainer's
+            ``data_loader.dataset``.
+    """
+
+    def __init__(self, seed: int, datasets: Sequence[Any] | None = None) -> None:
+        self.seed = int(seed)
+        self.datasets = datasets
+
+    def attach(self, engine: Engine) -> None:
+        """Register on the trainer's ``EPOCH_STARTED``."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Re-seed for ``engine.state.epoch``."""
+        datasets = self.datasets
+        if datasets is None:
+            loader = getattr(engine, "data_loader", None)
+            datasets = [getattr(loader, "dataset", None)]
+        reseed(epoch_seed(self.seed, engine.state.epoch), *datasets)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training stopped because the loss was NaN or infinite; the message names the epoch and iteration."""
+
+
+class NonFiniteLossGuard:
+    """Stop training with :class:`NonFiniteLossError` when a loss is NaN or infinite, before the optimiser step.
+
+    It listens to MONAI's ``IterationEvents.LOSS_COMPLETED``, fired after the loss and before ``backward`` and
+    ``optimizer.step``: the weights are still the last finite ones, and no checkpoint of poisoned weights can be
+    written (ignite's ``TerminateOnNan`` checks after the step).
+    """
+
+    def attach(self, engine: Engine) -> None:
+        """Register on the trainer's ``LOSS_COMPLETED``."""
+        engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Raise if the current loss is not finite.
+
+        Raises:
+            NonFiniteLossError: naming the epoch, the iteration within it, the global iteration and the value.
+        """
+        loss = engine.state.output["loss"]
+        if not torch.isfinite(torch.as_tensor(loss)).all():
+            state = engine.state
+            within = (state.iteration - 1) % state.epoch_length + 1 if state.epoch_length else state.iteration
+            raise NonFiniteLossError(
+                f"loss is {float(torch.as_tensor(loss).float().mean())} at epoch {state.epoch}, iteration {within}"
+                f" of {state.epoch_length} (global iteration {state.iteration}); training stopped before the "
+                "optimiser step, the last checkpoint is unaffected. Lower the learning rate, check the inputs for "
+                "NaN/Inf voxels, or disable mixed precision."
+            )
+
+
+class CopyBatchKeys:
+    """Copy batch keys (e.g. the brain ``mask``) into the engine output, where metrics can read them.
+
+    Runs on ``IterationEvents.FORWARD_COMPLETED``, while the output is still a batched dict, so it is decollated
+    with the rest.
+
+    Args:
+        keys: batch keys to copy; missing ones are skipped.
+    """
+
+    def __init__(self, keys: Sequence[str] = ("mask",)) -> None:
+        self.keys = tuple(keys)
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``FORWARD_COMPLETED``."""
+        engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Copy the keys present in ``engine.state.batch``."""
+        for key in self.keys:
+            if isinstance(engine.state.batch, Mapping) and key in engine.state.batch:
+                value = engine.state.batch[key]
+                if isinstance(value, torch.Tensor):
+                    value = value.to(engine.state.device)
+                engine.state.output[key] = value
+
+
+class AutocastInferer(Inferer):
+    """Run another inferer under ``torch.autocast``: bf16 on CPU or CUDA, fp16 on CUDA.
+
+    MONAI 1.6.1's ``amp=True`` hard-codes ``torch.autocast("cuda")`` with a CUDA ``GradScaler`` and does nothing on
+    the CPU; this wrapper makes bf16 work on both (bf16 needs no loss scaling). The losses in
+    :mod:`pipeline.losses` compute in float32, so only the network runs in reduced precision.
+
+    Args:
+        inferer: the wrapped inferer (``SimpleInferer``, ``SlidingWindowInferer``).
+        device_type: ``"cpu"`` or ``"cuda"``.
+        dtype: ``torch.bfloat16`` or ``torch.float16``.
+    """
+
+    def __init__(self, inferer: Inferer, device_type: str = "cpu", dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__()
+        if device_type not in ("cpu", "cuda"):
+            raise ValueError(f"device_type must be 'cpu' or 'cuda', got {device_type!r}.")
+        self.inferer = inferer
+        self.device_type = device_type
+        self.dtype = dtype
+
+    def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped inferer's output, computed under autocast (returned in the reduced dtype)."""
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.inferer(inputs, network, *args, **kwargs)
+
+
+def middle_slices(volume: torch.Tensor) -> dict[str, np.ndarray]:
+    """Middle axial, coronal and sagittal slices of a (C, H, W, D) or (H, W, D) volume (first channel).
+
+    Axes are taken as RAS (H = left-right, W = posterior-anterior, D = inferior-superior), the orientation the
+    loaders produce; slices are transposed and flipped so the head is up in the images.
+
+    Returns:
+        ``{"axial", "coronal", "sagittal"}`` -> 2-D float arrays.
+    """
+    array = convert_to_tensor(volume, track_meta=False).detach().float().cpu().numpy()
+    if array.ndim == 4:
+        array = array[0]
+    if array.ndim != 3:
+        raise ValueError(f"expected a (C, H, W, D) or (H, W, D) volume, got shape {array.shape}.")
+    x, y, z = (s // 2 for s in array.shape)
+    return {
+        "axial": np.flipud(array[:, :, z].T),
+        "coronal": np.flipud(array[:, y, :].T),
+        "sagittal": np.flipud(array[x, :, :].T),
+    }
+
+
+class TensorBoardSlices:
+    """Write each validation's middle slices of noisy / denoised / clean / |error| to TensorBoard.
+
+    Attach to the evaluator: the first item of the first batch is kept, and at the end of the validation one image
+    per plane is written (tags ``{tag_prefix}/axial``, ``/coronal``, ``/sagittal``), each a row of four panels:
+    noisy input, network output, clean target and absolute error, clipped to ``[0, data_range]``.
+
+    Args:
+        summary_writer: a ``torch.utils.tensorboard.SummaryWriter``.
+        step_transform: engine -> global step (e.g. the trainer's epoch); default the engine's epoch.
+        data_range: display range of the intensities.
+        tag_prefix: tag prefix.
+        keys: output keys of the noisy input, prediction and target.
+    """
+
+    def __init__(
+        self,
+        summary_writer: Any,
+        step_transform: Callable[[Engine], int] | None = None,
+        data_range: float = 1.0,
+        tag_prefix: str = "val",
+        keys: tuple[str, str, str] = ("image", "pred", "label"),
+    ) -> None:
+        self.writer = summary_writer
+        self.step_transform = step_transform
+        self.data_range = float(data_range)
+        self.tag_prefix = tag_prefix
+        self.keys = keys
+        self._item: dict[str, torch.Tensor] | None = None
+
+    def attach(self, engine: Engine) -> None:
+        """Register on the evaluator's ``EPOCH_STARTED``, ``ITERATION_COMPLETED`` and ``EPOCH_COMPLETED``."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._keep)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self._item = None
+
+    def _keep(self, engine: Engine) -> None:
+        if self._item is not None:
+            return
+        output = engine.state.output
+        first = output[0] if isinstance(output, (list, tuple)) else {k: output[k][0] for k in self.keys}
+        self._item = {k: convert_to_tensor(first[k], track_meta=False).detach().float().cpu() for k in self.keys}
+
+    def _write(self, engine: Engine) -> None:
+        if self._item is None:
+            return
+        step = self.step_transform(engine) if self.step_transform else engine.state.epoch
+        noisy, pred, clean = (self._item[k] for k in self.keys)
+        panels = [noisy, pred, clean, (pred - clean).abs()]
+        slices = [middle_slices(p) for p in panels]
+        for plane in ("axial", "coronal", "sagittal"):
+            row = np.concatenate([s[plane] for s in slices], axis=1)
+            row = np.clip(row / self.data_range, 0.0, 1.0)
+            self.writer.add_image(f"{self.tag_prefix}/{plane}", row[None], global_step=step, dataformats="CHW")
+        self.writer.flush()
+
+
+class LearningRateLogger:
+    """Write the learning rate of each parameter group to TensorBoard at every epoch end.
+
+    Tags: ``train/lr`` for the first group, ``train/lr_group1``... for groups added later.
+
+    Args:
+        summary_writer: a ``SummaryWriter``.
+        optimizer: the optimiser.
+    """
+
+    def __init__(self, summary_writer: Any, optimizer: Optimizer) -> None:
+        self.writer = summary_writer
+        self.optimizer = optimizer
+
+    def attach(self, engine: Engine) -> None:
+        """Register on the trainer's ``EPOCH_COMPLETED``."""
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Write the current learning rates."""
+        for i, group in enumerate(self.optimizer.param_groups):
+            tag = "train/lr" if i == 0 else f"train/lr_group{i}"
+            self.writer.add_scalar(tag, group["lr"], engine.state.epoch)
+
+
+class GradualUnfreeze:
+    """Unfreeze a ResNet encoder stage by stage at given epochs, adding the newly trainable parameters to the optimiser.
+
+    ``schedule={3: "layer4", 6: "layer3"}`` calls ``networks.freeze_until(model, "layer4")`` at the start of epoch 3
+    (``conv1`` to ``layer3`` stay frozen, ``layer4`` and ``fc`` train) and ``freeze_until(model, "layer3")`` at the
+    start of epoch 6. Frozen batch norms keep their running statistics (``freeze_until`` makes them
+    ``FrozenBatchNorm3d``, which ignores ``train()``). Each step adds one parameter group holding exactly the
+    parameters that became trainable (learning rate ``lr``, default the first group's), so the optimiser never
+    holds a frozen parameter. Learning-rate schedules built earlier keep scheduling the groups they were built
+    with; the added groups keep their own rate.
+
+    Put this object in the checkpoint's ``save_dict`` before the optimiser (``extra_state`` of
+    :func:`pipeline.engines.run_training`): loading it re-applies the steps, so the optimiser state then loads into
+    matching groups.
+
+    Args:
+        model: a ``monai.networks.nets.ResNet`` classifier or a ``ResUnet3D``.
+        optimizer: its optimiser.
+        schedule: epoch (1-based) -> stage name for ``freeze_until`` (``conv1, bn1, layer1..layer4, fc``).
+        lr: learning rate of the added groups.
+
+    Raises:
+        ValueError: for an epoch < 1 or a stage name outside ``networks.FREEZE_ORDER``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Optimizer,
+        schedule: Mapping[int, str],
+        lr: float | None = None,
+    ) -> None:
+        self.schedule: dict[int, str] = {}
+        for epoch, name in schedule.items():
+            if int(epoch) < 1:
+                raise ValueError(f"schedule epochs must be >= 1, got {epoch}.")
+            if name not in FREEZE_ORDER:
+                raise ValueError(f"schedule stage must be one of {list(FREEZE_ORDER)}, got {name!r}.")
+            self.schedule[int(epoch)] = name
+        self.model = model
+        self.optimizer = optimizer
+        self.lr = lr
+        self.applied: list[int] = []
+
+    def attach(self, engine: Engine) -> None:
+        """Register on the trainer's ``EPOCH_STARTED``."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Apply the scheduled steps up to this epoch."""
+        self.apply_until(engine.state.epoch)
+
+    def apply_until(self, epoch: int) -> None:
+        """Apply, in order, every scheduled step at or before ``epoch`` not applied yet."""
+        for at in sorted(self.schedule):
+            if at <= epoch and at not in self.applied:
+                self._apply(at)
+
+    def _apply(self, at: int) -> None:
+        freeze_until(self.model, self.schedule[at])
+        held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        new = [p for p in self.model.parameters() if p.requires_grad and id(p) not in held]
+        if new:
+            lr = self.lr if self.lr is not None else self.optimizer.param_groups[0]["lr"]
+            self.optimizer.add_param_group({"params": new, "lr": lr})
+        self.applied.append(at)
+        logger.info(
+            "epoch %d: training from %s on (%d parameter tensors added to the optimiser)",
+            at,
+            self.schedule[at],
+            len(new),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epochs whose steps were applied, in order."""
+        return {"applied": list(self.applied)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Re-apply the recorded steps in order (before the optimiser state is loaded)."""
+        for at in state.get("applied", []):
+            if at not in self.applied:
+                self._apply(int(at))
