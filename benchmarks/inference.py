@@ -1,0 +1,266 @@
+"""Whole-brain inference: seconds and peak memory for a 1 mm brain (197 x 233 x 189) through sliding-window inference.
+
+Run: ``python -m benchmarks.inference [--quick] [--out benchmarks/results/inference.json]``.
+
+Each configuration runs in its own fresh Python process, so its peak resident memory (``resource.getrusage``
+``ru_maxrss``, which covers torch's native allocations that ``tracemalloc`` cannot see) is the peak of exactly one
+such run: imports + network + volume + sliding-window buffers. The input is nilearn's MNI152 T1 template at 1 mm
+(197 x 233 x 189) with Gaussian noise (sigma 15/255). The network is ResUnet3D as the bundle configures it (depth 18,
+levels 4; random weights: speed does not depend on them).
+
+Two kinds of rows:
+
+* ``pipeline``: the project's inference path end to end - :func:`pipeline.infer.denoise_scans` with the bundle's
+  ``inference.yaml`` (load the NIfTI, reorient, percentile-scale, pad, ``SlidingWindowInferer`` with the config's
+  64^3 tiles, 4 tiles per pass, overlap 0.5, Gaussian blending, ``torch.inference_mode``; invert; write the NIfTI),
+  on one scan and on a folder of scans (the batch).
+* model-level knobs, one at a time against ``baseline`` (MONAI ``sliding_window_inference`` on the in-memory volume
+  with the same settings as the bundle): ``torch.no_grad`` instead of ``inference_mode``, window batch size,
+  overlap, tile size, ``channels_last_3d``, bf16 autocast, TorchScript (``torch.jit.script`` + ``torch.jit.freeze``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+from benchmarks._common import default_out, format_table, machine_info, write_json
+
+__all__ = ["BASELINE", "KNOBS", "main", "measure", "run_worker"]
+
+#: the baseline configuration every knob is compared with.
+BASELINE: dict[str, Any] = {
+    "mode": "direct",
+    "network": "resunet3d",
+    "size": "default",
+    "shape": [197, 233, 189],
+    "roi": 64,
+    "sw_batch_size": 4,
+    "overlap": 0.5,
+    "blend": "gaussian",
+    "inference_mode": True,
+    "channels_last": False,
+    "bf16": False,
+    "torchscript": False,
+    "scans": 1,
+}
+
+#: name -> the settings it changes from the baseline.
+KNOBS: dict[str, dict[str, Any]] = {
+    "pipeline": {"mode": "pipeline"},
+    "baseline": {},
+    "no_grad": {"inference_mode": False},
+    "sw_batch1": {"sw_batch_size": 1},
+    "sw_batch8": {"sw_batch_size": 8},
+    "overlap0.25": {"overlap": 0.25},
+    "overlap0.25_roi96": {"overlap": 0.25, "roi": 96},
+    "channels_last_3d": {"channels_last": True},
+    "bf16": {"bf16": True},
+    "torchscript": {"torchscript": True},
+}
+
+
+def run_worker(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Run one configuration in this process and return its timings and peak memory.
+
+    Args:
+        cfg: a configuration (the keys of :data:`BASELINE`).
+
+    Returns:
+        ``{"load_s", "seconds" (list, one per scan), "rss_before_gib", "peak_rss_gib"}``.
+    """
+    import numpy as np
+    import torch
+
+    from benchmarks._common import add_noise, build_denoiser, load_template
+
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    model = build_denoiser(cfg["network"], cfg["size"]).eval()
+    t1, _ = load_template()
+    h, w, d = cfg["shape"]
+    t1 = np.pad(t1, [(0, max(0, n - s)) for n, s in zip((h, w, d), t1.shape)])[:h, :w, :d]
+    noisy = add_noise(np.ascontiguousarray(t1), "gaussian", seed=0)
+    if cfg["mode"] == "pipeline":
+        return _run_pipeline(cfg, model, noisy)
+    from monai.inferers import sliding_window_inference
+
+    volume = torch.from_numpy(noisy)[None, None]
+    fmt = torch.channels_last_3d if cfg["channels_last"] else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    if cfg["torchscript"]:
+        with torch.no_grad():
+            model = torch.jit.freeze(torch.jit.script(model))
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg["bf16"]):
+            return model(x.contiguous(memory_format=fmt)).float()
+
+    load_s = time.perf_counter() - start
+    rss_before = _rss_gib()
+    seconds = []
+    for _ in range(cfg["scans"]):
+        start = time.perf_counter()
+        ctx = torch.inference_mode() if cfg["inference_mode"] else torch.no_grad()
+        with ctx:
+            sliding_window_inference(
+                volume, cfg["roi"], cfg["sw_batch_size"], predictor, overlap=cfg["overlap"], mode=cfg["blend"]
+            )
+        seconds.append(time.perf_counter() - start)
+    return {"load_s": load_s, "seconds": seconds, "rss_before_gib": rss_before, "peak_rss_gib": _rss_gib()}
+
+
+def _rss_gib() -> float:
+    """Peak resident memory of this process so far, GiB (``ru_maxrss`` is in KiB on Linux)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def _run_pipeline(cfg: dict[str, Any], model: Any, noisy: Any) -> dict[str, Any]:
+    """Denoise ``cfg["scans"]`` NIfTI copies of ``noisy`` with :func:`pipeline.infer.denoise_scans` (the bundle)."""
+    import tempfile
+    from pathlib import Path
+
+    import nibabel as nib
+    import torch
+    from nilearn.datasets import load_mni152_template
+
+    from pipeline.infer import denoise_scans
+
+    affine = load_mni152_template(resolution=1).affine
+    with tempfile.TemporaryDirectory() as tmp:
+        scans = Path(tmp) / "scans"
+        scans.mkdir()
+        for i in range(cfg["scans"]):
+            nib.save(nib.Nifti1Image(noisy, affine), scans / f"scan{i:02d}.nii.gz")
+        weights = Path(tmp) / "model.pt"
+        torch.save(model.state_dict(), weights)
+        overrides: dict[str, Any] = {
+            "patch_size": [cfg["roi"]] * 3,
+            "sw_batch_size": cfg["sw_batch_size"],
+            "sw_overlap": cfg["overlap"],
+            "show_progress": False,
+        }
+        if cfg["size"] == "small":
+            overrides.update({"network_def::model_depth": 10, "network_def::levels": 3})
+        rss_before = _rss_gib()
+        start = time.perf_counter()
+        summary = denoise_scans(scans, Path(tmp) / "out", weights=weights, device="cpu", **overrides)
+        total = time.perf_counter() - start
+        if summary.failed:
+            raise RuntimeError(f"pipeline inference failed: {summary.report()}")
+        seconds = [r.seconds for r in summary.results]
+    return {
+        "load_s": total - sum(seconds),
+        "seconds": seconds,
+        "rss_before_gib": rss_before,
+        "peak_rss_gib": _rss_gib(),
+    }
+
+
+def measure(cfg: dict[str, Any], timeout: float = 1800.0) -> dict[str, Any]:
+    """Run one configuration in a fresh subprocess (``python -m benchmarks.inference --worker JSON``).
+
+    Args:
+        cfg: the configuration.
+        timeout: seconds before the subprocess is killed.
+
+    Returns:
+        The worker's result dict.
+
+    Raises:
+        RuntimeError: if the worker fails; the message holds its stderr's tail.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.inference", "--worker", json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"inference worker failed for {cfg}:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run every knob and the batch of scans, print the table and ratios, write the JSON.
+
+    Args:
+        argv: command-line arguments (default: ``sys.argv``).
+
+    Returns:
+        The result dict that was written (or, with ``--worker``, the worker's result, printed as one JSON line).
+    """
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a 48 x 56 x 40 volume, 32^3 tiles, small network")
+    parser.add_argument("--scans", type=int, default=3, help="scans in the batch-of-scans run")
+    parser.add_argument("--knobs", nargs="+", default=list(KNOBS), choices=list(KNOBS))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=str(default_out("inference")))
+    args = parser.parse_args(argv)
+    if args.worker:
+        result = run_worker(json.loads(args.worker))
+        print(json.dumps(result))
+        return result
+
+    base = dict(BASELINE)
+    if args.quick:
+        base.update(size="small", shape=[48, 56, 40], roi=32)
+        args.knobs = [k for k in args.knobs if k != "overlap0.25_roi96"]
+    rows = []
+    configs = [(name, dict(base, **KNOBS[name])) for name in args.knobs]
+    configs.append((f"pipeline, folder of {args.scans} scans", dict(base, mode="pipeline", scans=args.scans)))
+    for name, cfg in configs:
+        res = measure(cfg)
+        row = {
+            "config": name,
+            "seconds_per_scan": sum(res["seconds"]) / len(res["seconds"]),
+            "first_scan_s": res["seconds"][0],
+            "load_s": res["load_s"],
+            "peak_rss_gib": res["peak_rss_gib"],
+            "rss_before_gib": res["rss_before_gib"],
+            "cfg": cfg,
+        }
+        rows.append(row)
+        print(f"{name:40s} {row['seconds_per_scan']:.2f} s/scan, peak RSS {row['peak_rss_gib']:.2f} GiB", flush=True)
+
+    reference = next((r for r in rows if r["config"] == "baseline"), rows[0])
+    base_s = reference["seconds_per_scan"]
+    for row in rows:
+        row["speedup_vs_baseline"] = base_s / row["seconds_per_scan"]
+    shape = "x".join(str(n) for n in base["shape"])
+    print(f"\n{shape} volume, {base['network']} ({base['size']}), {base['roi']}^3 tiles\n")
+    columns = ["config", "seconds_per_scan", "first_scan_s", "speedup_vs_baseline", "peak_rss_gib", "rss_before_gib"]
+    print(format_table(rows, columns))
+    ratios = {
+        f"{rows[0]['config']} peak RSS GiB (target <= 4)": round(rows[0]["peak_rss_gib"], 2),
+        "max peak RSS GiB over configs (target <= 4)": round(max(r["peak_rss_gib"] for r in rows), 2),
+        "best config": min(rows, key=lambda r: r["seconds_per_scan"])["config"],
+        "best speed-up over baseline": round(max(r["speedup_vs_baseline"] for r in rows), 2),
+        "pipeline seconds per 1 mm brain": next(
+            (round(r["seconds_per_scan"], 2) for r in rows if r["config"] == "pipeline"), None
+        ),
+    }
+    for key, value in ratios.items():
+        print(f"{key}: {value}")
+    result = {
+        "benchmark": "inference",
+        "quick": args.quick,
+        "machine": machine_info(),
+        "setup": {k: base[k] for k in ("network", "size", "shape", "roi")},
+        "rows": rows,
+        "ratios": ratios,
+    }
+    write_json(result, args.out)
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""Training throughput: samples/s and achieved GFLOP/s of a training step, as a fraction of the conv3d ceiling.
+
+Run: ``python -m benchmarks.throughput [--quick] [--patch 64] [--batch 2] [--out benchmarks/results/throughput.json]``.
+
+The *ceiling* is one ``Conv3d(32, 32, 3, padding=1)`` forward + backward (input and weight gradients) on a
+(2, 32, 48, 48, 48) tensor, in the NCDHW layout and in ``channels_last_3d``; it is measured at the start and again at
+the end of the run (the machine is shared, so both are reported and the higher one is the ceiling). A *training
+step* is forward, L1 loss, backward and an Adam step on a (batch, 1, patch, patch, patch) input, for MONAI's UNet,
+BasicUNet, FlexibleUNet(resnet18) and ResUnet3D (configurations in ``benchmarks._common.build_denoiser``). FLOPs
+are counted once per step with ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products,
+forward and backward; norms and activations are not counted) and divided by the median step time.
+
+Speed knobs measured for every network: ``channels_last_3d`` (network and input), bf16 autocast on the CPU, and,
+with ``--compile``, ``torch.compile`` (its compile time is reported separately).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks._common import build_denoiser, default_out, format_table, machine_info, write_json
+
+__all__ = ["NETWORKS", "VARIANTS", "conv3d_ceiling", "count_flops", "main", "training_step_rate"]
+
+NETWORKS = ("unet", "basicunet", "flexibleunet", "resunet3d")
+#: variant name -> (channels_last_3d, bf16 autocast, torch.compile)
+VARIANTS = {"fp32": (False, False, False), "channels_last_3d": (True, False, False), "bf16": (False, True, False)}
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """Count the floating-point operations ``fn`` performs (torch's ``FlopCounterMode``: convolutions, matmuls).
+
+    Args:
+        fn: the callable (a forward + backward, typically).
+
+    Returns:
+        The total FLOP count (multiply-add = 2 FLOPs).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def _median_time(fn: Callable[[], Any], steps: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def conv3d_ceiling(size: int = 48, batch: int = 2, channels_last: bool = False, steps: int = 5) -> dict[str, float]:
+    """Measure a 32 -> 32, 3^3 convolution's forward + backward rate.
+
+    Args:
+        size: spatial edge of the input (voxels).
+        batch: batch size.
+        channels_last: use ``torch.channels_last_3d`` for the input and the weights.
+        steps: timed repetitions (median taken).
+
+    Returns:
+        ``{"gflops": achieved GFLOP/s, "seconds": median seconds per forward + backward, "flop": FLOPs per step}``.
+    """
+    conv = torch.nn.Conv3d(32, 32, 3, padding=1)
+    x = torch.randn(batch, 32, size, size, size)
+    if channels_last:
+        conv = conv.to(memory_format=torch.channels_last_3d)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    x.requires_grad_(True)
+
+    def step() -> None:
+        conv.zero_grad(set_to_none=True)
+        x.grad = None
+        conv(x).sum().backward()
+
+    flop = count_flops(step)
+    seconds = _median_time(step, steps)
+    return {"gflops": flop / seconds / 1e9, "seconds": seconds, "flop": flop}
+
+
+def training_step_rate(
+    model: torch.nn.Module,
+    patch: int,
+    batch: int,
+    steps: int,
+    channels_last: bool = False,
+    bf16: bool = False,
+    compile_model: bool = False,
+) -> dict[str, float]:
+    """Measure a full training step (forward, L1 loss, backward, Adam) of a 1-channel 3-D denoiser.
+
+    Args:
+        model: the network; it is put in training mode (and converted to ``channels_last_3d`` if asked).
+        patch: spatial edge of the random input patch.
+        batch: batch size.
+        steps: timed steps (median taken) after one warm-up step.
+        channels_last: convert the network and input to ``channels_last_3d``.
+        bf16: run forward and loss under ``torch.autocast("cpu", dtype=torch.bfloat16)``.
+        compile_model: wrap the network with ``torch.compile`` (first step's extra time reported as compile time).
+
+    Returns:
+        ``{"seconds", "samples_per_s", "gflop_per_step", "gflops", "compile_s"}``.
+    """
+    torch.manual_seed(0)
+    model.train()
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    x = torch.rand(batch, 1, patch, patch, patch).contiguous(memory_format=fmt)
+    y = torch.rand(batch, 1, patch, patch, patch).contiguous(memory_format=fmt)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    flop = count_flops(lambda: torch.nn.functional.l1_loss(model(x), y).backward())
+    optimizer.zero_grad(set_to_none=True)
+    net = torch.compile(model) if compile_model else model
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.l1_loss(net(x).float(), y)
+        loss.backward()
+        optimizer.step()
+
+    compile_s = 0.0
+    if compile_model:
+        start = time.perf_counter()
+        step()
+        compile_s = time.perf_counter() - start
+    seconds = _median_time(step, steps)
+    return {
+        "seconds": seconds,
+        "samples_per_s": batch / seconds,
+        "gflop_per_step": flop / 1e9,
+        "gflops": flop / seconds / 1e9,
+        "compile_s": compile_s,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print the table and ratios, write the JSON.
+
+    Args:
+        argv: command-line arguments (default: ``sys.argv``).
+
+    Returns:
+        The result dict that was written.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small networks, 32^3 patches, 2 steps: seconds")
+    parser.add_argument("--patch", type=int, default=64, help="training patch edge (voxels)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration (median)")
+    parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile)")
+    parser.add_argument("--out", default=str(default_out("throughput")))
+    args = parser.parse_args(argv)
+    patch, batch, steps = (32, 2, 2) if args.quick else (args.patch, args.batch, args.steps)
+    size = "small" if args.quick else "default"
+    conv_size = 16 if args.quick else 48
+    torch.manual_seed(0)
+
+    ceiling_before = {
+        "ncdhw": conv3d_ceiling(conv_size, steps=steps),
+        "channels_last_3d": conv3d_ceiling(conv_size, channels_last=True, steps=steps),
+    }
+    variants = [(v, *VARIANTS[v]) for v in args.variants]
+    if args.compile:
+        variants.append(("compile", False, False, True))
+    rows = []
+    for name in args.networks:
+        for variant, channels_last, bf16, compile_model in variants:
+            model = build_denoiser(name, size)
+            params = sum(p.numel() for p in model.parameters())
+            rate = training_step_rate(model, patch, batch, steps, channels_last, bf16, compile_model)
+            rows.append({"network": name, "variant": variant, "params_m": round(params / 1e6, 2), **rate})
+            print(f"{name:13s} {variant:17s} {rate['seconds']:.3f} s/step {rate['gflops']:.1f} GFLOP/s", flush=True)
+    ceiling_after = {
+        "ncdhw": conv3d_ceiling(conv_size, steps=steps),
+        "channels_last_3d": conv3d_ceiling(conv_size, channels_last=True, steps=steps),
+    }
+    ceiling = {k: max(ceiling_before[k]["gflops"], ceiling_after[k]["gflops"]) for k in ceiling_before}
+    best_ceiling = max(ceiling.values())
+    for row in rows:
+        own = ceiling["channels_last_3d" if row["variant"] == "channels_last_3d" else "ncdhw"]
+        row["fraction_of_ceiling"] = row["gflops"] / own
+        row["fraction_of_best_ceiling"] = row["gflops"] / best_ceiling
+
+    print(
+        f"\nconv3d 32->32 3^3 fwd+bwd ceiling (GFLOP/s): NCDHW {ceiling['ncdhw']:.1f}, "
+        f"channels_last_3d {ceiling['channels_last_3d']:.1f} "
+        f"(start {ceiling_before['ncdhw']['gflops']:.1f}/{ceiling_before['channels_last_3d']['gflops']:.1f}, "
+        f"end {ceiling_after['ncdhw']['gflops']:.1f}/{ceiling_after['channels_last_3d']['gflops']:.1f})"
+    )
+    print(f"patch {patch}^3, batch {batch}, {steps} timed steps each (median)\n")
+    columns = ["network", "variant", "params_m", "gflop_per_step", "seconds", "samples_per_s", "gflops"]
+    print(format_table(rows, [*columns, "fraction_of_ceiling"]))
+    ratios = _ratios(rows)
+    for key, value in ratios.items():
+        print(f"{key}: {value}")
+    result = {
+        "benchmark": "throughput",
+        "quick": args.quick,
+        "machine": machine_info(),
+        "setup": {
+            "patch": patch,
+            "batch": batch,
+            "steps": steps,
+            "conv_input": [2, 32, conv_size, conv_size, conv_size],
+        },
+        "ceiling_gflops": ceiling,
+        "ceiling_runs": {"start": ceiling_before, "end": ceiling_after},
+        "rows": rows,
+        "ratios": ratios,
+    }
+    write_json(result, args.out)
+    print(f"wrote {args.out}")
+    return result
+
+
+def _ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Target check (step >= 0.6 of the ceiling) and the speed-up of each knob over fp32, per network."""
+    out: dict[str, Any] = {}
+    by = {(r["network"], r["variant"]): r for r in rows}
+    for (net, variant), row in by.items():
+        if variant == "fp32":
+            out[f"{net}: fp32 step / conv3d ceiling (target >= 0.6)"] = round(row["fraction_of_ceiling"], 3)
+        elif (net, "fp32") in by:
+            out[f"{net}: {variant} speed-up over fp32"] = round(by[(net, "fp32")]["seconds"] / row["seconds"], 2)
+    return out
+
+
+if __name__ == "__main__":
+    main()
