@@ -1,0 +1,344 @@
+r"""Run the bundle's workflows with every command-line override checked against the configs first.
+
+``python -m monai.bundle run`` adds any override key it does not know as a new config entry, so a typo
+(``--num_epoch 5`` for ``--num_epochs 5``) is silently ignored and the run trains with the default. This module
+takes exactly the same arguments as ``python -m monai.bundle run`` (a run id, ``--config_file``, ``--meta_file``,
+``--logging_file``, ``--args_file`` and ``--id value`` overrides), refuses an override whose key is not in the
+merged configs, naming the closest existing keys, and then hands everything to MONAI unchanged::
+
+    python -m pipeline.bundle_run --dataset_dir demo/cohort --num_epochs 5 \
+        --config_file "['bundle/configs/common.yaml','bundle/configs/train_denoise.yaml']"
+
+An override is accepted when its key exists, or when it adds an argument to a component (a section with a
+``_target_``): a misspelt argument there makes the class itself raise a ``TypeError`` when it is built, so
+nothing is silently dropped. Keys starting with ``+`` (MONAI's merge syntax) must name an existing section.
+
+``bundle_root`` defaults to the folder above the first config file's ``configs/`` folder, so commands run from
+any working directory write under the bundle (``bundle/models``, ``bundle/eval``), as ``--bundle_root bundle``
+would with MONAI's own command.
+
+Python callers (the demo, tests) use :func:`create_workflow`, which applies the same check and returns an
+initialised ``monai.bundle.ConfigWorkflow``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle.utils import ID_SEP_KEY
+
+__all__ = [
+    "BUNDLE_DIR",
+    "ConfigOverrideError",
+    "check_overrides",
+    "config_ids",
+    "create_workflow",
+    "default_bundle_root",
+    "main",
+    "run",
+    "unwrap_config_error",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The bundle folder of this repository (``<repo>/bundle``).
+BUNDLE_DIR: Path = Path(__file__).resolve().parents[1] / "bundle"
+
+_RUN_ARGS = ("run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file")
+_SEPARATORS = (ID_SEP_KEY, "#")
+_TARGET = "_target_"
+
+
+class ConfigOverrideError(KeyError):
+    """An override names a config key that does not exist (a typo would otherwise be silently added).
+
+    Args:
+        unknown: ``{override key: [closest existing keys]}``.
+        config_files: the configs the keys were looked up in.
+    """
+
+    def __init__(self, unknown: Mapping[str, Sequence[str]], config_files: Sequence[str]) -> None:
+        self.unknown = {key: list(close) for key, close in unknown.items()}
+        self.config_files = list(config_files)
+        lines = []
+        for key, close in self.unknown.items():
+            hint = f" (did you mean {', '.join('--' + c for c in close)}?)" if close else ""
+            lines.append(f"--{key}{hint}")
+        super().__init__(
+            f"unknown config key(s) {'; '.join(lines)}: not defined in {', '.join(self.config_files)}. "
+            "Check the spelling; list the keys with `python -m pipeline.bundle_run --config_file ... --list_keys`."
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def unwrap_config_error(error: BaseException) -> BaseException:
+    """The exception a config expression or component raised, without MONAI's ``Failed to evaluate`` wrappers.
+
+    MONAI re-raises any error of a ``$`` expression or ``_target_`` component as a ``RuntimeError`` whose
+    ``__cause__`` is the original; a researcher needs the original (e.g. an ``InputError`` naming the file).
+
+    Args:
+        error: the raised exception.
+
+    Returns:
+        The innermost cause behind MONAI's wrappers (``error`` itself when it is not wrapped).
+    """
+    seen = set()
+    while (
+        type(error) is RuntimeError
+        and str(error).startswith(("Failed to evaluate", "Failed to instantiate"))
+        and error.__cause__ is not None
+        and id(error) not in seen
+    ):
+        seen.add(id(error))
+        error = error.__cause__
+    return error
+
+
+def _split_id(key: str) -> list[str]:
+    normalised = key.replace("#", ID_SEP_KEY)
+    return [part for part in normalised.split(ID_SEP_KEY)]
+
+
+def config_ids(config: Any, prefix: str = "") -> list[str]:
+    """List every id of a config (nested keys joined with ``::``), depth first.
+
+    Args:
+        config: a parsed config (nested dicts and lists).
+        prefix: id of ``config`` itself.
+
+    Returns:
+        The ids, e.g. ``["network_def", "network_def::_target_", "network_def::model_depth", ...]``.
+    """
+    ids: list[str] = []
+    if isinstance(config, Mapping):
+        items = [(str(k), v) for k, v in config.items()]
+    elif isinstance(config, list):
+        items = [(str(i), v) for i, v in enumerate(config)]
+    else:
+        return ids
+    for key, value in items:
+        full = f"{prefix}{ID_SEP_KEY}{key}" if prefix else key
+        ids.append(full)
+        ids.extend(config_ids(value, full))
+    return ids
+
+
+def _lookup(config: Any, parts: Sequence[str]) -> tuple[bool, Any]:
+    """Return ``(found, parent_of_missing_part_or_value)`` for a split id."""
+    node = config
+    for depth, part in enumerate(parts):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
+            node = node[int(part)]
+        else:
+            # a new argument of a component is legitimate (the class rejects a misspelt one when built)
+            is_new_argument = depth == len(parts) - 1 and isinstance(node, Mapping) and _TARGET in node
+            return is_new_argument, node
+    return True, node
+
+
+def check_overrides(config_files: str | Sequence[str], overrides: Mapping[str, Any]) -> None:
+    """Raise if an override key is not in the merged configs (see the module docstring for the rule).
+
+    Args:
+        config_files: the config file(s), merged in order as MONAI merges them.
+        overrides: ``{id: value}`` as given on the command line (``::`` or ``#`` separated ids).
+
+    Raises:
+        ConfigOverrideError: listing every unknown key with the closest existing ones.
+        FileNotFoundError: if a config file does not exist.
+    """
+    files = [config_files] if isinstance(config_files, (str, os.PathLike)) else list(config_files)
+    for file in files:
+        if not Path(file).is_file():
+            raise FileNotFoundError(f"config file {file} does not exist")
+    config = ConfigParser.load_config_files(files)
+    known: list[str] | None = None
+    unknown: dict[str, list[str]] = {}
+    for key in overrides:
+        merge = key.startswith("+")
+        found, _ = _lookup(config, _split_id(key[1:] if merge else key))
+        if not found:
+            if known is None:
+                known = config_ids(config)
+            plain = key[1:] if merge else key
+            unknown[key] = difflib.get_close_matches(plain.replace("#", ID_SEP_KEY), known, n=3, cutoff=0.6)
+    if unknown:
+        raise ConfigOverrideError(unknown, [os.fspath(f) for f in files])
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike)):
+        text = os.fspath(value)
+        if not Path(text).is_file() and "," in text:
+            return [part.strip() for part in text.split(",")]
+        return [text]
+    return [os.fspath(v) for v in value]
+
+
+def default_bundle_root(config_files: str | Sequence[str]) -> str:
+    """The bundle folder of a config list: the parent of the first file's ``configs/`` folder.
+
+    Args:
+        config_files: the config file(s).
+
+    Returns:
+        The folder, as a string (the first file's folder when it is not named ``configs``).
+    """
+    first = Path(_as_list(config_files)[0]).resolve().parent
+    return os.fspath(first.parent if first.name == "configs" else first)
+
+
+def create_workflow(
+    config_file: str | Sequence[str],
+    workflow_type: str | None = "train",
+    meta_file: str | Sequence[str] | None = None,
+    logging_file: str | bool | None = None,
+    initialize: bool = True,
+    **override: Any,
+) -> ConfigWorkflow:
+    """Build a ``ConfigWorkflow`` after checking the overrides, with ``bundle_root`` defaulting to the bundle.
+
+    Args:
+        config_file: config file(s), merged in order (``common.yaml`` first).
+        workflow_type: ``"train"``, ``"infer"`` or ``None`` (which properties ``check_properties`` checks).
+        meta_file: metadata file(s); default ``<configs folder>/metadata.json``.
+        logging_file: logging config; default ``<configs folder>/logging.conf``; ``False`` leaves logging alone.
+        initialize: call ``initialize()`` before returning.
+        **override: ``{id: value}`` config overrides (``"network_def::model_depth": 34``).
+
+    Returns:
+        The workflow (initialised when ``initialize``).
+
+    Raises:
+        ConfigOverrideError: for an override key that is not in the configs.
+    """
+    files = _as_list(config_file)
+    check_overrides(files, override)
+    override.setdefault("bundle_root", default_bundle_root(files))
+    workflow = ConfigWorkflow(
+        config_file=files,
+        meta_file=meta_file,
+        logging_file=logging_file,
+        workflow_type=workflow_type,
+        **override,
+    )
+    if initialize:
+        workflow.initialize()
+    return workflow
+
+
+def run(
+    run_id: str | None = None,
+    init_id: str | None = None,
+    final_id: str | None = None,
+    meta_file: str | Sequence[str] | None = None,
+    config_file: str | Sequence[str] | None = None,
+    logging_file: str | None = None,
+    tracking: str | dict | None = None,
+    args_file: str | None = None,
+    **override: Any,
+) -> None:
+    """``monai.bundle.run`` with checked overrides and ``bundle_root`` defaulting to the bundle folder.
+
+    Args:
+        run_id: config id of the expressions to run (default ``run``).
+        init_id: config id run first (default ``initialize``).
+        final_id: config id run last (default ``finalize``).
+        meta_file: metadata file(s).
+        config_file: config file(s), merged in order.
+        logging_file: logging config file.
+        tracking: MONAI experiment-tracking settings.
+        args_file: JSON/YAML file of default arguments (as in MONAI).
+        **override: ``{id: value}`` config overrides.
+
+    Raises:
+        ConfigOverrideError: for an override key that is not in the configs.
+        ValueError: if no config file is given.
+    """
+    from monai.bundle import run as monai_run
+
+    files = _as_list(config_file)
+    if args_file is not None and not files:
+        files = _as_list(ConfigParser.load_config_file(args_file).get("config_file"))
+    if not files:
+        raise ValueError("config_file is required: --config_file \"['bundle/configs/common.yaml', '...']\"")
+    check_overrides(files, override)
+    override.setdefault("bundle_root", default_bundle_root(files))
+    given = {
+        "run_id": run_id,
+        "init_id": init_id,
+        "final_id": final_id,
+        "meta_file": meta_file,
+        "logging_file": logging_file,
+        "tracking": tracking,
+        "args_file": args_file,
+    }
+    monai_run(config_file=files, **{k: v for k, v in given.items() if v is not None}, **override)
+
+
+def _list_keys(config_file: Any) -> None:
+    config = ConfigParser.load_config_files(_as_list(config_file))
+    for key in config_ids(config):
+        print(key)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (``python -m pipeline.bundle_run``); arguments as ``python -m monai.bundle run``.
+
+    ``--list_keys`` prints every config id of the merged ``--config_file`` and exits.
+
+    Args:
+        argv: arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        0 on success, 2 for an unknown override key or a missing config file, 1 for a bad input file.
+    """
+    import fire
+
+    from transforms.errors import InputError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--list_keys" in args:
+        args.remove("--list_keys")
+        fire.Fire(_list_keys, command=args, name="pipeline.bundle_run")
+        return 0
+    from pipeline.checkpoint import CheckpointError
+    from pipeline.infer import ScanFailuresError
+
+    try:
+        fire.Fire(run, command=args, name="pipeline.bundle_run")
+    except (ConfigOverrideError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        cause = unwrap_config_error(error)
+        if isinstance(cause, ScanFailuresError):
+            print(cause.summary.report(), file=sys.stderr)
+            return 1
+        if isinstance(cause, (InputError, CheckpointError, ValueError)):
+            print(f"error: {cause}", file=sys.stderr)
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    # run the importable module's main, so exceptions raised by config expressions (which import
+    # pipeline.bundle_run) are the same classes as the ones caught here
+    from pipeline.bundle_run import main as _main
+
+    sys.exit(_main())

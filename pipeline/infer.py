@@ -1,0 +1,682 @@
+"""Inference on new scans: denoised NIfTI in each scan's own space, class probabilities as CSV.
+
+Input is a file, a folder or a datalist JSON (or a list of them), in any orientation, voxel size and matrix size.
+Each scan goes through the bundle's deterministic preprocessing (load and validate, reorient to RAS, optional
+resampling, robust percentile scaling, all invertible), then sliding-window inference under
+``torch.inference_mode``; MONAI's ``Invertd`` undoes the preprocessing on the prediction, so the denoised volume
+is written on the scan's own voxel grid and in its own intensity units. For a NIfTI input the output keeps the
+input's header (qform and sform with their codes, voxel sizes, units, description) and shape; only the data type
+becomes float32 (scaling slope/intercept cleared). Other formats are written as NIfTI with the scan's affine.
+
+Batch behaviour (issue 7): a scan that cannot be processed (unreadable, truncated, 2-D or 4-D, NaN voxels...) is
+named with the reason and the others are still processed; every output is written to a temporary name and
+renamed into place when complete (:func:`pipeline.files.atomic_path`); outputs that already exist are skipped
+unless ``overwrite`` is set, so a killed run is simply repeated; :class:`InferenceSummary` reports what happened
+and the command line exits with status 1 when any scan failed.
+
+The bundle's ``inference.yaml`` and ``inference_classifier.yaml`` call :func:`denoise_items` and
+:func:`classify_items` with the objects they define; :func:`denoise_scans` and :func:`classify_scans` (and the
+command line, ``python -m pipeline.infer``) run those configs with the given inputs and weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.inferers import Inferer, SimpleInferer
+from monai.transforms import MapTransform
+from monai.utils import convert_to_numpy
+
+from pipeline.checkpoint import CheckpointError, load_checkpoint
+from pipeline.datasets import SCAN_SUFFIXES, load_datalist, scan_id
+from pipeline.files import atomic_path
+from transforms.errors import InputError
+
+__all__ = [
+    "DENOISED_POSTFIX",
+    "InferenceSummary",
+    "SaveLikeSourced",
+    "ScanFailuresError",
+    "ScanResult",
+    "classify_items",
+    "classify_scans",
+    "collect_scans",
+    "denoise_items",
+    "denoise_scans",
+    "check_weights_file",
+    "load_weights",
+    "main",
+    "output_file",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Appended to a scan's name for its denoised output (``sub-01.nii.gz`` -> ``sub-01_denoised.nii.gz``).
+DENOISED_POSTFIX = "_denoised"
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanResult:
+    """What happened to one scan.
+
+    Attributes:
+        source: the input path.
+        status: ``"done"``, ``"skipped"`` (output already there) or ``"failed"``.
+        output: the output file (``None`` for the classifier, whose rows go to one CSV).
+        reason: why it failed (empty otherwise).
+        seconds: wall time spent on the scan.
+    """
+
+    source: str
+    status: str
+    output: str | None = None
+    reason: str = ""
+    seconds: float = 0.0
+
+
+@dataclasses.dataclass
+class InferenceSummary:
+    """The results of one batch, in input order.
+
+    Attributes:
+        results: one :class:`ScanResult` per scan.
+        rows: the classifier's CSV rows (empty for denoising).
+        table: the classifier's CSV file (``None`` for denoising).
+    """
+
+    results: list[ScanResult] = dataclasses.field(default_factory=list)
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    table: str | None = None
+
+    def count(self, status: str) -> int:
+        """Number of scans with ``status`` (``"done"``, ``"skipped"`` or ``"failed"``)."""
+        return sum(result.status == status for result in self.results)
+
+    @property
+    def failed(self) -> list[ScanResult]:
+        """The scans that could not be processed."""
+        return [result for result in self.results if result.status == "failed"]
+
+    def report(self) -> str:
+        """One line per failed scan, then ``N scans: D done, S skipped (output exists), F failed``."""
+        lines = [f"FAILED {result.source}: {result.reason}" for result in self.failed]
+        lines.append(
+            f"{len(self.results)} scans: {self.count('done')} done, {self.count('skipped')} skipped "
+            f"(output exists), {self.count('failed')} failed"
+        )
+        return "\n".join(lines)
+
+    def raise_if_failed(self) -> InferenceSummary:
+        """Raise :class:`ScanFailuresError` when a scan failed; return ``self`` otherwise."""
+        if self.failed:
+            raise ScanFailuresError(self)
+        return self
+
+
+class ScanFailuresError(RuntimeError):
+    """Some scans of a batch could not be processed (the others were); carries the :class:`InferenceSummary`."""
+
+    def __init__(self, summary: InferenceSummary) -> None:
+        self.summary = summary
+        super().__init__(summary.report())
+
+
+def _is_scan_name(path: Path) -> bool:
+    return path.name.lower().endswith(SCAN_SUFFIXES)
+
+
+def _is_dicom_folder(path: Path) -> bool:
+    return path.is_dir() and any(child.suffix.lower() == ".dcm" for child in path.iterdir())
+
+
+def _item(image: str | os.PathLike, subject: Any = None) -> dict[str, str]:
+    path = os.fspath(image)
+    return {"image": path, "subject": str(subject) if subject not in (None, "") else scan_id(path)}
+
+
+def collect_scans(source: str | os.PathLike | Sequence[Any], datalist_key: str = "testing") -> list[dict[str, str]]:
+    """List the scans to process as ``{"image": path, "subject": id}`` items, in a stable order.
+
+    Args:
+        source: a scan file (processed even if it turns out unreadable: the failure is reported for it), a DICOM
+            series folder, a folder (its scan files, entries named like scans, and DICOM sub-folders; hidden and
+            other files are ignored), a datalist ``.json`` (Decathlon style, list ``datalist_key``), or a list
+            of any of these or of ``{"image": ..., "subject": ...}`` items.
+        datalist_key: which list of a datalist JSON to read.
+
+    Returns:
+        The items; the subject defaults to the file name without its scan suffix.
+
+    Raises:
+        InputError: a path that does not exist, a folder with no scan, or a datalist that cannot be used.
+    """
+    if isinstance(source, Mapping):
+        return [_item(source["image"], source.get("subject"))]
+    if not isinstance(source, (str, os.PathLike)):
+        items: list[dict[str, str]] = []
+        for entry in source:
+            items.extend(collect_scans(entry, datalist_key))
+        return items
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() == ".json":
+        return [_item(i["image"], i.get("subject")) for i in load_datalist(path, key=datalist_key)]
+    if path.is_dir() and not _is_scan_name(path):
+        if _is_dicom_folder(path):
+            return [_item(path)]
+        found = [
+            child
+            for child in sorted(path.iterdir())
+            if not child.name.startswith(".") and (_is_scan_name(child) or _is_dicom_folder(child))
+        ]
+        if not found:
+            raise InputError(path, f"holds no scan (expected files ending in {', '.join(SCAN_SUFFIXES)})")
+        return [_item(child) for child in found]
+    if not path.exists():
+        raise InputError(path, "does not exist")
+    return [_item(path)]
+
+
+def output_file(source: str | os.PathLike, output_dir: str | os.PathLike, postfix: str = DENOISED_POSTFIX) -> Path:
+    """The output path of a scan: ``<output_dir>/<scan name><postfix>.nii.gz``.
+
+    Args:
+        source: the scan's path.
+        output_dir: the output folder.
+        postfix: appended to the scan's name.
+
+    Returns:
+        The path.
+    """
+    return Path(output_dir) / f"{scan_id(source)}{postfix}.nii.gz"
+
+
+def _check_unique_outputs(items: Sequence[Mapping[str, Any]], output_dir: str | os.PathLike, postfix: str) -> None:
+    seen: dict[Path, str] = {}
+    clashes = []
+    for item in items:
+        out = output_file(item["image"], output_dir, postfix)
+        if out in seen:
+            clashes.append(f"{seen[out]} and {item['image']} -> {out.name}")
+        seen[out] = os.fspath(item["image"])
+    if clashes:
+        raise InputError(output_dir, f"several scans would write the same output: {'; '.join(clashes)}")
+
+
+class SaveLikeSourced(MapTransform):
+    """Write a prediction as NIfTI beside its source's header: same shape, affine and header, float32 data.
+
+    Expects the prediction already back on the source's grid (after ``Invertd``), channel first ``(1, H, W, D)``.
+    For a NIfTI source the source file's header is copied (qform/sform and codes, pixdim, units, description,
+    intent); the data type becomes float32 and the scaling slope/intercept and ``cal_min``/``cal_max`` are
+    cleared. For other sources the prediction's affine is written as both qform and sform (code 1, scanner).
+    The file is written atomically (:func:`pipeline.files.atomic_path`).
+
+    Args:
+        keys: the prediction key (one).
+        output_dir: the output folder.
+        source_key: the key whose ``meta["filename_or_obj"]`` names the source scan.
+        output_postfix: appended to the source's name (see :func:`output_file`).
+        allow_missing_keys: skip a missing prediction.
+
+    Raises:
+        ValueError: if ``keys`` names more than one key.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str | os.PathLike,
+        source_key: str = "image",
+        output_postfix: str = DENOISED_POSTFIX,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"keys must name one prediction key, got {self.keys}.")
+        self.output_dir = Path(output_dir)
+        self.source_key = source_key
+        self.output_postfix = output_postfix
+
+    @staticmethod
+    def source_of(data: Mapping[Hashable, Any], source_key: str) -> str:
+        """The source scan's path, from the item's metadata or its path entry."""
+        value = data.get(source_key)
+        if isinstance(value, MetaTensor) and value.meta.get("filename_or_obj"):
+            return os.fspath(value.meta["filename_or_obj"])
+        if isinstance(value, (str, os.PathLike)):
+            return os.fspath(value)
+        raise ValueError(f"cannot tell the source file of the item: {source_key!r} has no file name.")
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Write the prediction; the item is returned unchanged with ``"output"`` set to the written path."""
+        d = dict(data)
+        for key in self.key_iterator(d):
+            source = self.source_of(d, self.source_key)
+            dest = output_file(source, self.output_dir, self.output_postfix)
+            _write_like(d[key], source, dest)
+            d["output"] = os.fspath(dest)
+        return d
+
+
+def _write_like(pred: Any, source: str, dest: Path) -> None:
+    array = convert_to_numpy(pred, wrap_sequence=True).astype(np.float32)
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if source.lower().endswith(_NIFTI_SUFFIXES):
+        src = nib.load(source)
+        if int(np.prod(src.shape)) != array.size:
+            raise ValueError(f"prediction shape {array.shape} does not fit {source} (shape {src.shape}).")
+        header = src.header.copy()
+        header.set_data_dtype(np.float32)
+        header["cal_min"], header["cal_max"] = 0.0, 0.0
+        out = type(src)(array.reshape(src.shape), None, header=header)
+        out.header.set_slope_inter(None, None)
+    else:
+        affine = pred.meta.get("affine") if isinstance(pred, MetaTensor) else None
+        affine = np.eye(4) if affine is None else convert_to_numpy(affine).astype(np.float64)
+        out = nib.Nifti1Image(array, affine)
+        out.set_qform(affine, code=1)
+        out.set_sform(affine, code=1)
+    with atomic_path(dest) as tmp:
+        nib.save(out, tmp)
+
+
+def check_weights_file(path: str | os.PathLike) -> Path:
+    """Fail early, in words, when the trained weights a workflow needs are not there.
+
+    Args:
+        path: the weights file.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        CheckpointError: if ``path`` is not a file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"trained weights {path} do not exist: train first, or pass the weights file.")
+    return path
+
+
+def load_weights(
+    network: torch.nn.Module, path: str | os.PathLike, map_location: str | torch.device = "cpu", key: str = "model"
+) -> torch.nn.Module:
+    """Load trained weights strictly (``weights_only=True``) into ``network`` (or its DDP ``module``).
+
+    Args:
+        network: the network.
+        path: a state dict, or a checkpoint holding it under ``key`` (``model.pt`` as the bundle saves it).
+        map_location: device the tensors are mapped to.
+        key: the checkpoint entry holding the weights, when the file is a checkpoint dictionary.
+
+    Returns:
+        ``network``.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, or its weights do not fit the network.
+    """
+    path = check_weights_file(path)
+    state = load_checkpoint(path, map_location=map_location)
+    if key in state and isinstance(state[key], Mapping):
+        state = state[key]
+    target = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
+    try:
+        target.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"weights {path} do not fit the configured network ({str(error).splitlines()[0]}); "
+            "use the config the weights were trained with."
+        ) from error
+    return network
+
+
+def _progress(items: Sequence[Any], desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="scan")
+
+
+def _reason(error: BaseException) -> str:
+    """The problem in words: an ``InputError``'s own text, found behind MONAI's transform wrappers if need be."""
+    chain = [error]
+    while chain[-1].__cause__ is not None and len(chain) < 20:
+        chain.append(chain[-1].__cause__)
+    for link in chain:
+        if isinstance(link, InputError):
+            return link.problem
+    error = chain[-1]
+    first = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {first[0] if first else 'no message'}"
+
+
+def denoise_items(
+    items: Sequence[Mapping[str, Any]],
+    network: torch.nn.Module,
+    preprocessing: Callable[[dict], dict],
+    inferer: Inferer,
+    postprocessing: Callable[[dict], dict],
+    output_dir: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    output_postfix: str = DENOISED_POSTFIX,
+    overwrite: bool = False,
+    progress: bool = True,
+    image_key: str = "image",
+    pred_key: str = "pred",
+) -> InferenceSummary:
+    """Denoise each scan and write it in its own space; a failing scan is reported and the rest continue.
+
+    Per scan: ``preprocessing`` (dictionary transforms on ``{"image": path, ...}``) -> ``inferer(image[None],
+    network)`` under ``torch.inference_mode`` -> ``postprocessing`` (``Invertd`` and :class:`SaveLikeSourced`, as
+    the bundle's ``inference.yaml`` defines them), which writes the file.
+
+    Args:
+        items: ``{"image": path, "subject": id}`` items (:func:`collect_scans`).
+        network: the trained denoiser (weights loaded); put in eval mode here.
+        preprocessing: the deterministic, invertible preprocessing.
+        inferer: e.g. ``SlidingWindowInferer(roi_size=..., progress=True)`` (its bar is the per-scan progress).
+        postprocessing: inverts the preprocessing on ``pred_key`` and writes the output.
+        output_dir: the output folder (created).
+        device: where the network runs.
+        output_postfix: appended to each scan's name (must match the saver's).
+        overwrite: recompute scans whose output exists (default: skip them).
+        progress: show a progress bar over the scans.
+        image_key: the input key.
+        pred_key: the prediction key.
+
+    Returns:
+        The summary (failed scans included; call :meth:`InferenceSummary.raise_if_failed` to turn them into an error).
+
+    Raises:
+        InputError: if two scans would write the same output file.
+    """
+    _check_unique_outputs(items, output_dir, output_postfix)
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    network.eval()
+    summary = InferenceSummary()
+    for item in _progress(items, "denoising", progress):
+        source = os.fspath(item[image_key])
+        dest = output_file(source, output_dir, output_postfix)
+        if dest.exists() and not overwrite:
+            summary.results.append(ScanResult(source, "skipped", os.fspath(dest)))
+            logger.info("skipping %s: %s exists", source, dest)
+            continue
+        start = time.perf_counter()
+        try:
+            data = preprocessing(dict(item))
+            image = data[image_key]
+            with torch.inference_mode():
+                pred = inferer(image.unsqueeze(0).to(device), network)[0]
+            pred = pred.detach().cpu().clone()  # a normal tensor again, so the inverse transforms may edit it
+            if not isinstance(pred, MetaTensor) and isinstance(image, MetaTensor):
+                pred = MetaTensor(pred, meta=image.meta, applied_operations=image.applied_operations)
+            data[pred_key] = pred
+            postprocessing(data)
+        except Exception as error:  # one bad scan must not stop the batch; every failure is reported
+            reason = _reason(error)
+            logger.error("cannot denoise %s: %s", source, reason)
+            logger.debug("traceback for %s", source, exc_info=True)
+            summary.results.append(ScanResult(source, "failed", None, reason, time.perf_counter() - start))
+            continue
+        seconds = time.perf_counter() - start
+        summary.results.append(ScanResult(source, "done", os.fspath(dest), "", seconds))
+        logger.info("denoised %s -> %s (%.1f s)", source, dest, seconds)
+    logger.info("%s", summary.report())
+    return summary
+
+
+def classify_items(
+    items: Sequence[Mapping[str, Any]],
+    network: torch.nn.Module,
+    preprocessing: Callable[[dict], dict],
+    class_names: Sequence[str],
+    output_csv: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    inferer: Inferer | None = None,
+    progress: bool = True,
+    image_key: str = "image",
+) -> InferenceSummary:
+    """Classify each scan and write one CSV row per scan that could be read (``file, subject, prob_*, prediction``).
+
+    The probabilities are the softmax of the network's logits over ``class_names``; ``prediction`` is the most
+    probable class name. The CSV is written atomically once every scan has been tried (the same inputs and
+    weights give the same file, so a re-run rewrites it identically).
+
+    Args:
+        items: ``{"image": path, "subject": id}`` items (:func:`collect_scans`).
+        network: the trained classifier (weights loaded); put in eval mode here.
+        preprocessing: the classifier's deterministic preprocessing.
+        class_names: one name per network output, in order.
+        output_csv: the CSV file.
+        device: where the network runs.
+        inferer: how to run the network (default ``SimpleInferer``).
+        progress: show a progress bar over the scans.
+        image_key: the input key.
+
+    Returns:
+        The summary, with ``rows`` and ``table`` set.
+
+    Raises:
+        ValueError: if ``class_names`` is empty or does not match the network's outputs.
+    """
+    if not class_names:
+        raise ValueError("class_names must name at least one class.")
+    inferer = SimpleInferer() if inferer is None else inferer
+    network.eval()
+    summary = InferenceSummary(table=os.fspath(output_csv))
+    fields = ["file", "subject", *(f"prob_{name}" for name in class_names), "prediction"]
+    for item in _progress(items, "classifying", progress):
+        source = os.fspath(item[image_key])
+        start = time.perf_counter()
+        try:
+            data = preprocessing(dict(item))
+            with torch.inference_mode():
+                logits = inferer(data[image_key].unsqueeze(0).to(device), network)
+        except Exception as error:  # one bad scan must not stop the batch; every failure is reported
+            summary.results.append(ScanResult(source, "failed", None, _reason(error), time.perf_counter() - start))
+            logger.error("cannot classify %s: %s", source, _reason(error))
+            continue
+        probs = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+        if probs.shape[0] != len(class_names):
+            raise ValueError(
+                f"class_names has {len(class_names)} names but the network gives {probs.shape[0]} outputs."
+            )
+        row: dict[str, Any] = {"file": source, "subject": item.get("subject", scan_id(source))}
+        row.update({f"prob_{name}": f"{p:.6f}" for name, p in zip(class_names, probs)})
+        row["prediction"] = class_names[int(np.argmax(probs))]
+        summary.rows.append(row)
+        summary.results.append(ScanResult(source, "done", os.fspath(output_csv), "", time.perf_counter() - start))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(summary.rows)
+    with atomic_path(output_csv) as tmp:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    logger.info("wrote %d rows to %s; %s", len(summary.rows), output_csv, summary.report())
+    return summary
+
+
+def _run_config(configs: Sequence[str], overrides: Mapping[str, Any], workflow_type: str = "infer") -> InferenceSummary:
+    from pipeline.bundle_run import create_workflow, unwrap_config_error
+
+    workflow = create_workflow(configs, workflow_type=workflow_type, logging_file=False, **overrides)
+    try:
+        results = workflow.run()
+    except Exception as error:
+        cause = unwrap_config_error(error)
+        if isinstance(cause, ScanFailuresError):
+            return cause.summary
+        if cause is not error:
+            raise cause from None
+        raise
+    finally:
+        workflow.finalize()
+    summaries = [r for r in results if isinstance(r, InferenceSummary)]
+    if not summaries:
+        raise RuntimeError(f"the config's `run` returned no InferenceSummary ({configs}).")
+    return summaries[-1]
+
+
+def _bundle_configs(name: str) -> list[str]:
+    from pipeline.bundle_run import BUNDLE_DIR
+
+    return [os.fspath(BUNDLE_DIR / "configs" / "common.yaml"), os.fspath(BUNDLE_DIR / "configs" / name)]
+
+
+def denoise_scans(
+    inputs: str | os.PathLike | Sequence[Any],
+    output_dir: str | os.PathLike,
+    weights: str | os.PathLike | None = None,
+    device: str | None = None,
+    overwrite: bool = False,
+    config_files: Sequence[str] | None = None,
+    **overrides: Any,
+) -> InferenceSummary:
+    """Denoise scans with the bundle's ``inference.yaml`` (see :func:`denoise_items` for what happens per scan).
+
+    Args:
+        inputs: file(s), folder(s) or datalist JSON (:func:`collect_scans`).
+        output_dir: where ``<scan>_denoised.nii.gz`` files go.
+        weights: the trained denoiser (default: the config's ``ckpt_path``, ``bundle/models/model.pt``).
+        device: ``"cpu"``, ``"cuda:0"``...; default: CUDA when available.
+        overwrite: recompute outputs that exist.
+        config_files: the configs to run (default ``common.yaml`` + ``inference.yaml`` of the bundle).
+        **overrides: further config overrides, e.g. ``{"network_def::model_depth": 34, "patch_size": [48] * 3}``.
+
+    Returns:
+        The summary (check ``summary.failed``).
+
+    Raises:
+        ConfigOverrideError: an override names a key the configs do not have.
+        CheckpointError: the weights are missing or do not fit the network.
+        InputError: an input path does not exist or holds no scan.
+    """
+    settings: dict[str, Any] = {"dataset_dir": inputs, "output_dir": os.fspath(output_dir), "overwrite": overwrite}
+    if weights is not None:
+        settings["ckpt_path"] = os.fspath(weights)
+    if device is not None:
+        settings["device"] = device
+    return _run_config(config_files or _bundle_configs("inference.yaml"), {**settings, **overrides})
+
+
+def classify_scans(
+    inputs: str | os.PathLike | Sequence[Any],
+    output_csv: str | os.PathLike,
+    weights: str | os.PathLike | None = None,
+    device: str | None = None,
+    config_files: Sequence[str] | None = None,
+    **overrides: Any,
+) -> InferenceSummary:
+    """Classify scans with the bundle's ``inference_classifier.yaml`` (see :func:`classify_items`).
+
+    Args:
+        inputs: file(s), folder(s) or datalist JSON (:func:`collect_scans`).
+        output_csv: the CSV to write.
+        weights: the trained classifier (default: the config's ``ckpt_path``, ``bundle/models/classifier.pt``).
+        device: ``"cpu"``, ``"cuda:0"``...; default: CUDA when available.
+        config_files: the configs to run (default ``common.yaml`` + ``inference_classifier.yaml`` of the bundle).
+        **overrides: further config overrides, e.g. ``{"class_names": ["CN", "AD"]}``.
+
+    Returns:
+        The summary, with the CSV rows.
+
+    Raises:
+        ConfigOverrideError: an override names a key the configs do not have.
+        CheckpointError: the weights are missing or do not fit the network.
+        InputError: an input path does not exist or holds no scan.
+    """
+    settings: dict[str, Any] = {"dataset_dir": inputs, "output_csv": os.fspath(output_csv)}
+    if weights is not None:
+        settings["ckpt_path"] = os.fspath(weights)
+    if device is not None:
+        settings["device"] = device
+    return _run_config(config_files or _bundle_configs("inference_classifier.yaml"), {**settings, **overrides})
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. network_def::model_depth=34), got {text!r}")
+    return key.lstrip("-"), yaml.safe_load(value)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``python -m pipeline.infer {denoise,classify} INPUT... --output ... [--weights ...]``.
+
+    The summary (failed scans with their reasons, then the counts) is logged at the end.
+
+    Args:
+        argv: arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        0 when every scan was processed, 1 when any failed or an input cannot be used, 2 for a bad config key.
+    """
+    parser = argparse.ArgumentParser(prog="python -m pipeline.infer", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="task", required=True)
+    for task, help_text in (("denoise", "write <scan>_denoised.nii.gz per scan"), ("classify", "write a CSV")):
+        p = sub.add_parser(task, help=help_text)
+        p.add_argument("inputs", nargs="+", help="scan files, folders or datalist .json files")
+        p.add_argument(
+            "--output",
+            required=True,
+            help="output folder (denoise) or CSV file (classify)",
+        )
+        p.add_argument("--weights", default=None, help="trained weights (default: the bundle's models/ file)")
+        p.add_argument("--device", default=None, help="cpu, cuda:0, ... (default: CUDA when available)")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            type=_parse_override,
+            default=[],
+            metavar="KEY=VALUE",
+            help="config override, e.g. --set network_def::model_depth=34 (repeatable)",
+        )
+        if task == "denoise":
+            p.add_argument("--overwrite", action="store_true", help="recompute outputs that already exist")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from pipeline.bundle_run import ConfigOverrideError
+
+    overrides = dict(args.overrides)
+    inputs = args.inputs[0] if len(args.inputs) == 1 else args.inputs
+    try:
+        if args.task == "denoise":
+            summary = denoise_scans(inputs, args.output, args.weights, args.device, args.overwrite, **overrides)
+        else:
+            summary = classify_scans(inputs, args.output, args.weights, args.device, **overrides)
+    except ConfigOverrideError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (InputError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    # run the importable module's main, so exceptions raised by config expressions (which import
+    # pipeline.infer) are the same classes as the ones caught here
+    from pipeline.infer import main as _main
+
+    sys.exit(_main())
