@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import locale
 import logging
 import pickle
 
@@ -43,6 +44,15 @@ def sitk_image(array_ijk: np.ndarray, affine_ras: np.ndarray) -> sitk.Image:
 
 
 def write_dicom_series(folder, array_ijk: np.ndarray, affine_ras: np.ndarray, series_uid: str = "1.2.3.4.5") -> None:
+    # SimpleITK's GDCM writer switches the process locale to "C" (then open() defaults to ASCII); restore it.
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_dicom_series(folder, array_ijk, affine_ras, series_uid)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_series(folder, array_ijk: np.ndarray, affine_ras: np.ndarray, series_uid: str) -> None:
     folder.mkdir()
     image = sitk_image(array_ijk.astype(np.int16), affine_ras)
     direction = image.GetDirection()
@@ -157,7 +167,7 @@ def test_truncated_gzip_is_reported_as_truncated(tmp_path, nifti):
 
 @pytest.mark.parametrize(
     ("shape", "phrase"),
-    [((12, 10), "2-D image"), ((12, 10, 8, 3), "4-D image .* split it first"), ((12, 10, 1), "at least 2 voxels")],
+    [((12, 10), "2-D image"), ((12, 10, 8, 3), "4-D image .*split it first"), ((12, 10, 1), "at least 2 voxels")],
 )
 def test_wrong_dimensionality_is_refused(tmp_path, shape, phrase):
     path = tmp_path / "bad.nii.gz"

@@ -228,7 +228,7 @@ class LoadScan(Transform):
             img = MetaTensor(img.as_tensor()[..., 0], affine=img.affine, meta=meta)
             shape = tuple(img.shape)
         if len(shape) != 3:
-            extra = "; it holds several volumes (e.g. a time series) — split it first" if len(shape) == 4 else ""
+            extra = "; it holds several volumes (e.g. a time series); split it first" if len(shape) == 4 else ""
             raise InputError(
                 path, f"is a {len(shape)}-D image (shape {'x'.join(map(str, shape))}); expected one 3-D volume{extra}"
             )
