@@ -38,14 +38,14 @@ __all__ = [
 REAL_SCAN = "nibabel/tests/data/anatomical.nii"
 
 #: photon count at intensity 1.0 of the [0, 1] scale for the Poisson benchmarks: variance = mean / scale.
-_POISSON_SCALE = 100.0
+_POISSON_SCALE = 200.0
 
 
 def poisson_scale() -> float:
     """Return the photon count per unit intensity used for Poisson noise (variance = mean / scale).
 
     Returns:
-        The scale (100: a voxel of intensity 1 has mean 100 counts, i.e. 10 % relative noise).
+        The scale (200, as the demo cohort's ``poisson/`` folder: a voxel of intensity 1 has mean 200 counts).
     """
     return _POISSON_SCALE
 

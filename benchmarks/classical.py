@@ -3,7 +3,7 @@
 Run: ``python -m benchmarks.classical [--quick] [--size 128] [--out benchmarks/results/classical.json]``.
 
 A ``size``^3 crop at the template's centre (1 mm, scaled to [0, 1]) gets Gaussian noise (sigma 15 on the 0-255
-scale) or Poisson noise (variance = mean / 100), seeded. Compared: the noisy input, a Gaussian filter, a median
+scale) or Poisson noise (variance = mean / 200), seeded. Compared: the noisy input, a Gaussian filter, a median
 filter, SimpleITK's curvature flow, total variation (scikit-image ``denoise_tv_chambolle``), non-local means
 (scikit-image ``denoise_nl_means``, ``fast_mode``, 5^3 patches searched over 7^3 offsets: the fastest and best of
 three settings tried on a 64^3 crop) and BM4D (the optional ``bm4d`` package, non-commercial licence:
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine_info(),
         "setup": {
             "volume": f"MNI152 2009 T1 (nilearn, 1 mm), {size}^3 crop at the brain's centre, scaled to [0, 1]",
-            "noise": {"gaussian": "sigma 15/255", "poisson": "Poisson(x*100)/100"},
+            "noise": {"gaussian": "sigma 15/255", "poisson": "Poisson(x*200)/200"},
             "mask": "nilearn load_mni152_brain_mask",
             "tuning": "grid search on another noise realisation of a crop shifted by size/4 on each axis",
         },

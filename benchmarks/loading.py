@@ -1,0 +1,148 @@
+"""Data loading: the training loader's samples/s against the training step's samples/s, measured in one process.
+
+Run: ``python -m benchmarks.loading [--quick] [--subjects 8] [--out benchmarks/results/loading.json]``.
+
+Data: a demo cohort (``pipeline.cohort.build_cohort``, 2 mm, 80 x 96 x 80 volumes) written to a temporary folder.
+Chain: the project's training preprocessing ``transforms.presets.denoise_transforms(stage="train", patch_size=64,
+noise="gaussian", level=(5, 25))`` - load the NIfTI, reorient, percentile-scale, (augment), add noise, rescale,
+brain mask, crop to the brain, one brain-weighted random 64^3 patch per volume - with and without ``augment=True``.
+Loaders (batch size 2, shuffled, ``--samples`` patches each):
+
+* ``Dataset`` + ``DataLoader`` with 0 and 2 worker processes: every item is read and decompressed every time;
+* ``CacheDataset`` (the deterministic prefix - load, reorient, scale - kept in memory; cache build time reported
+  apart) + ``ThreadDataLoader`` (``num_workers=0`` and ``1``).
+
+The step rate is a ResUnet3D (depth 18) training step at the same patch and batch (forward, L1, backward, Adam),
+measured in the same process right after. Target: the loader delivers >= 3x the step's samples/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks._common import build_denoiser, default_out, format_table, machine_info, write_json
+from benchmarks.throughput import training_step_rate
+
+__all__ = ["loader_rate", "main"]
+
+
+def loader_rate(loader: Any, samples: int) -> float:
+    """Samples per second a loader delivers (restarting its iterator as needed until ``samples`` are drawn).
+
+    Args:
+        loader: an iterable of batches (dicts whose ``"image"`` is a (B, C, H, W, D) tensor).
+        samples: samples to draw.
+
+    Returns:
+        Samples per second.
+    """
+    count = 0
+    start = time.perf_counter()
+    while count < samples:
+        for batch in loader:
+            count += int(batch["image"].shape[0])
+            if count >= samples:
+                break
+    return count / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print the table and ratios, write the JSON.
+
+    Args:
+        argv: command-line arguments (default: ``sys.argv``).
+
+    Returns:
+        The result dict that was written.
+    """
+    from monai.data import CacheDataset, DataLoader, Dataset, ThreadDataLoader
+
+    from pipeline.cohort import CohortParameters, build_cohort
+    from pipeline.datasets import clean_folder
+    from transforms.presets import denoise_transforms
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="4 subjects at 3 mm, 32^3 patches, 8 samples")
+    parser.add_argument("--subjects", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=32, help="patches drawn per loader")
+    parser.add_argument("--patch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--out", default=str(default_out("loading")))
+    args = parser.parse_args(argv)
+    subjects, samples, patch = (4, 8, 32) if args.quick else (args.subjects, args.samples, args.patch)
+    params = CohortParameters(spacing=3.0) if args.quick else CohortParameters()
+    torch.manual_seed(0)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        cohort = build_cohort(Path(tmp) / "cohort", n_subjects=subjects, seed=0, params=params, noisy=False)
+        build_s = time.perf_counter() - start
+        items = clean_folder(cohort.folders["clean"])
+        for augment in (False, True):
+            chain = dict(stage="train", patch_size=patch, noise="gaussian", level=(5.0, 25.0), augment=augment)
+            setups = [
+                (
+                    "Dataset + DataLoader, 0 workers",
+                    lambda t: DataLoader(Dataset(items, t), batch_size=args.batch, shuffle=True),
+                ),
+                (
+                    "Dataset + DataLoader, 2 workers",
+                    lambda t: DataLoader(Dataset(items, t), batch_size=args.batch, shuffle=True, num_workers=2),
+                ),
+                ("CacheDataset + ThreadDataLoader, 0 workers", None),
+                ("CacheDataset + ThreadDataLoader, 1 thread", None),
+            ]
+            for name, make in setups:
+                transform = denoise_transforms(**chain)
+                cache_s = 0.0
+                if make is None:
+                    start = time.perf_counter()
+                    dataset = CacheDataset(items, transform, cache_rate=1.0, num_workers=0, progress=False)
+                    cache_s = time.perf_counter() - start
+                    workers = 1 if "1 thread" in name else 0
+                    loader = ThreadDataLoader(dataset, batch_size=args.batch, shuffle=True, num_workers=workers)
+                else:
+                    loader = make(transform)
+                rate = loader_rate(loader, samples)
+                rows.append({"loader": name, "augment": augment, "samples_per_s": rate, "cache_build_s": cache_s})
+                print(f"{name:45s} augment={augment!s:5s} {rate:.2f} samples/s", flush=True)
+
+    size = "small" if args.quick else "default"
+    step = training_step_rate(build_denoiser("resunet3d", size), patch, args.batch, steps=2 if args.quick else 5)
+    for row in rows:
+        row["ratio_to_step_rate"] = row["samples_per_s"] / step["samples_per_s"]
+    print(f"\ncohort: {subjects} subjects, {tuple(cohort.shape)} voxels at {params.spacing:g} mm ({build_s:.1f} s)")
+    print(f"ResUnet3D ({size}) training step: {step['samples_per_s']:.2f} samples/s at {patch}^3, batch {args.batch}\n")
+    print(format_table(rows, ["loader", "augment", "samples_per_s", "cache_build_s", "ratio_to_step_rate"]))
+    best = max(rows, key=lambda r: r["samples_per_s"])
+    ratios = {
+        "uncached (0 workers) / step rate": round(rows[0]["ratio_to_step_rate"], 2),
+        "best loader / step rate (target >= 3)": round(best["ratio_to_step_rate"], 2),
+        "best loader": f"{best['loader']} (augment={best['augment']})",
+        "cached / uncached (0 workers, no augmentation)": round(rows[2]["samples_per_s"] / rows[0]["samples_per_s"], 2),
+    }
+    for key, value in ratios.items():
+        print(f"{key}: {value}")
+    result = {
+        "benchmark": "loading",
+        "quick": args.quick,
+        "machine": machine_info(),
+        "setup": {"subjects": subjects, "spacing_mm": params.spacing, "patch": patch, "batch": args.batch},
+        "step": step,
+        "rows": rows,
+        "ratios": ratios,
+    }
+    write_json(result, args.out)
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
