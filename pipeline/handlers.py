@@ -90,12 +90,12 @@ class NonFiniteLossGuard:
         Raises:
             NonFiniteLossError: naming the epoch, the iteration within it, the global iteration and the value.
         """
-        loss = engine.state.output["loss"]
-        if not torch.isfinite(torch.as_tensor(loss)).all():
+        loss = torch.as_tensor(engine.state.output["loss"]).detach()
+        if not torch.isfinite(loss).all():
             state = engine.state
             within = (state.iteration - 1) % state.epoch_length + 1 if state.epoch_length else state.iteration
             raise NonFiniteLossError(
-                f"loss is {float(torch.as_tensor(loss).float().mean())} at epoch {state.epoch}, iteration {within}"
+                f"loss is {float(loss.float().mean())} at epoch {state.epoch}, iteration {within}"
                 f" of {state.epoch_length} (global iteration {state.iteration}); training stopped before the "
                 "optimiser step, the last checkpoint is unaffected. Lower the learning rate, check the inputs for "
                 "NaN/Inf voxels, or disable mixed precision."
