@@ -144,6 +144,7 @@ def _write(tmp_path, name: str, data: bytes):
         (lambda p, v: _write(p, "empty.nii.gz", b""), "empty"),
         (lambda p, v: _write(p, "plain.nii.gz", b"\x5c\x01\x00\x00" + b"\x00" * 400), "not gzip"),
         (lambda p, v: _write(p, "wrong.nii", b"hello world" * 40), "not a NIfTI"),
+        (lambda p, v: _write(p, "zipped.nii", gzip.compress(b"\x5c\x01\x00\x00" * 100)), "rename it to .nii.gz"),
         (lambda p, v: _write(p, "notes.txt", b"x"), "unknown extension"),
         (lambda p, v: _write(p, "junk.mha", b"garbage" * 10), "SimpleITK cannot read"),
         (lambda p, v: _write(p, "junk.nii.gz", gzip.compress(b"garbage" * 100)), "could not be read as NIfTI"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -130,6 +132,15 @@ def test_classify_transforms_shape_range_and_label(scans, stage):
     assert "mask" not in out
     unlabeled = classify_transforms(stage, spatial_size=24)({"image": str(paths["clean"])})
     assert "label" not in unlabeled
+
+
+@pytest.mark.parametrize("stage", ["train", "val", "infer"])
+def test_chains_pickle_for_spawned_workers(scans, stage):
+    paths, _, _ = scans
+    chain = pickle.loads(pickle.dumps(denoise_transforms(stage, patch_size=16, noise="rician", level=(5, 15))))
+    out = chain({"image": str(paths["clean"])})
+    assert (out[0] if isinstance(out, list) else out)["image"].ndim == 4
+    pickle.loads(pickle.dumps(classify_transforms(stage)))
 
 
 def test_preset_validation():

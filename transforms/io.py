@@ -143,6 +143,8 @@ def _check_header(path: Path, suffix: str) -> None:
         head = handle.read(4)
     if suffix == ".nii.gz" and head[:2] != b"\x1f\x8b":
         raise InputError(path, "is named .nii.gz but is not gzip-compressed; rename it to .nii if it is plain NIfTI")
+    if suffix == ".nii" and head[:2] == b"\x1f\x8b":
+        raise InputError(path, "is gzip-compressed but named .nii; rename it to .nii.gz")
     if suffix == ".nii" and len(head) == 4:
         sizeof_hdr = {int.from_bytes(head, "little"), int.from_bytes(head, "big")}
         if not sizeof_hdr & {348, 540}:
