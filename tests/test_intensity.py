@@ -47,6 +47,8 @@ def test_scale_uses_the_percentiles_of_the_nonzero_voxels(kind, head):
     np.testing.assert_array_equal(snapshot(img), head)
     assert out.dtype == torch.float32
     assert out.meta["scale_percentile"]["offsets"] == pytest.approx([lo])
+    if kind == "metatensor":
+        assert torch.equal(out.affine, AFFINE) and out.meta["filename_or_obj"] == "sub-01.nii.gz"
 
 
 def test_whole_volume_percentiles_and_no_offset(head):

@@ -38,12 +38,17 @@ def head() -> tuple[np.ndarray, np.ndarray]:
     return img[None].astype(np.float32), brain
 
 
-def test_mask_is_the_filled_largest_component(head):
+@pytest.mark.parametrize("kind", ["numpy", "torch", "metatensor"])
+def test_mask_is_the_filled_largest_component(head, kind):
     img, brain = head
-    mask = ForegroundMask()(MetaTensor(torch.as_tensor(img), affine=AFFINE))
+    inputs = {"numpy": img.copy(), "torch": torch.as_tensor(img.copy())}
+    inputs["metatensor"] = MetaTensor(torch.as_tensor(img.copy()), affine=AFFINE)
+    mask = ForegroundMask()(inputs[kind])
     assert mask.shape == img.shape and mask.dtype == torch.float32
     np.testing.assert_array_equal(mask[0].numpy().astype(bool), brain)  # ventricle filled, speck dropped
-    assert torch.equal(mask.affine, AFFINE)
+    np.testing.assert_array_equal(np.asarray(inputs[kind]), img)
+    if kind == "metatensor":
+        assert torch.equal(mask.affine, AFFINE)
 
 
 def test_mask_options(head):
