@@ -132,9 +132,9 @@ class ZeroPadShortcut(nn.Module):
 def _set_block_norm(block: nn.Module, norm: str | tuple | None, spatial_dims: int) -> None:
     """Replace a MONAI residual block's norm layers (``bn1..3`` and a shortcut-B norm) by ``make_norm(norm)``."""
     for name in ("bn1", "bn2", "bn3"):
-        if hasattr(block, name):
+        if isinstance(getattr(block, name, None), nn.modules.batchnorm._BatchNorm):
             setattr(block, name, make_norm(norm, spatial_dims, getattr(block, name).num_features))
-    if isinstance(block.downsample, nn.Sequential):
+    if isinstance(block.downsample, nn.Sequential) and isinstance(block.downsample[1], nn.modules.batchnorm._BatchNorm):
         block.downsample[1] = make_norm(norm, spatial_dims, block.downsample[1].num_features)
 
 
@@ -387,7 +387,7 @@ class ResUnet3D(nn.Module):
     frozen (``requires_grad=False``, so optimisers and DDP skip them) and reach :meth:`classifier` unchanged.
     ``levels="auto"`` needs ``patch_size`` and keeps the most stages whose feature map is at least 2 voxels on every
     axis for that patch (for 64^3 with the default strides: 64 -> 32 -> 16 -> 16 -> 8 -> 4 -> 2, so 4 levels;
-    for 48^3 the level-4 map is 1 voxel wide, so 3 levels). An input is accepted when every downsampling step sees at
+    for 32^3 the level-4 map is 1 voxel wide, so 3 levels). An input is accepted when every downsampling step sees at
     least 2 voxels along each axis it halves, i.e. the deepest map is a real downsampled cell: that minimum size is
     :attr:`min_input_size` (17^3 for 4 levels with the default strides; with instance norm the deepest map must
     also hold more than one voxel); smaller inputs raise ``ValueError`` naming it.
