@@ -110,6 +110,19 @@ def test_val_centre_crop_and_paired_scaling(scans):
     assert out["label"].meta["scale_percentile"]["widths"] == pytest.approx([width], rel=1e-5)
 
 
+def test_mask_file_is_loaded_on_the_scans_grid(scans, tmp_path):
+    paths, clean, _ = scans
+    mask = np.zeros(SHAPE, dtype=np.uint8)
+    mask[5:20, 4:18, 3:15] = 1
+    nib.save(nib.Nifti1Image(mask, AFFINE), tmp_path / "mask.nii.gz")
+    item = {"image": str(paths["clean"]), "mask": str(tmp_path / "mask.nii.gz")}
+    out = denoise_transforms("val", noise="gaussian", mask_file=True)(item)
+    assert out["mask"].shape == out["image"].shape
+    assert set(np.unique(out["mask"].numpy())) == {0.0, 1.0} and int(out["mask"].sum()) == int(mask.sum())
+    patches = denoise_transforms("train", patch_size=8, noise="gaussian", mask_file=True, num_samples=3)(item)
+    assert all(p["mask"][0, 4, 4, 4] == 1 for p in patches)
+
+
 def test_train_pipeline_caches_in_monai_datasets(scans, tmp_path):
     paths, _, _ = scans
     chain = denoise_transforms("train", patch_size=16, noise="poisson", level=(50, 200), num_samples=2)

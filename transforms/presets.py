@@ -9,12 +9,14 @@ because at inference only the noisy scan exists: the network is trained on exact
 see, and ``Invertd`` undoes that scaling (and every spatial step) on its output.
 
 * Synthetic noise (``paired=False``, clean scans only): the clean scan is read from ``image`` and copied to
-  ``label`` (replacing any ``label`` the item had); both are scaled by
-  the clean scan's statistic, which fixes the unit of the noise level (``gaussian15`` = std 15/255 of it);
-  optional augmentation; noise on ``image``; then both are re-scaled by the noisy image's statistic, the same
-  scaling inference applies.
+  ``label`` (replacing any ``label`` the item had); both are scaled by the clean scan's statistic, which fixes
+  the unit of the noise level (``gaussian15`` = std 15/255 of it); optional augmentation; noise on ``image``;
+  then both are re-scaled by the noisy image's statistic, the same scaling inference applies.
 * Paired folders (``paired=True``): ``image`` is the noisy file, ``label`` the clean one, both scaled by the noisy
   image's statistic.
+
+The mask is ``ForegroundMask`` of the clean ``label`` (or a mask file, ``mask_file=True``), made before any
+random step so ``CacheDataset``/``PersistentDataset`` store it with the loaded volumes.
 
 Stages: ``train`` (random noise level if ``level`` is a range, brain-mask-weighted random patches, optional
 augmentation), ``val`` (noise seeded per item from ``seed`` and the file name, so it is the same in every run;
@@ -34,6 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from monai.transforms import (
+    AsDiscreted,
     Compose,
     CopyItemsd,
     DeleteItemsd,
@@ -122,6 +125,7 @@ def denoise_transforms(
     margin: int = 4,
     val_roi: Sequence[int] | int | None = None,
     id_key: str | None = None,
+    mask_file: bool = False,
 ) -> Compose:
     """Preprocessing for training, validating and applying the denoiser.
 
@@ -142,6 +146,9 @@ def denoise_transforms(
         margin: voxels kept around the brain's bounding box in training.
         val_roi: centre-crop validation volumes to this size instead of padding the whole volume.
         id_key: item key that names an item for seeded validation noise (default: the image's file name).
+        mask_file: the item's ``mask`` is a path to a brain mask on the scan's grid (e.g. the demo cohort's
+            ``masks/``), loaded with nearest-neighbour resampling and binarised at 0.5; otherwise the mask is
+            ``ForegroundMask`` of the clean scan.
 
     Returns:
         A ``Compose``; with ``stage="train"`` it returns a list of ``num_samples`` dictionaries per item.
@@ -160,24 +167,24 @@ def denoise_transforms(
         return Compose(steps)
 
     pair = ["image", "label"]
-    steps = []
-    if paired:
-        steps += [LoadScand(keys=pair), *canonical_transforms(pair, spacing)]
-        steps.append(ScalePercentiled(keys=pair, stats_key="image", **scale_kw))
-        if augment and stage == "train":
-            steps += intensity_augmentation(pair)
-    else:
-        steps += [LoadScand(keys="image"), *canonical_transforms("image", spacing)]
+    loaded = (pair if paired else ["image"]) + (["mask"] if mask_file else [])
+    modes = ["nearest" if key == "mask" else "bilinear" for key in loaded]
+    steps = [LoadScand(keys=loaded), *canonical_transforms(loaded, spacing, mode=modes)]
+    if not paired:
         steps += [DeleteItemsd(keys="label"), CopyItemsd(keys="image", names="label")]
-        steps.append(ScalePercentiled(keys=pair, stats_key="label", **scale_kw))
-        if augment and stage == "train":
-            steps += intensity_augmentation(pair)
+    steps.append(ScalePercentiled(keys=pair, stats_key="image" if paired else "label", **scale_kw))
+    if mask_file:
+        steps.append(AsDiscreted(keys="mask", threshold=0.5))
+    else:  # of the clean scan, before anything random, so caching datasets keep it
+        steps.append(ForegroundMaskd(keys="label", mask_key="mask"))
+    if augment and stage == "train":
+        steps += intensity_augmentation(pair)
+    if not paired:
         if stage == "train":
             steps.append(make_noise(noise, level, keys="image", counts=counts))
         else:
             steps.append(make_noise(noise, _fixed_level(level), keys="image", counts=counts, seed=seed, id_key=id_key))
         steps.append(ScalePercentiled(keys=pair, stats_key="image", **scale_kw))
-    steps.append(ForegroundMaskd(keys="label", mask_key="mask"))
     keys = ["image", "label", "mask"]
     if stage == "train":
         steps.append(foreground_crop(keys, source_key="mask", margin=margin))
