@@ -13,7 +13,7 @@ FORBIDDEN = {"networks": {"transforms", "pipeline"}, "transforms": {"networks", 
 
 
 def imported_packages(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -40,6 +40,6 @@ def test_every_module_declares_all(package):
     missing = [
         str(f.relative_to(ROOT))
         for f in sorted((ROOT / package).rglob("*.py"))
-        if "__all__" not in f.read_text() and f.name != "__main__.py"
+        if "__all__" not in f.read_text(encoding="utf-8") and f.name != "__main__.py"
     ]
     assert not missing, f"modules without __all__: {missing}"
