@@ -239,6 +239,7 @@ def train_denoiser(
     """
     arguments = {k: v for k, v in locals().items() if k not in ("train_data", "val_data", "network", "config")}
     device = resolve_device(device)
+    precision_settings(precision, device, SimpleInferer())  # refuse a bad precision before anything is written
     network = network.to(device)
     loss_fn = (
         build_loss(

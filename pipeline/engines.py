@@ -326,6 +326,7 @@ def run_training(
             seed=seed,
             config=dict(config or {}),
             key_metric=key_metric,
+            device=str(trainer.state.device),
             train_subjects=collect_subjects(train_data),
             val_subjects=collect_subjects(val_data),
             log_file=log_file.name,

@@ -135,7 +135,8 @@ def build_scheduler(
         optimizer: the optimiser.
         name: ``"none"`` (constant), ``"cosine"`` (cosine annealing to ``min_lr`` at ``max_epochs``), ``"step"``
             (multiply by ``gamma`` every ``step_size`` epochs) or ``"plateau"`` (multiply by ``plateau_factor`` when
-            the validation key metric stops improving for ``plateau_patience`` validations; step it with the metric).
+            the validation key metric stops improving for ``plateau_patience`` validations; it is stepped after each
+            validation with the metric, so its warm-up counts validations).
         max_epochs: the run's length in epochs.
         warmup_epochs: epochs of linear warm-up from ``warmup_start_factor · lr`` (0 = none).
         warmup_start_factor: the warm-up's starting fraction of the learning rate, in (0, 1].

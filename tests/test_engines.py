@@ -162,6 +162,18 @@ def test_tensorboard_has_losses_metrics_learning_rate_and_slices(tmp_path):
     assert [e.step for e in events.Scalars("psnr_brain")] == [1, 2]
 
 
+def test_early_stopping_ends_the_run_and_checkpoints_its_last_epoch(tmp_path):
+    seed_everything(0)
+    frozen_output = torch.nn.Conv3d(1, 1, kernel_size=1)  # lr 1e-12: the metric cannot improve
+    result = train_denoiser(
+        cubes(2, seed=1), cubes(1, seed=2), frozen_output, tmp_path, max_epochs=6, optimizer="sgd", lr=1e-12,
+        scheduler="none", early_stop_patience=2, checkpoint_every=10, progress=False,
+    )  # fmt: skip
+    assert result.stopped_early and result.epochs == 3 and result.best_epoch == 1
+    assert result.last_checkpoint.name == "checkpoint_epoch=3.pt"
+    assert load_checkpoint(result.last_checkpoint)["early_stop"]["counter"] == 2
+
+
 def test_sliding_window_evaluation_matches_whole_volume_for_a_pointwise_network():
     data = cubes(2, seed=9, size=20)
     net = torch.nn.Conv3d(1, 1, kernel_size=1)
