@@ -186,6 +186,8 @@ def build_resnet(
     """
     if model_depth not in RESNET_LAYOUTS:
         raise ValueError(f"model_depth must be one of {sorted(RESNET_LAYOUTS)}, got {model_depth!r}")
+    if num_classes is not None and num_classes < 1:
+        raise ValueError(f"num_classes must be None (no head) or >= 1, got {num_classes!r}")
     if shortcut_type not in ("A", "B"):
         raise ValueError(f"shortcut_type must be 'A' or 'B', got {shortcut_type!r}")
     if spatial_dims not in (2, 3):
@@ -211,7 +213,7 @@ def build_resnet(
         no_max_pool=no_max_pool,
         shortcut_type=shortcut_type,
         widen_factor=widen_factor,
-        num_classes=num_classes or 1,
+        num_classes=num_classes if num_classes is not None else 1,
         feed_forward=num_classes is not None,
         bias_downsample=bias_downsample,
         act=act,
