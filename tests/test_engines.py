@@ -65,6 +65,27 @@ def test_denoiser_overfits_a_fixed_batch_and_beats_the_noisy_input(tmp_path):
     assert '"train_subjects"' in info and "sub-100" in info and '"monai"' in info and '"seed": 0' in info
 
 
+def test_epoch_reseed_replays_shuffling_transforms_and_workers():
+    from monai.data import DataLoader, Dataset
+
+    from pipeline.seed import epoch_seed, reseed
+
+    data = Dataset(cubes(6, seed=0), transform=random_transforms())
+
+    def epoch(loader, seed, number):
+        reseed(epoch_seed(seed, number), data)
+        return [(b["subject"], b["image"]) for b in loader]
+
+    for workers in (0, 2):
+        loader = DataLoader(data, batch_size=2, shuffle=True, num_workers=workers)
+        first, again, other = epoch(loader, 0, 3), epoch(loader, 0, 3), epoch(loader, 0, 4)
+        assert [s for s, _ in first] == [s for s, _ in again]
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(first, again))
+        assert [s for s, _ in first] != [s for s, _ in other] or any(
+            not torch.equal(a, b) for (_, a), (_, b) in zip(first, other)
+        )
+
+
 class KilledAtEpochStart(Exception):
     """Stands in for a kill: raised at the start of a given epoch, after the previous epoch's checkpoint."""
 
