@@ -230,7 +230,7 @@ def run_training(
         A :class:`TrainingResult`.
 
     Raises:
-        ValueError: on invalid intervals or a ``key_metric`` the evaluator does not compute.
+        ValueError: on invalid intervals, or an evaluator without a ``key_metric``.
         pipeline.handlers.NonFiniteLossError: when a loss is NaN or infinite (the last checkpoint stays).
     """
     if val_interval < 1 or checkpoint_every < 1:
