@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     for name, net in _networks().items():
         results[name] = (count_parameters(net), time_step(net.to(device), x, args.steps, args.warmup))
+        print(f"  measured {name}: {results[name][1]:.3f} s/step", flush=True)
     base = results["ResUnet3D-18"][1]
     print("| network | parameters | s / step | vs ResUnet3D-18 |")
     print("|---|---|---|---|")

@@ -290,3 +290,12 @@ def test_torchscript_export_matches_eager(opts, tmp_path):
             torch.testing.assert_close(loaded(x), net(x), rtol=1e-4, atol=1e-5)
     with pytest.raises(Exception, match="minimum size"):
         loaded(torch.zeros(1, 1, 8, 8, 8))
+
+
+def test_readme_parameter_table_is_the_generated_one():
+    from pathlib import Path
+
+    from benchmarks.networks_speed import parameter_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert parameter_table() in readme
