@@ -623,7 +623,8 @@ def _parse_override(text: str) -> tuple[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m pipeline.infer {denoise,classify} INPUT... --output ... [--weights ...]``.
 
-    The summary (failed scans with their reasons, then the counts) is logged at the end.
+    The summary (failed scans with their reasons, then the counts) is printed at the end, on standard error when
+    a scan failed.
 
     Args:
         argv: arguments (default ``sys.argv[1:]``).
@@ -671,6 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    print(summary.report(), file=sys.stderr if summary.failed else sys.stdout)
     return 1 if summary.failed else 0
 
 

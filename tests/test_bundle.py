@@ -1,0 +1,487 @@
+"""The MONAI bundle: metadata, configs and MONAI's own checks (offline), override checking, every workflow end to end.
+
+Each workflow runs on tiny synthetic NIfTI (24^3) with a tiny ResUnet3D (depth 10, narrow stages) so the whole
+train -> evaluate -> infer chain, the classifier chain and a 2-process DDP run fit in seconds on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import yaml
+from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle.workflows import _apply_logging_file
+
+from pipeline.bundle_run import (
+    ConfigOverrideError,
+    check_overrides,
+    create_workflow,
+    default_bundle_root,
+    main,
+    unwrap_config_error,
+)
+from tests.conftest import _affine, blob_volume
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "bundle"
+CONFIGS = BUNDLE / "configs"
+SCHEMA = ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
+SCHEMA_MD5 = "06954cad2cc5d3784e72077ac76f0fc8"
+META = os.fspath(CONFIGS / "metadata.json")
+META_CLASSIFIER = [META, os.fspath(CONFIGS / "metadata_classifier.json")]
+
+
+def cfg(*names: str) -> list[str]:
+    return [os.fspath(CONFIGS / n) for n in ("common.yaml", *names)]
+
+
+TRAIN = cfg("train_denoise.yaml")
+EVALUATE = cfg("train_denoise.yaml", "evaluate.yaml")
+INFER = cfg("inference.yaml")
+FINETUNE = cfg("finetune_classifier.yaml")
+DISTILL = cfg("finetune_classifier.yaml", "distill.yaml")
+INFER_CLASSIFIER = cfg("inference_classifier.yaml")
+MULTI_GPU = cfg("train_denoise.yaml", "multi_gpu_train.yaml")
+
+TINY_UNET = {"network_def::model_depth": 10, "network_def::block_inplanes": [4, 8, 8, 8]}
+TINY_DENOISER = {"denoiser_def::model_depth": 10, "denoiser_def::block_inplanes": [4, 8, 8, 8]}
+TINY_CLASSIFIER = {"model_depth": 10, "network_def::block_inplanes": [4, 8, 8, 8]}
+FAST = {"num_workers": 0, "patch_size": [24, 24, 24], "device": "cpu"}
+
+
+# ----------------------------------------------------------------------------------------------- data helpers
+def write_paired(root: Path, n: int) -> Path:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        clean = blob_volume((24, 24, 24), seed=i)
+        noisy = clean + rng.normal(0, 15 / 255 * clean.max(), clean.shape).astype(np.float32)
+        for sub, data in (("FD", clean), ("gaussian15", noisy)):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(data, _affine()), root / sub / f"sub-{i:02d}.nii.gz")
+    return root
+
+
+def write_subjects(root: Path, n: int) -> Path:
+    (root / "scans").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        volume = blob_volume((24, 24, 24), seed=100 + i)
+        if label:
+            volume[8:16, 8:16, 8:16] *= 0.3
+        nib.save(nib.Nifti1Image(volume, _affine()), root / "scans" / f"s{i:02d}.nii.gz")
+        rows.append(
+            {"subject_id": f"s{i:02d}", "label": ("control", "patient")[label], "path": f"scans/s{i:02d}.nii.gz"}
+        )
+    with open(root / "subjects.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["subject_id", "label", "path"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def paired6(tmp_path_factory) -> Path:
+    return write_paired(tmp_path_factory.mktemp("paired6"), 6)
+
+
+@pytest.fixture(scope="module")
+def subjects10(tmp_path_factory) -> Path:
+    return write_subjects(tmp_path_factory.mktemp("subjects10"), 10)
+
+
+def run_workflow(configs, workflow_type="train", **overrides):
+    workflow = create_workflow(configs, workflow_type=workflow_type, logging_file=False, **overrides)
+    try:
+        return workflow.run()
+    finally:
+        workflow.finalize()
+
+
+# ----------------------------------------------------------------------------------------------- files and metadata
+def test_bundle_layout_follows_the_model_zoo():
+    assert (BUNDLE / "LICENSE").read_text().lstrip().startswith("Apache License")
+    assert "Version 2.0" in (BUNDLE / "LICENSE").read_text()
+    assert (BUNDLE / "models" / ".gitkeep").is_file()
+    readme = (BUNDLE / "docs" / "README.md").read_text()
+    for section in ("Model overview", "Data", "Preprocessing", "Performance", "Commands", "System requirements"):
+        assert f"## {section}" in readme
+    for section in ("Limitations", "References"):
+        assert f"## {section}" in readme
+    for name in (
+        "common",
+        "train_denoise",
+        "finetune_classifier",
+        "distill",
+        "evaluate",
+        "inference",
+        "inference_classifier",
+        "multi_gpu_train",
+        "notes_run",
+    ):
+        assert (CONFIGS / f"{name}.yaml").is_file(), name
+
+
+@pytest.mark.skipif(not SCHEMA.is_file(), reason="needs ../shared/monai/meta_schema_20240725.json beside the repo")
+@pytest.mark.parametrize("meta", [META, META_CLASSIFIER], ids=["denoiser", "classifier"])
+def test_metadata_verifies_offline_against_the_local_schema(meta):
+    verify_metadata(meta_file=meta, filepath=os.fspath(SCHEMA), hash_val=SCHEMA_MD5)
+
+
+@pytest.mark.skipif(not SCHEMA.is_file(), reason="needs ../shared/monai/meta_schema_20240725.json beside the repo")
+def test_metadata_missing_a_required_key_is_rejected(tmp_path):
+    meta = json.loads(Path(META).read_text())
+    del meta["required_packages_version"]
+    bad = tmp_path / "metadata.json"
+    bad.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="required_packages_version"):
+        verify_metadata(meta_file=os.fspath(bad), filepath=os.fspath(SCHEMA), hash_val=SCHEMA_MD5)
+
+
+def test_metadata_pins_match_constraints():
+    meta = json.loads(Path(META).read_text())
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        name, _, version = line.partition("==")
+        pins[name.strip().lower()] = version.strip()
+    assert meta["version"] in meta["changelog"]
+    assert meta["schema"].endswith("/0.8.1/meta_schema_20240725.json")
+    assert meta["monai_version"] == pins["monai"]
+    assert meta["pytorch_version"] == pins["torch"]
+    assert meta["numpy_version"] == pins["numpy"]
+    for package, version in meta["required_packages_version"].items():
+        if package == "resunet3d":
+            assert version == re.search(r"^version = (\S+)", (ROOT / "setup.cfg").read_text(), re.M).group(1)
+        else:
+            assert pins[package.lower()] == version, package
+    fmt = meta["network_data_format"]
+    for part, key in (("inputs", "image"), ("outputs", "pred")):
+        assert {"type", "format", "num_channels", "spatial_shape", "dtype", "value_range"} <= set(fmt[part][key])
+
+
+def test_logging_conf_is_accepted_by_monai():
+    _apply_logging_file(os.fspath(CONFIGS / "logging.conf"))
+
+
+def test_configs_use_the_zoo_ids_relative_paths_and_map_location():
+    merged = ConfigParser.load_config_files(TRAIN)
+    for key in ("bundle_root", "device", "dataset_dir", "ckpt_dir", "output_dir", "network_def", "network"):
+        assert key in merged, key
+    for key in ("trainer", "dataset", "inferer", "handlers"):
+        assert key in merged["train"], key
+    assert "evaluator" in merged["validate"] and "val_interval" in merged and "run" in merged
+    assert merged["network"] == "$@network_def.to(@device)"
+    loaders = []
+    for path in CONFIGS.glob("*.yaml"):
+        text = path.read_text()
+        assert not re.search(r"['\"]/(home|Users|data|workspace|tmp)/", text), f"absolute path in {path.name}"
+        config = yaml.safe_load(text)
+
+        def walk(node, name=path.name):
+            if isinstance(node, dict):
+                if node.get("_target_") == "CheckpointLoader":
+                    loaders.append((name, node))
+                for value in node.values():
+                    walk(value)
+            elif isinstance(node, list):
+                for value in node:
+                    walk(value)
+
+        walk(config)
+    assert len(loaders) >= 5
+    for name, loader in loaders:
+        assert loader.get("map_location") == "@device", name
+    resume = [loader for _, loader in loaders if "trainer" in loader["load_dict"]]
+    assert resume and all(loader["_disabled_"] == "$not os.path.exists(@resume_ckpt)" for loader in resume)
+
+
+# ----------------------------------------------------------------------------------------------- overrides
+def test_unknown_override_keys_are_reported_with_suggestions():
+    with pytest.raises(ConfigOverrideError) as caught:
+        check_overrides(TRAIN, {"num_epoch": 5, "validate::inferr": {}, "dataset_dir": "/data"})
+    message = str(caught.value)
+    assert "--num_epoch (did you mean --num_epochs" in message
+    assert "--validate::inferr (did you mean --validate::inferer" in message
+    assert set(caught.value.unknown) == {"num_epoch", "validate::inferr"}
+
+
+def test_a_misspelt_component_argument_fails_when_built(paired6):
+    check_overrides(TRAIN, {"network_def::model_dept": 34})  # a new argument of a component passes the check ...
+    workflow = create_workflow(
+        TRAIN, logging_file=False, dataset_dir=os.fspath(paired6), **{"network_def::model_dept": 34}
+    )
+    with pytest.raises(Exception) as caught:  # ... and the class rejects it: nothing is silently dropped
+        workflow.parser.get_parsed_content("network_def")
+    assert "model_dept" in str(unwrap_config_error(caught.value))
+
+
+def test_known_keys_and_new_component_arguments_are_accepted():
+    check_overrides(TRAIN, {"num_epochs": 3, "network_def::model_depth": 34, "network_def#levels": 3})
+    check_overrides(TRAIN, {"network_def::widen_factor": 0.5, "train::handlers::0::seed": 1})
+    with pytest.raises(ConfigOverrideError):
+        check_overrides(TRAIN, {"train::handlers::99": {}})
+
+
+def test_command_line_rejects_a_typo_with_exit_status_2(capsys):
+    assert main(["--config_file", json.dumps(TRAIN), "--num_epoch", "5"]) == 2
+    assert "did you mean --num_epochs" in capsys.readouterr().err
+
+
+def test_bundle_root_defaults_to_the_bundle_folder():
+    assert Path(default_bundle_root(TRAIN)) == BUNDLE
+
+
+def test_override_reaches_the_network_and_unet_is_one_line(paired6):
+    workflow = create_workflow(
+        TRAIN, logging_file=False, dataset_dir=os.fspath(paired6), **{"network_def::model_depth": 34}
+    )
+    assert len(workflow.parser.get_parsed_content("network_def").encoder.layer3) == 6  # 34: [3, 4, 6, 3] blocks
+    # the README's one-line switch, as the command line (fire) hands it over: a dict
+    unet = {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 1, "channels": [4, 8]}
+    unet["strides"] = [2]
+    workflow = create_workflow(TRAIN, logging_file=False, dataset_dir=os.fspath(paired6), network_def=unet)
+    net = workflow.parser.get_parsed_content("network")
+    assert type(net).__name__ == "UNet"
+    assert net(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 1, 16, 16, 16)
+
+
+def test_notes_run_reproduces_the_notes_settings():
+    workflow = create_workflow(cfg("train_denoise.yaml", "notes_run.yaml"), logging_file=False, initialize=False)
+    parser = workflow.parser
+    assert parser["noise_dir"] == "gaussian15" and parser["clean_dir"] == "FD"
+    assert parser["network_def"]["model_depth"] == 18 and parser["ckpt_interval"] == 10
+    assert parser["num_epochs"] == 10 and parser["batch_size"] == 128 and parser["pretrain_path"] == ""
+    assert parser.get_parsed_content("output_dir") == os.path.join("datasets", "ADNI_denoise", "results")
+
+
+# ----------------------------------------------------------------------------------------------- MONAI's checks
+def test_verify_net_in_out_for_the_denoiser_and_the_classifier():
+    verify_net_in_out(net_id="network_def", meta_file=META, config_file=INFER, device="cpu", **TINY_UNET)
+    verify_net_in_out(
+        net_id="network_def", meta_file=META_CLASSIFIER, config_file=INFER_CLASSIFIER, device="cpu", **TINY_CLASSIFIER
+    )
+    with pytest.raises(ValueError, match="output channel number"):  # the check can fail: a 3-class classifier
+        verify_net_in_out(
+            net_id="network_def",
+            meta_file=META_CLASSIFIER,
+            config_file=INFER_CLASSIFIER,
+            device="cpu",
+            class_names=["a", "b", "c"],
+            **TINY_CLASSIFIER,
+        )
+
+
+def test_ckpt_export_to_torchscript_matches_the_eager_network(tmp_path):
+    parser = ConfigParser()
+    parser.read_config(INFER)
+    parser.update(TINY_UNET)
+    torch.manual_seed(0)
+    net = parser.get_parsed_content("network_def").eval()
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    ckpt_export(
+        net_id="network_def",
+        filepath=os.fspath(tmp_path / "model.ts"),
+        ckpt_file=os.fspath(tmp_path / "model.pt"),
+        meta_file=META,
+        config_file=INFER,
+        **TINY_UNET,
+    )
+    scripted = torch.jit.load(tmp_path / "model.ts")
+    x = torch.rand(1, 1, 24, 28, 20)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), net(x), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("configs", "kind"),
+    [(TRAIN, "train"), (EVALUATE, "train"), (FINETUNE, "train"), (DISTILL, "train"), (INFER, "infer")],
+    ids=["train_denoise", "evaluate", "finetune_classifier", "distill", "inference"],
+)
+def test_check_properties(configs, kind, paired6, subjects10, tmp_path):
+    overrides = {"dataset_dir": os.fspath(paired6), "output_dir": os.fspath(tmp_path / "out")}
+    if kind == "infer":
+        overrides["dataset_dir"] = os.fspath(paired6 / "gaussian15")
+    if "finetune_classifier.yaml" in configs[1]:
+        overrides.update(dataset_dir=os.fspath(subjects10), init="scratch", **TINY_CLASSIFIER)
+    if "distill.yaml" in configs[-1]:
+        from pipeline.classify import build_classifier
+
+        teacher = build_classifier("scratch", num_classes=2, model_depth=10, block_inplanes=[4, 8, 8, 8])
+        torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+        overrides.update(teacher_ckpt=os.fspath(tmp_path / "teacher.pt"), teacher_depth=10)
+        overrides["teacher_def::block_inplanes"] = [4, 8, 8, 8]
+    workflow = create_workflow(configs, workflow_type=kind, logging_file=False, **overrides)
+    assert workflow.check_properties() == []
+
+
+def test_check_properties_for_classifier_inference(subjects10):
+    workflow = create_workflow(
+        INFER_CLASSIFIER, workflow_type="infer", logging_file=False, dataset_dir=os.fspath(subjects10 / "scans")
+    )
+    assert workflow.check_properties() == []
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_denoiser_train_resume_evaluate_infer(paired6, tmp_path, caplog):
+    models, run = tmp_path / "models", tmp_path / "run"
+    common = {"dataset_dir": os.fspath(paired6), "ckpt_dir": os.fspath(models), **FAST, **TINY_UNET}
+    run_workflow(TRAIN, output_dir=os.fspath(run), num_epochs=1, ckpt_interval=1, **common)
+    assert (models / "model.pt").is_file() and (models / "checkpoint_epoch=1.pt").is_file()
+    assert {"splits.json", "run_info.json", "log.txt"} <= {p.name for p in run.iterdir()}
+    assert any(p.name.startswith("events.out.tfevents") for p in run.iterdir())
+    # re-running with more epochs resumes from epoch 1 (network, optimiser, scheduler, trainer state)
+    state = torch.load(models / "checkpoint_epoch=1.pt", weights_only=True)["trainer"]
+    assert state["iteration"] == state["epoch_length"]  # one epoch done
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        run_workflow(TRAIN, output_dir=os.fspath(run), num_epochs=2, ckpt_interval=1, **common)
+    assert f"Restored all variables from {models / 'checkpoint_epoch=1.pt'}" in caplog.text
+    trainer_log = [r.getMessage() for r in caplog.records if r.name.endswith("SupervisedTrainer")]
+    assert any("Epoch[2] Complete" in m for m in trainer_log)
+    assert not any("Epoch[1] Complete" in m for m in trainer_log)  # epoch 1 was not trained again
+    final = torch.load(models / "checkpoint_epoch=2.pt", weights_only=True)["trainer"]
+    assert final["iteration"] == 2 * state["epoch_length"]
+    evaluation = tmp_path / "evaluate"
+    run_workflow(EVALUATE, output_dir=os.fspath(evaluation), **common)
+    metrics = dict(line.split(",") for line in (evaluation / "metrics.csv").read_text().split())
+    assert {"psnr_brain", "psnr_volume", "ssim_brain", "psnr_brain_noisy"} <= set(metrics)
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    out = tmp_path / "denoised"
+    results = run_workflow(
+        INFER,
+        "infer",
+        dataset_dir=os.fspath(paired6 / "gaussian15"),
+        output_dir=os.fspath(out),
+        ckpt_path=os.fspath(models / "model.pt"),
+        show_progress=False,
+        **{k: v for k, v in common.items() if k not in ("dataset_dir", "ckpt_dir")},
+    )
+    assert results[-1].count("done") == 6
+    for source in sorted((paired6 / "gaussian15").iterdir()):
+        written = nib.load(out / source.name.replace(".nii.gz", "_denoised.nii.gz"))
+        assert written.shape == nib.load(source).shape
+        assert np.allclose(written.affine, nib.load(source).affine)
+
+
+@pytest.mark.slow
+def test_classifier_finetune_distill_infer(paired6, subjects10, tmp_path):
+    models = tmp_path / "models"
+    denoiser_run = tmp_path / "denoiser"
+    base = {"ckpt_dir": os.fspath(models), **FAST}
+    run_workflow(
+        TRAIN, dataset_dir=os.fspath(paired6), output_dir=os.fspath(denoiser_run), num_epochs=1, **base, **TINY_UNET
+    )
+    classifier = {
+        "dataset_dir": os.fspath(subjects10),
+        "denoiser_run": os.fspath(denoiser_run),
+        "input_size": [24, 24, 24],
+        "num_epochs": 1,
+        **base,
+        **TINY_DENOISER,
+    }
+    run_workflow(FINETUNE, output_dir=os.fspath(tmp_path / "finetune"), **classifier)
+    assert (models / "classifier.pt").is_file()
+    predictions = list(csv.DictReader(open(tmp_path / "finetune" / "val_predictions.csv")))
+    assert predictions and {"subject", "label", "prediction"} <= set(predictions[0])
+    # the classifier's encoder started as the denoiser's: layer-by-layer copy checked on conv1 after 0 steps
+    shutil.copy(models / "classifier.pt", models / "teacher.pt")
+    run_workflow(
+        DISTILL,
+        output_dir=os.fspath(tmp_path / "distill"),
+        teacher_depth=10,
+        **{"teacher_def::block_inplanes": [4, 8, 8, 8]},
+        **classifier,
+    )
+    assert (models / "student.pt").is_file()
+    csv_path = tmp_path / "predictions.csv"
+    results = run_workflow(
+        INFER_CLASSIFIER,
+        "infer",
+        dataset_dir=os.fspath(subjects10 / "scans"),
+        output_csv=os.fspath(csv_path),
+        ckpt_path=os.fspath(models / "student.pt"),
+        input_size=[24, 24, 24],
+        show_progress=False,
+        num_workers=0,
+        device="cpu",
+        **TINY_CLASSIFIER,
+    )
+    rows = list(csv.DictReader(open(csv_path)))
+    assert len(rows) == 10 and results[-1].count("done") == 10
+    for row in rows:
+        assert abs(float(row["prob_control"]) + float(row["prob_patient"]) - 1) < 1e-4
+        assert row["prediction"] in ("control", "patient")
+
+
+def test_classifier_refuses_subjects_the_denoiser_saw(subjects10, tmp_path):
+    denoiser_run = tmp_path / "denoiser"
+    denoiser_run.mkdir()
+    from pipeline.runinfo import write_run_info
+
+    write_run_info(denoiser_run, train_subjects=[f"s{i:02d}" for i in range(10)], val_subjects=[])
+    workflow = create_workflow(
+        FINETUNE,
+        logging_file=False,
+        dataset_dir=os.fspath(subjects10),
+        denoiser_run=os.fspath(denoiser_run),
+        output_dir=os.fspath(tmp_path / "out"),
+        ckpt_dir=os.fspath(tmp_path / "models"),
+    )
+    with pytest.raises(Exception) as caught:
+        workflow.run()
+    cause = unwrap_config_error(caught.value)
+    assert type(cause).__name__ == "LeakageError"
+    assert not (tmp_path / "models" / "classifier.pt").exists()
+
+
+@pytest.mark.slow
+def test_multi_gpu_override_on_two_cpu_processes(paired6, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [
+        os.fspath(torchrun),
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "pipeline.bundle_run",
+        "--config_file",
+        json.dumps(MULTI_GPU),
+        "--dataset_dir",
+        os.fspath(paired6),
+        "--ckpt_dir",
+        os.fspath(tmp_path / "models"),
+        "--output_dir",
+        os.fspath(tmp_path / "run"),
+        "--num_epochs",
+        "1",
+        "--val_fraction",
+        "0.34",
+        "--patch_size",
+        "[24,24,24]",
+        "--num_workers",
+        "0",
+        "--network_def::model_depth",
+        "10",
+        "--network_def::block_inplanes",
+        "[4,8,8,8]",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in state)  # saved unwrapped from DistributedDataParallel
+    events = [p for p in (tmp_path / "run").iterdir() if p.name.startswith("events.out.tfevents")]
+    assert len(events) == 1  # TensorBoard on rank 0 only
+    assert "Epoch[1] Metrics" in done.stdout + done.stderr
