@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 48 x 56 x 40 volume, 32^3 tiles, small network")
-    parser.add_argument("--scans", type=int, default=3, help="scans in the batch-of-scans run")
+    parser.add_argument("--scans", type=int, default=3, help="scans in the batch-of-scans run (0: none)")
     parser.add_argument("--knobs", nargs="+", default=list(KNOBS), choices=list(KNOBS))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(default_out("inference")))
@@ -215,7 +215,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.knobs = [k for k in args.knobs if k != "overlap0.25_roi96"]
     rows = []
     configs = [(name, dict(base, **KNOBS[name])) for name in args.knobs]
-    configs.append((f"pipeline, folder of {args.scans} scans", dict(base, mode="pipeline", scans=args.scans)))
+    if args.scans > 0:
+        configs.append((f"pipeline, folder of {args.scans} scans", dict(base, mode="pipeline", scans=args.scans)))
     for name, cfg in configs:
         res = measure(cfg)
         row = {

@@ -1,0 +1,190 @@
+"""Smoke tests: every benchmark runs end to end in its ``--quick`` mode and writes the JSON fields it promises.
+
+No timing is asserted (the machine is shared); figures are checked only for being finite and in their ranges.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from benchmarks import _common, classical, gpu, inference, loading, quality, throughput
+
+
+def _load(path):
+    data = json.loads(path.read_text())
+    assert {"benchmark", "quick", "rows" if "rows" in data else "summary"} <= set(data)
+    return data
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def test_masked_psnr_matches_the_noise_level_and_ignores_voxels_outside_the_mask():
+    rng = np.random.default_rng(0)
+    clean = rng.uniform(0.2, 0.8, (24, 24, 24)).astype(np.float32)
+    mask = np.zeros(clean.shape, bool)
+    mask[4:20, 4:20, 4:20] = True
+    noisy = clean + rng.normal(0, 15 / 255, clean.shape).astype(np.float32)
+    psnr, ssim = _common.masked_psnr_ssim(noisy, clean, mask)
+    assert psnr == pytest.approx(20 * math.log10(255 / 15), abs=0.15)
+    assert 0 < ssim < 1
+    spoiled = noisy.copy()
+    spoiled[~mask] = 5.0  # garbage outside the mask leaves the masked PSNR unchanged
+    assert _common.masked_psnr_ssim(spoiled, clean, mask)[0] == pytest.approx(psnr)
+    assert _common.masked_psnr_ssim(clean, clean, mask) == (float("inf"), pytest.approx(1.0))
+
+
+def test_masked_psnr_rejects_bad_inputs():
+    vol = np.zeros((8, 8, 8))
+    with pytest.raises(ValueError, match="mask is empty"):
+        _common.masked_psnr_ssim(vol, vol, np.zeros_like(vol, bool))
+    with pytest.raises(ValueError, match="one shape"):
+        _common.masked_psnr_ssim(vol, vol[:4], np.ones_like(vol, bool))
+
+
+def test_add_noise_statistics_and_seeding():
+    clean = np.full((32, 32, 32), 0.5, np.float32)
+    gauss = _common.add_noise(clean, "gaussian", seed=1)
+    assert np.std(gauss - clean) == pytest.approx(15 / 255, rel=0.03)
+    poisson = _common.add_noise(clean, "poisson", seed=1)
+    scale = _common.poisson_scale()
+    assert poisson.mean() == pytest.approx(0.5, rel=0.01)
+    assert poisson.var() == pytest.approx(0.5 / scale, rel=0.05)
+    np.testing.assert_array_equal(gauss, _common.add_noise(clean, "gaussian", seed=1))
+    assert not np.array_equal(gauss, _common.add_noise(clean, "gaussian", seed=2))
+    with pytest.raises(ValueError, match="kind"):
+        _common.add_noise(clean, "rician", seed=0)
+
+
+def test_center_crop_stays_inside_and_build_denoiser_validates():
+    vol = np.zeros((40, 50, 30))
+    sl = _common.center_crop(vol, 24, center=(0, 49, 15))
+    assert vol[sl].shape == (24, 24, 24)
+    with pytest.raises(ValueError, match="size"):
+        _common.center_crop(vol, 31)
+    with pytest.raises(ValueError, match="name"):
+        _common.build_denoiser("vnet")
+    with pytest.raises(ValueError, match="size"):
+        _common.build_denoiser("unet", "huge")
+
+
+def test_real_scan_is_shipped_scaled_and_masked():
+    volume, mask, info = _common.load_real_scan()
+    assert volume.shape == mask.shape == (33, 41, 25)
+    assert volume.min() >= 0 and volume.max() <= 1
+    assert 0.1 < mask.mean() < 0.9
+    assert 0 < info["own_noise_sigma_255"] < 255
+
+
+# ---------------------------------------------------------------- the scripts
+
+
+def test_classical_quick(tmp_path, capsys):
+    out = tmp_path / "classical.json"
+    classical.main(["--quick", "--skip", "bm4d", "nl_means", "--out", str(out)])
+    data = _load(out)
+    assert data["machine"]["logical_cpus"] >= 1
+    methods = {r["method"] for r in data["rows"]}
+    assert {"noisy", "gaussian", "median", "curvature_flow", "tv"} == methods
+    by = {(r["method"], r["noise"]): r for r in data["rows"]}
+    assert by[("noisy", "gaussian")]["psnr"] == pytest.approx(24.6, abs=0.3)  # sigma 15/255 in a [0, 1] range
+    for kind in ("gaussian", "poisson"):  # every filter beats the noisy input
+        assert by[("tv", kind)]["psnr"] > by[("noisy", kind)]["psnr"]
+    assert "| method |" in capsys.readouterr().out
+
+
+def test_classical_tuning_picks_the_best_grid_value():
+    rng = np.random.default_rng(0)
+    clean = np.zeros((24, 24, 24), np.float32)
+    clean[6:18, 6:18, 6:18] = 1.0
+    noisy = clean + rng.normal(0, 0.2, clean.shape).astype(np.float32)
+    mask = np.ones_like(clean, bool)
+    method = next(m for m in classical.METHODS if m.name == "gaussian")
+    chosen = classical.tune(method, noisy, clean, mask)
+    scores = {p: _common.masked_psnr_ssim(method.fn(noisy, p), clean, mask)[0] for p in method.grid}
+    assert scores[chosen] == max(scores.values())
+
+
+def test_throughput_quick(tmp_path):
+    out = tmp_path / "throughput.json"
+    throughput.main(["--quick", "--networks", "unet", "--variants", "fp32", "bf16", "--out", str(out)])
+    data = _load(out)
+    assert set(data["ceiling_gflops"]) == {"ncdhw", "channels_last_3d"}
+    assert all(v > 0 for v in data["ceiling_gflops"].values())
+    rows = {r["variant"]: r for r in data["rows"]}
+    assert set(rows) == {"fp32", "bf16"}
+    for row in rows.values():
+        assert row["gflop_per_step"] > 0 and row["samples_per_s"] > 0 and 0 < row["fraction_of_ceiling"]
+    assert rows["fp32"]["gflop_per_step"] == pytest.approx(rows["bf16"]["gflop_per_step"])
+    assert any("ceiling" in k for k in data["ratios"])
+
+
+def test_flop_count_of_a_convolution_is_exact():
+    import torch
+
+    conv = torch.nn.Conv3d(2, 3, 3, padding=1, bias=False)
+    x = torch.randn(1, 2, 4, 4, 4)
+    assert throughput.count_flops(lambda: conv(x)) == 2 * 3 * 2 * 27 * 64
+
+
+@pytest.mark.slow
+def test_inference_quick_runs_the_bundle_path_in_a_subprocess(tmp_path):
+    out = tmp_path / "inference.json"
+    inference.main(["--quick", "--knobs", "pipeline", "--scans", "0", "--out", str(out)])
+    data = _load(out)
+    assert [r["config"] for r in data["rows"]] == ["pipeline"]
+    row = data["rows"][0]
+    assert row["seconds_per_scan"] > 0
+    assert row["peak_rss_gib"] >= row["rss_before_gib"] > 0.05  # a torch process holds > 50 MiB
+    assert data["ratios"]["pipeline seconds per 1 mm brain"] > 0
+
+
+def test_inference_worker_direct_knobs():
+    cfg = dict(inference.BASELINE, size="small", shape=[20, 24, 20], roi=16, scans=2, channels_last=True, bf16=True)
+    res = inference.run_worker(cfg)
+    assert len(res["seconds"]) == 2 and min(res["seconds"]) > 0
+    assert res["peak_rss_gib"] >= res["rss_before_gib"] > 0.05
+
+
+@pytest.mark.slow
+def test_loading_quick(tmp_path):
+    out = tmp_path / "loading.json"
+    loading.main(["--quick", "--out", str(out)])
+    data = _load(out)
+    assert [r["loader"] for r in data["rows"]] == [
+        "Dataset + DataLoader, 0 workers",
+        "CacheDataset + ThreadDataLoader, 0 workers",
+    ]
+    assert all(r["samples_per_s"] > 0 and r["ratio_to_step_rate"] > 0 for r in data["rows"])
+    assert data["step"]["samples_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_quality_quick(tmp_path):
+    out = tmp_path / "quality.json"
+    skip = ["bm4d", "nl_means", "median", "curvature_flow"]
+    quality.main(["--quick", "--networks", "resunet3d", "--skip", *skip, "--out", str(out)])
+    data = _load(out)
+    methods = [r["method"] for r in data["summary"]]
+    assert methods == ["noisy", "gaussian", "tv", "resunet3d (0.05 min)"]
+    for row in data["summary"]:
+        for key in ("g15_psnr", "poi_psnr", "real_g15_psnr", "real_poi_psnr"):
+            assert math.isfinite(row[key])
+    assert data["curves"][0]["steps"] >= 1
+    assert data["setup"]["real_scan"]["path"].endswith("anatomical.nii")
+    assert {r["volume"] for r in data["network_rows"]} == {*data["setup"]["test_subjects"], "real_scan"}
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_on_the_cpu_and_writes_out(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OUT", str(tmp_path))
+    gpu.main(["--quick", "--no-compile", "--networks", "unet", "--device", "cpu"])
+    data = json.loads((tmp_path / "gpu.json").read_text())
+    assert json.loads(capsys.readouterr().out) == data
+    assert {"conv3d_ceiling", "training", "inference", "total_s"} <= set(data)
+    assert all("error" not in row for row in data["training"])
+    assert [r["roi"] for r in data["inference"]] == [16, 32]
