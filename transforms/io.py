@@ -139,8 +139,11 @@ def _check_header(path: Path, suffix: str) -> None:
     """Cheap checks that turn the commonest bad files into plain-words errors before any reader runs."""
     if path.stat().st_size == 0:
         raise InputError(path, "is empty (0 bytes)")
-    with path.open("rb") as handle:
-        head = handle.read(4)
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4)
+    except OSError as err:
+        raise InputError(path, f"cannot be opened ({err.strerror or err}); check that you may read it") from err
     if suffix == ".nii.gz" and head[:2] != b"\x1f\x8b":
         raise InputError(path, "is named .nii.gz but is not gzip-compressed; rename it to .nii if it is plain NIfTI")
     if suffix == ".nii" and head[:2] == b"\x1f\x8b":
