@@ -16,7 +16,10 @@ Two kinds of rows:
   on one scan and on a folder of scans (the batch).
 * model-level knobs, one at a time against ``baseline`` (MONAI ``sliding_window_inference`` on the in-memory volume
   with the same settings as the bundle): ``torch.no_grad`` instead of ``inference_mode``, window batch size,
-  overlap, tile size, ``channels_last_3d``, bf16 autocast, TorchScript (``torch.jit.script`` + ``torch.jit.freeze``).
+  overlap, tile size, ``channels_last_3d``, bf16 autocast, TorchScript (``torch.jit.script`` + ``torch.jit.freeze``)
+  and ONNX Runtime (the optional ``onnx`` extra, ``pip install -e '.[onnx]'``: the network exported with
+  ``torch.onnx.export`` for the tile size, batch axis dynamic, run by ``onnxruntime``'s CPU provider with as many
+  threads as torch; skipped with a clear line when not installed).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ BASELINE: dict[str, Any] = {
     "channels_last": False,
     "bf16": False,
     "torchscript": False,
+    "onnx": False,
     "scans": 1,
 }
 
@@ -61,6 +65,7 @@ KNOBS: dict[str, dict[str, Any]] = {
     "channels_last_3d": {"channels_last": True},
     "bf16": {"bf16": True},
     "torchscript": {"torchscript": True},
+    "onnxruntime": {"onnx": True},
 }
 
 
@@ -100,6 +105,9 @@ def run_worker(cfg: dict[str, Any]) -> dict[str, Any]:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg["bf16"]):
             return model(x.contiguous(memory_format=fmt)).float()
 
+    if cfg.get("onnx"):
+        predictor = _onnx_predictor(model, cfg)
+
     load_s = time.perf_counter() - start
     rss_before = _rss_gib()
     seconds = []
@@ -112,6 +120,48 @@ def run_worker(cfg: dict[str, Any]) -> dict[str, Any]:
             )
         seconds.append(time.perf_counter() - start)
     return {"load_s": load_s, "seconds": seconds, "rss_before_gib": rss_before, "peak_rss_gib": _rss_gib()}
+
+
+def _onnx_predictor(model: Any, cfg: dict[str, Any]) -> Any:
+    """Export ``model`` to ONNX for ``cfg["roi"]`` tiles (dynamic batch) and return an onnxruntime predictor."""
+    import tempfile
+    import warnings
+    from pathlib import Path
+
+    import onnxruntime
+    import torch
+
+    roi = cfg["roi"]
+    example = torch.zeros(cfg["sw_batch_size"], 1, roi, roi, roi)
+    path = Path(tempfile.mkdtemp()) / "model.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated in favour of dynamo's
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["image"],
+            output_names=["pred"],
+            dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}},
+        )
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+
+    return predictor
+
+
+def _onnx_available() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _rss_gib() -> float:
@@ -214,6 +264,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         base.update(size="small", shape=[48, 56, 40], roi=32)
         args.knobs = [k for k in args.knobs if k != "overlap0.25_roi96"]
     rows = []
+    if "onnxruntime" in args.knobs and not _onnx_available():
+        print("onnxruntime: skipped - the optional 'onnx' extra is not installed (pip install -e '.[onnx]')")
+        args.knobs = [k for k in args.knobs if k != "onnxruntime"]
     configs = [(name, dict(base, **KNOBS[name])) for name in args.knobs]
     if args.scans > 0:
         configs.append((f"pipeline, folder of {args.scans} scans", dict(base, mode="pipeline", scans=args.scans)))

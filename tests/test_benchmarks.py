@@ -188,3 +188,11 @@ def test_gpu_script_runs_on_the_cpu_and_writes_out(tmp_path, monkeypatch, capsys
     assert {"conv3d_ceiling", "training", "inference", "total_s"} <= set(data)
     assert all("error" not in row for row in data["training"])
     assert [r["roi"] for r in data["inference"]] == [16, 32]
+
+
+def test_inference_worker_runs_the_network_through_onnxruntime():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    cfg = dict(inference.BASELINE, size="small", shape=[20, 24, 20], roi=16, sw_batch_size=2, onnx=True)
+    res = inference.run_worker(cfg)
+    assert len(res["seconds"]) == 1 and res["seconds"][0] > 0
