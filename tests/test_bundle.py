@@ -447,6 +447,23 @@ def test_classifier_refuses_subjects_the_denoiser_saw(subjects10, tmp_path):
     assert not (tmp_path / "models" / "classifier.pt").exists()
 
 
+def test_denoiser_split_from_the_classifiers_csv_keeps_its_val_and_test_unseen(paired6, tmp_path):
+    parts = ["train", "train", "train", "train", "val", "test"]
+    table = tmp_path / "subjects.csv"
+    lines = ["subject_id,label,split,path"]
+    lines += [f"sub-{i:02d},{i % 2},{part},{paired6 / 'FD' / f'sub-{i:02d}.nii.gz'}" for i, part in enumerate(parts)]
+    table.write_text("\n".join(lines) + "\n")
+    workflow = create_workflow(
+        TRAIN, logging_file=False, dataset_dir=os.fspath(paired6), subjects_csv=os.fspath(table), val_fraction=0.25
+    )
+    splits = workflow.parser.get_parsed_content("splits")
+    assert set(splits.train) | set(splits.val) == {f"sub-{i:02d}" for i in range(4)}
+    assert len(splits.val) == 1 and splits.test == ("sub-05",)
+    default = create_workflow(TRAIN, logging_file=False, dataset_dir=os.fspath(paired6)).parser
+    drawn = default.get_parsed_content("splits")
+    assert sorted(drawn.train + drawn.val + drawn.test) == [f"sub-{i:02d}" for i in range(6)]
+
+
 @pytest.mark.slow
 def test_multi_gpu_override_on_two_cpu_processes(paired6, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
