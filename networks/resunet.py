@@ -516,6 +516,11 @@ class ResUnet3D(nn.Module):
             self._check_size(list(patch_size))
 
         widths = [int(c * widen_factor) for c in block_inplanes]
+        if widths[0] < block.expansion:
+            raise ValueError(
+                f"block_inplanes[0] * widen_factor must be >= {block.expansion} for depth {model_depth}"
+                f" (the decoder's stem-level {block_name} block needs that many channels), got {widths[0]}"
+            )
         channels = [widths[0]] + [w * block.expansion for w in widths]  # per level 0..4
         if decoder_layers is None:
             decoder_layers = layout[:3]
