@@ -21,6 +21,7 @@ File format (``save_splits`` / ``load_splits``), JSON::
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import json
@@ -198,7 +199,7 @@ def check_no_overlap(groups: Mapping[str, Iterable[str]]) -> None:
     overlaps: dict[tuple[str, str], list[str]] = {}
     for name, ids in groups.items():
         ids = [str(i) for i in ids]
-        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        repeated = sorted(i for i, count in collections.Counter(ids).items() if count > 1)
         if repeated:
             overlaps[(name, name)] = repeated
         sets[name] = set(ids)
