@@ -751,8 +751,10 @@ def _prepare_disk_full(work: Path) -> Outcome:
 
 @contextlib.contextmanager
 def _disk_full(module: Any, attribute: str, needle: str) -> Iterator[None]:
-    """Make ``module.attribute(obj, path, ...)`` write half its bytes then fail with ENOSPC for paths containing
-    ``needle`` (a disk that fills up mid-write).
+    """Simulate a disk that fills up mid-write while ``module.attribute(obj, path, ...)`` writes to ``needle``.
+
+    For target paths containing ``needle`` the writer writes, the file is cut to half its bytes, and ``OSError``
+    (ENOSPC) is raised; other paths are written normally. The original writer is restored on exit.
     """
     real = getattr(module, attribute)
 
@@ -777,7 +779,7 @@ _TINY_DENOISER = {"model_depth": 10, "levels": 2, "block_inplanes": [8, 16, 32, 
 
 def _inference_overrides() -> dict[str, Any]:
     overrides: dict[str, Any] = {f"network_def::{k}": v for k, v in _TINY_DENOISER.items()}
-    overrides.update({"patch_size": [16, 16, 16], "show_progress": False, "num_workers": 0, "sw_batch_size": 2})
+    overrides.update({"patch_size": [24, 24, 24], "show_progress": False, "num_workers": 0, "sw_batch_size": 2})
     return overrides
 
 
@@ -803,8 +805,7 @@ def _infer_batch(work: Path) -> Outcome:
     scans, out = work / "scans", work / "denoised"
     weights = _tiny_weights(work / "model.pt")
     write_scan(scans / "good-1.nii.gz", _volume(seed=1))
-    infer.denoise_scans(scans, out, weights, "cpu", **_inference_overrides())
-    kept = FileSnapshot([infer.output_file("good-1.nii.gz", out)])
+    kept = FileSnapshot([write_scan(infer.output_file("good-1.nii.gz", out), _volume(seed=9))])  # an earlier result
     write_scan(scans / "good-2.nii.gz", _volume(seed=2))
     bad = [write_bad_file(scans, k) for k in [*_BATCH_BAD, "folder-named-like-a-scan", "unsupported-extension"]]
     fine = [write_bad_file(scans, k) for k in VALID_ODDITIES] + [scans / "good-2.nii.gz"]
@@ -883,9 +884,8 @@ def _infer_disk_full(work: Path) -> Outcome:
     weights = _tiny_weights(work / "model.pt")
     for i in (1, 2, 3):
         write_scan(scans / f"sub-0{i}.nii.gz", _volume(seed=i))
-    infer.denoise_scans(scans, out, weights, "cpu", **_inference_overrides())
-    victim = infer.output_file("sub-02.nii.gz", out)
-    before = FileSnapshot([victim])
+        write_scan(infer.output_file(f"sub-0{i}.nii.gz", out), _volume(seed=10 + i))  # an earlier run's outputs
+    before = FileSnapshot([infer.output_file("sub-02.nii.gz", out)])
     with _disk_full(nib, "save", "sub-02"):
         summary = infer.denoise_scans(scans, out, weights, "cpu", overwrite=True, **_inference_overrides())
     reasons = [r.reason for r in summary.failed if Path(r.source).name == "sub-02.nii.gz"]
@@ -1021,18 +1021,30 @@ def _train_disk_full(work: Path) -> Outcome:
         raise FileLoss(f"a previous checkpoint no longer loads: {_describe(error)}") from error
     if state["trainer"]["iteration"] != 2 or list(run.glob("*.part*")) + list(run.glob(".*.part*")):
         raise FileLoss(f"unexpected checkpoint state or partial files in {run}")
-    resumed = _train(run, 3)
-    straight = _train(work / "straight", 3)
-    _same_weights(resumed.last_checkpoint, straight.last_checkpoint)
+    _matches_uninterrupted(_train(run, 3).last_checkpoint, 3)
     return Outcome(CLEAR, outcome.detail + " -- resumed to the uninterrupted run's weights")
 
 
-def _same_weights(a: Path, b: Path) -> None:
+_REFERENCE: dict[int, dict[str, Any]] = {}
+
+
+def _uninterrupted(epochs: int) -> dict[str, Any]:
+    """The last checkpoint of :func:`_train` run without interruption for ``epochs`` (computed once per process)."""
     from pipeline.checkpoint import load_checkpoint
 
-    first, second = load_checkpoint(a), load_checkpoint(b)
+    if epochs not in _REFERENCE:
+        with tempfile.TemporaryDirectory() as folder:
+            _REFERENCE[epochs] = load_checkpoint(_train(Path(folder), epochs).last_checkpoint)
+    return _REFERENCE[epochs]
+
+
+def _matches_uninterrupted(checkpoint: Path, epochs: int) -> None:
+    """Raise :class:`FileLoss` unless ``checkpoint`` ends where an uninterrupted run does, with equal weights."""
+    from pipeline.checkpoint import load_checkpoint
+
+    first, second = load_checkpoint(checkpoint), _uninterrupted(epochs)
     if first["trainer"]["iteration"] != second["trainer"]["iteration"]:
-        raise FileLoss(f"resumed run ended at iteration {first['trainer']['iteration']}, not {second['trainer']}")
+        raise FileLoss(f"the resumed run ended at iteration {first['trainer']['iteration']}, not {second['trainer']}")
     for key, tensor in second["network"].items():
         if not torch.equal(first["network"][key], tensor):
             raise FileLoss(f"the resumed run's weights differ from the uninterrupted run's ({key})")
@@ -1291,14 +1303,13 @@ def _kill_training(child: str, point: str, expected: str) -> Callable[[Path], Ou
             iteration = load_checkpoint(last)["trainer"]["iteration"]
         except Exception as error:
             raise FileLoss(f"{last} does not load after the kill: {_describe(error)}") from error
-        resumed = _train(run, 3)
-        straight = _train(work / "straight", 3)
-        _same_weights(resumed.last_checkpoint, straight.last_checkpoint)
+        _matches_uninterrupted(_train(run, 3).last_checkpoint, 3)
         if list(run.glob(".*.part*")):
             raise FileLoss(f"partial files of the killed write remain in {run}")
         return Outcome(
             HANDLED,
-            f"killed {point}; {last.name} (iteration {iteration}) loads; resume ends with the uninterrupted run's weights",
+            f"killed {point}; {last.name} (iteration {iteration}) loads; "
+            "resume ends with the uninterrupted run's weights",
         )
 
     return check
@@ -1475,17 +1486,20 @@ def run_cases(cases: Sequence[Case], root: str | os.PathLike, echo: Callable[[st
     """
     report = FaultReport()
     for number, case in enumerate(cases):
+        start = time.perf_counter()
         outcome = run_case(case, Path(root) / f"{number:02d}-{case.name.replace('/', '-')}")
         report.outcomes.append((case.name, outcome))
         if echo is not None:
-            echo(f"{outcome.status:<11} {case.name:<48} {outcome.detail}")
+            echo(f"{outcome.status:<11} {case.name:<46} {time.perf_counter() - start:4.0f}s  {outcome.detail}")
     return report
 
 
 @contextlib.contextmanager
 def _quiet_output() -> Iterator[Any]:
-    """Send file descriptors 1 and 2 to ``/dev/null`` for the block (the pipeline's logs, progress bars, warnings
-    from C libraries) and yield a text stream on the original standard output for the report.
+    """Silence the pipeline's own output for the block and yield a stream on the original standard output.
+
+    File descriptors 1 and 2 go to ``/dev/null`` (logs, progress bars, warnings printed by C libraries); the
+    report is written to the yielded stream.
     """
     sys.stdout.flush()
     sys.stderr.flush()
