@@ -540,6 +540,18 @@ def _load_bad(kind: str) -> Callable[[Path], Outcome]:
     return check
 
 
+def _load_truncated_mha(work: Path) -> Outcome:
+    import SimpleITK as sitk
+
+    from transforms.io import LoadScan
+
+    path = work / "truncated.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(_volume()), str(path))
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    return expect_error(lambda: LoadScan()(path), InputError, [str(path)], ["damaged", "truncated"])
+
+
 def _load_all_zero(work: Path) -> Outcome:
     from transforms.io import LoadScan
 
@@ -834,6 +846,45 @@ def _infer_batch(work: Path) -> Outcome:
         HANDLED,
         f"{len(bad)} bad scans reported by name, {len(fine)} denoised on their own grid, 1 kept; exit "
         f"{result.code}: {_cli_line(result, 'truncated')}",
+    )
+
+
+def _classify_batch(work: Path) -> Outcome:
+    import csv
+
+    from pipeline import infer
+    from pipeline.classify import build_classifier
+    from pipeline.seed import seed_everything
+
+    scans, table = work / "scans", work / "classified" / "predictions.csv"
+    seed_everything(0)
+    weights = work / "classifier.pt"
+    torch.save(build_classifier("scratch", num_classes=2, model_depth=10).state_dict(), weights)
+    fine = [write_scan(scans / f"good-{i}.nii.gz", _volume(seed=i)) for i in (1, 2)]
+    fine += [write_bad_file(scans, k) for k in VALID_ODDITIES]
+    bad = [write_bad_file(scans, k) for k in [*_BATCH_BAD, "folder-named-like-a-scan"]]
+    overrides = {"model_depth": 10, "input_size": [24, 24, 24], "show_progress": False, "num_workers": 0}
+    summary = infer.classify_scans(scans, table, weights, "cpu", **overrides)
+    failed = {Path(r.source).name for r in summary.failed}
+    if failed != {p.name for p in bad}:
+        raise FaultCrash(f"reported {sorted(failed)}; expected exactly {sorted(p.name for p in bad)}")
+    with open(table, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if sorted(Path(row["file"]).name for row in rows) != sorted(p.name for p in fine):
+        raise FileLoss(f"{table} holds rows for {[row['file'] for row in rows]}, not the readable scans")
+    for row in rows:
+        total = float(row["prob_control"]) + float(row["prob_patient"])
+        if abs(total - 1.0) > 1e-4 or row["prediction"] not in ("control", "patient"):
+            raise FileLoss(f"{table}: incomplete or invalid row {row}")
+    if _partial_files(table.parent) or sorted(p.name for p in table.parent.iterdir()) != [table.name]:
+        raise FileLoss(f"unexpected files beside {table}: {sorted(p.name for p in table.parent.iterdir())}")
+    argv = ["classify", str(scans), "--output", str(table), "--weights", str(weights), "--device", "cpu"]
+    argv += [arg for k, v in overrides.items() for arg in ("--set", f"{k}={json.dumps(v)}")]
+    result = expect_cli_error(infer.main, argv, [str(p) for p in bad], status=1)
+    return Outcome(
+        HANDLED,
+        f"{len(bad)} bad scans reported by name, {len(rows)} rows of probabilities; exit {result.code}: "
+        + _cli_line(result, "truncated"),
     )
 
 
@@ -1365,6 +1416,7 @@ def _kill_inference(work: Path) -> Outcome:
 def _cases() -> list[Case]:
     cases = [Case(f"load/{kind}", _load_bad(kind)) for kind in BAD_FILES]
     cases += [
+        Case("load/truncated-mha", _load_truncated_mha),
         Case("load/all-zero", _load_all_zero),
         Case("load/int16-scl-slope", _load_int16_scaled),
         Case("load/anisotropic", _load_anisotropic),
@@ -1392,6 +1444,7 @@ def _cases() -> list[Case]:
         Case("prepare_noisy/unreadable", _prepare_unreadable),
         Case("prepare_noisy/disk-full", _prepare_disk_full),
         Case("infer/batch-with-bad-files", _infer_batch),
+        Case("infer/classify-batch-with-bad-files", _classify_batch),
         Case("infer/unreadable", _infer_unreadable),
         Case("infer/datalist-points-nowhere", _infer_datalist_nowhere),
         Case("infer/missing-weights", _infer_missing_weights),
@@ -1408,7 +1461,7 @@ def _cases() -> list[Case]:
         Case("config/model-depth-19", _config_case(lambda: _resunet(model_depth=19), ["model_depth", "19"], ["18"])),
         Case(
             "config/patch-below-network-minimum",
-            _config_case(lambda: _resunet(levels=4, patch_size=8), ["8"], ["minimum", "17"]),
+            _config_case(lambda: _resunet(levels=4, patch_size=8), ["patch_size", "8"], ["17"]),
         ),
         Case(
             "config/unknown-network",
@@ -1419,6 +1472,14 @@ def _cases() -> list[Case]:
         Case(
             "config/bundle-model-depth-19",
             _bundle_bad_config("network_def::model_depth", 19, ["model_depth"]),
+        ),
+        Case(
+            "config/bundle-unknown-network",
+            _bundle_bad_config("network_def::_target_", "networks.ResUnet4D", ["network_def", "ResUnet4D"]),
+        ),
+        Case(
+            "config/bundle-unknown-loss",
+            _bundle_bad_config("lossfn::_target_", "torch.nn.L3Loss", ["lossfn", "L3Loss"]),
         ),
         Case(
             "config/bundle-patch-below-network-minimum",

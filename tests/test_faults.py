@@ -46,6 +46,9 @@ AWAITING_OWNERS: dict[str, str] = {
     "train/bad-file": "train_denoiser raises MONAI's RuntimeError('applying transform ...'), not the InputError",
     "train/bundle-bad-file": "bundle training with a bad file ends in a stack trace",
     "config/bundle-patch-below-network-minimum": "the bundle's network is not given patch_size: checked mid-training",
+    "config/patch-below-network-minimum": "ResUnet3D's patch_size check does not name patch_size",
+    "config/bundle-unknown-network": "pipeline.bundle_run.main lets MONAI's ModuleNotFoundError escape (stack trace)",
+    "config/bundle-unknown-loss": "pipeline.bundle_run.main lets MONAI's ModuleNotFoundError escape (stack trace)",
 }
 
 FAST = [case for case in faults.CASES if not case.slow and case.name not in AWAITING_OWNERS]
