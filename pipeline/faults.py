@@ -1055,6 +1055,24 @@ def _bundle_bad_config(key: str, value: Any, mentions: Sequence[str]) -> Callabl
     return check
 
 
+def _bundle_csv_unknown_label(work: Path) -> Outcome:
+    from pipeline import bundle_run
+
+    rows = ["subject_id,label,path"]
+    for i, label in enumerate(["control", "patient", "control", "AD", "patient", "control"], start=1):
+        rows.append(f"s{i},{label},scans/s{i}.nii.gz")
+        write_scan(work / "data" / "scans" / f"s{i}.nii.gz", _volume(seed=i))
+    table = work / "data" / "subjects.csv"
+    table.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    configs = [str(REPO_ROOT / "bundle" / "configs" / n) for n in ("common.yaml", "finetune_classifier.yaml")]
+    argv = ["--config_file", json.dumps(configs), "--bundle_root", str(work / "bundle")]
+    argv += ["--dataset_dir", str(work / "data"), "--init", "scratch", "--num_workers", "0"]
+    result = expect_cli_error(bundle_run.main, argv, [str(table), "AD"])
+    if list((work / "bundle").rglob("*.pt")):
+        raise FaultCrash("the classifier trained although its subjects CSV holds an unknown label")
+    return Outcome(CLEAR, f"exit {result.code}: {_cli_line(result, 'AD')}")
+
+
 def _train_disk_full(work: Path) -> Outcome:
     from pipeline.checkpoint import CheckpointError, find_last_checkpoint, load_checkpoint
 
@@ -1438,6 +1456,7 @@ def _cases() -> list[Case]:
             _csv_case("subject_id,label,path", ["s1,0,scans/s1.nii.gz", "s9,1,scans/s9.nii.gz"], ["s9"]),
         ),
         Case("datasets/datalist-points-nowhere", _datalist_nowhere),
+        Case("datasets/bundle-csv-unknown-label", _bundle_csv_unknown_label),
         Case("datasets/datalist-not-json", _datalist_not_json),
         Case("prepare_noisy/batch-with-bad-files", _prepare_batch),
         Case("prepare_noisy/folder-named-like-a-scan", _prepare_folder_named_like_a_scan),
