@@ -34,9 +34,9 @@ header carries the resampled voxel size; sform/qform code 4, MNI space):
 
 Resolution: the default 2 mm grid crops to the brain at 80x96x80 voxels (every side divisible by 16, so a U-Net
 with four down-samplings needs no padding); 32 subjects with both noisy folders took 105 s to generate on the
-shared 2-core development machine, and train in minutes. ``spacing=3`` gives 56x64x56 volumes for quicker runs. Seeded: the same seed and
-parameters give byte-identical files (nibabel writes gzip with a zero time stamp); each subject's draws come from
-its own ``SeedSequence([seed, index])`` stream.
+shared 2-core development machine, and train in minutes. ``spacing=3`` gives 56x64x56 volumes for quicker runs.
+Seeded: the same seed and parameters give byte-identical files (nibabel writes gzip with a zero time stamp); each
+subject's draws come from its own ``SeedSequence([seed, index])`` stream.
 """
 
 from __future__ import annotations
