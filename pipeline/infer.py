@@ -623,8 +623,8 @@ def _parse_override(text: str) -> tuple[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m pipeline.infer {denoise,classify} INPUT... --output ... [--weights ...]``.
 
-    The summary (failed scans with their reasons, then the counts) is printed at the end, on standard error when
-    a scan failed.
+    The counts are logged at the end; when a scan failed, the failed scans with their reasons and the counts are
+    printed to standard error.
 
     Args:
         argv: arguments (default ``sys.argv[1:]``).
@@ -672,7 +672,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(summary.report(), file=sys.stderr if summary.failed else sys.stdout)
+    if summary.failed:  # the counts were logged; repeat the failures together at the end
+        print(summary.report(), file=sys.stderr)
     return 1 if summary.failed else 0
 
 
