@@ -10,8 +10,9 @@ Fixtures:
     ``nifti_volumes``: three 24^3 scans ``scans/sub-0{1,2,3}.nii.gz`` (smooth blobs on a zero background).
     ``paired_dataset``: a folder in the notes' layout: ``FD/`` (clean), ``gaussian15/`` (clean + N(0, 15/255 of
         the clean maximum)), ``masks/``, three subjects ``sub-01..03``; returns the root.
-    ``subjects_csv``: ``subjects.csv`` with six subjects (labels 0,1,0,1,0,1), columns ``subject_id, label, path,
-        age, sex, split`` and their scans under ``scans/``; returns the CSV path.
+    ``subjects_csv``: ``table/subjects.csv`` with six subjects ``sub-01..06`` (labels 0,1,0,1,0,1; splits
+        train x4, val, test), columns ``subject_id, label, path, age, sex, split`` and their scans under
+        ``table/scans/`` (paths relative to the CSV); returns the CSV path.
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ def subjects_csv(tmp_path, make_nifti) -> Path:
     splits = ["train", "train", "train", "train", "val", "test"]
     for i in range(6):
         sid = f"sub-{i + 1:02d}"
-        make_nifti(tmp_path / "scans" / f"{sid}.nii.gz", seed=i)
+        make_nifti(tmp_path / "table" / "scans" / f"{sid}.nii.gz", seed=i)
         rows.append(f"{sid},{i % 2},scans/{sid}.nii.gz,{60 + i},{'MF'[i % 2]},{splits[i]}")
-    path = tmp_path / "subjects.csv"
+    path = tmp_path / "table" / "subjects.csv"
     path.write_text("\n".join(rows) + "\n")
     return path
