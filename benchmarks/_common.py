@@ -22,6 +22,7 @@ __all__ = [
     "REAL_SCAN",
     "add_noise",
     "build_denoiser",
+    "bundle_resunet_config",
     "center_crop",
     "default_out",
     "format_table",
@@ -240,23 +241,48 @@ def add_noise(clean: np.ndarray, kind: str, seed: int, level: float = 15.0) -> n
     raise ValueError(f"kind must be 'gaussian' or 'poisson', got {kind!r}")
 
 
-def build_denoiser(name: str, size: str = "default") -> Any:
+def bundle_resunet_config() -> dict[str, Any]:
+    """ResUnet3D's keyword arguments as the bundle ships them (``network_def`` of ``bundle/configs/common.yaml``).
+
+    Returns:
+        The arguments without ``_target_``; ``{"model_depth": 18}`` when the bundle file is absent (a bare copy of
+        ``benchmarks/`` and ``networks/``, as on a GPU machine).
+
+    Raises:
+        ValueError: if ``network_def`` holds a reference or expression (``@``/``$``) the benchmark cannot resolve.
+    """
+    path = Path(__file__).resolve().parents[1] / "bundle" / "configs" / "common.yaml"
+    if not path.is_file():
+        return {"model_depth": 18}
+    import yaml
+
+    config = yaml.safe_load(path.read_text())["network_def"]
+    kwargs = {k: v for k, v in config.items() if k != "_target_"}
+    unresolved = {k: v for k, v in kwargs.items() if isinstance(v, str) and v[:1] in "@$"}
+    if unresolved:
+        raise ValueError(f"bundle network_def has references the benchmark cannot resolve: {unresolved}")
+    return kwargs
+
+
+def build_denoiser(name: str, size: str = "default", **overrides: Any) -> Any:
     """Build one of the compared 3-D denoisers (1 input channel, 1 output channel, random weights).
 
-    The MONAI configurations are the ones a user would pick first: ``UNet`` with channels (16, 32, 64, 128, 256),
-    strides 2 and two residual units; ``BasicUNet`` with its default features (32, 32, 64, 128, 256, 32);
-    ``FlexibleUNet`` with a ResNet-18 backbone (``pretrained=False``). ResUnet3D is the project's network at depth 18
-    (``size="small"``: depth 10, levels 3, for the quick smoke runs).
+    The MONAI configurations are the ones a user would pick first (and ``networks.get_network``'s defaults):
+    ``UNet`` with channels (16, 32, 64, 128, 256), strides 2 and two residual units; ``BasicUNet`` with its default
+    features (32, 32, 64, 128, 256, 32); ``FlexibleUNet`` with a ResNet-18 backbone (``pretrained=False``).
+    ResUnet3D is configured as the bundle ships it (:func:`bundle_resunet_config`); ``size="small"`` gives depth 10,
+    levels 3 for the quick smoke runs.
 
     Args:
         name: ``"resunet3d"``, ``"unet"``, ``"basicunet"`` or ``"flexibleunet"``.
         size: ``"default"`` or ``"small"`` (smaller versions for ``--quick`` runs).
+        **overrides: keyword arguments replacing the ResUnet3D configuration (ResUnet3D only).
 
     Returns:
         The ``torch.nn.Module``.
 
     Raises:
-        ValueError: if ``name`` or ``size`` is unknown.
+        ValueError: if ``name`` or ``size`` is unknown, or ``overrides`` are given for a MONAI network.
     """
     from monai.networks.nets import BasicUNet, FlexibleUNet, UNet
 
@@ -266,9 +292,11 @@ def build_denoiser(name: str, size: str = "default") -> Any:
     if name == "resunet3d":
         from networks import ResUnet3D
 
-        if small:
-            return ResUnet3D(spatial_dims=3, in_channels=1, out_channels=1, model_depth=10, levels=3)
-        return ResUnet3D(spatial_dims=3, in_channels=1, out_channels=1, model_depth=18)
+        kwargs = {"model_depth": 10, "levels": 3} if small else bundle_resunet_config()
+        kwargs.update(spatial_dims=3, in_channels=1, out_channels=1)
+        return ResUnet3D(**{**kwargs, **overrides})
+    if overrides:
+        raise ValueError(f"overrides apply to resunet3d only, got {sorted(overrides)} for {name!r}")
     if name == "unet":
         channels = (8, 16, 32, 64) if small else (16, 32, 64, 128, 256)
         return UNet(3, 1, 1, channels=channels, strides=(2,) * (len(channels) - 1), num_res_units=2)

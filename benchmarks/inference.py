@@ -31,7 +31,7 @@ import sys
 import time
 from typing import Any
 
-from benchmarks._common import default_out, format_table, machine_info, write_json
+from benchmarks._common import bundle_resunet_config, default_out, format_table, machine_info, write_json
 
 __all__ = ["BASELINE", "KNOBS", "main", "measure", "run_worker"]
 
@@ -51,6 +51,7 @@ BASELINE: dict[str, Any] = {
     "torchscript": False,
     "onnx": False,
     "scans": 1,
+    "resunet": {},
 }
 
 #: name -> the settings it changes from the baseline.
@@ -85,7 +86,7 @@ def run_worker(cfg: dict[str, Any]) -> dict[str, Any]:
 
     torch.manual_seed(0)
     start = time.perf_counter()
-    model = build_denoiser(cfg["network"], cfg["size"]).eval()
+    model = build_denoiser(cfg["network"], cfg["size"], **cfg.get("resunet", {})).eval()
     t1, _ = load_template()
     h, w, d = cfg["shape"]
     t1 = np.pad(t1, [(0, max(0, n - s)) for n, s in zip((h, w, d), t1.shape)])[:h, :w, :d]
@@ -198,6 +199,7 @@ def _run_pipeline(cfg: dict[str, Any], model: Any, noisy: Any) -> dict[str, Any]
         }
         if cfg["size"] == "small":
             overrides.update({"network_def::model_depth": 10, "network_def::levels": 3})
+        overrides.update({f"network_def::{k}": v for k, v in cfg.get("resunet", {}).items()})
         rss_before = _rss_gib()
         start = time.perf_counter()
         summary = denoise_scans(scans, Path(tmp) / "out", weights=weights, device="cpu", **overrides)
@@ -251,6 +253,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="a 48 x 56 x 40 volume, 32^3 tiles, small network")
     parser.add_argument("--scans", type=int, default=3, help="scans in the batch-of-scans run (0: none)")
     parser.add_argument("--knobs", nargs="+", default=list(KNOBS), choices=list(KNOBS))
+    parser.add_argument(
+        "--resunet", type=json.loads, default={}, help="JSON of ResUnet3D arguments overriding the bundle's network_def"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(default_out("inference")))
     args = parser.parse_args(argv)
@@ -259,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps(result))
         return result
 
-    base = dict(BASELINE)
+    base = dict(BASELINE, resunet=args.resunet)
     if args.quick:
         base.update(size="small", shape=[48, 56, 40], roi=32)
         args.knobs = [k for k in args.knobs if k != "overlap0.25_roi96"]
@@ -307,7 +312,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "inference",
         "quick": args.quick,
         "machine": machine_info(),
-        "setup": {k: base[k] for k in ("network", "size", "shape", "roi")},
+        "setup": {k: base[k] for k in ("network", "size", "shape", "roi")}
+        | {"resunet3d": {**bundle_resunet_config(), **args.resunet}},
         "rows": rows,
         "ratios": ratios,
     }

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +44,7 @@ import torch
 from benchmarks._common import (
     add_noise,
     build_denoiser,
+    bundle_resunet_config,
     default_out,
     format_table,
     load_real_scan,
@@ -191,6 +193,7 @@ def train_with_checkpoints(
     batch: int,
     seed: int,
     clock: str = "cpu",
+    resunet: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train one network for ``max(checkpoints_min)`` minutes, scoring every case at each checkpoint.
 
@@ -206,12 +209,13 @@ def train_with_checkpoints(
         batch: batch size.
         seed: seed of the weights, the data order and the augmentations.
         clock: ``"cpu"`` (this process's CPU time, all threads) or ``"wall"``.
+        resunet: ResUnet3D arguments overriding the bundle's (``benchmarks._common.build_denoiser``).
 
     Returns:
         One row per (checkpoint, case) with ``network``, ``minutes``, ``steps``, ``psnr``, ``ssim``, ``seconds``.
     """
     torch.manual_seed(seed)
-    model = build_denoiser(name, size)
+    model = build_denoiser(name, size, **(resunet or {}) if name == "resunet3d" else {})
     loader = _training_loader(items, patch, batch, seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     rows: list[dict[str, Any]] = []
@@ -305,6 +309,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--subjects", type=int, default=16, help="cohort size (60/20/20 train/val/test)")
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
     parser.add_argument("--skip", nargs="*", default=[], help="classical methods to leave out, e.g. bm4d")
+    parser.add_argument(
+        "--resunet", type=json.loads, default={}, help="JSON of ResUnet3D arguments overriding the bundle's network_def"
+    )
     parser.add_argument("--patch", type=int, default=64)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -333,7 +340,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         networks = []
         for name in args.networks:
             networks += train_with_checkpoints(
-                name, size, items, all_cases, checkpoints, args.patch, args.batch, args.seed, args.clock
+                name, size, items, all_cases, checkpoints, args.patch, args.batch, args.seed, args.clock, args.resunet
             )
 
     final = max(checkpoints)
@@ -398,6 +405,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "training_subjects": len(items),
             "minutes_per_network": args.minutes,
             "clock": args.clock,
+            "resunet3d": {**bundle_resunet_config(), **args.resunet},
             "checkpoints_min": checkpoints,
             "patch": args.patch,
             "batch": args.batch,

@@ -17,6 +17,7 @@ with ``--compile``, ``torch.compile`` (its compile time is reported separately).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks._common import build_denoiser, default_out, format_table, machine_info, write_json
+from benchmarks._common import (
+    build_denoiser,
+    default_out,
+    format_table,
+    machine_info,
+    write_json,
+)
 
 __all__ = ["NETWORKS", "VARIANTS", "conv3d_ceiling", "count_flops", "main", "training_step_rate"]
 
@@ -163,6 +170,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile)")
+    parser.add_argument(
+        "--resunet", type=json.loads, default={}, help="JSON of ResUnet3D arguments overriding the bundle's network_def"
+    )
     parser.add_argument("--out", default=str(default_out("throughput")))
     args = parser.parse_args(argv)
     patch, batch, steps = (32, 2, 2) if args.quick else (args.patch, args.batch, args.steps)
@@ -180,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     for name in args.networks:
         for variant, channels_last, bf16, compile_model in variants:
-            model = build_denoiser(name, size)
+            model = build_denoiser(name, size, **args.resunet if name == "resunet3d" else {})
             params = sum(p.numel() for p in model.parameters())
             rate = training_step_rate(model, patch, batch, steps, channels_last, bf16, compile_model)
             rows.append({"network": name, "variant": variant, "params_m": round(params / 1e6, 2), **rate})
