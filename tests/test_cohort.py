@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 
 import nibabel as nib
 import numpy as np
@@ -43,6 +44,16 @@ def test_template_is_read_from_the_installed_package():
     assert np.all(corner[:3] >= [-98.0, -134.0, -72.0])  # inside the MNI 2009 1 mm grid nilearn ships
     assert template.tissue_means["wm"] > template.tissue_means["gm"] > template.tissue_means["csf"]
     assert not template.t1.flags.writeable
+
+
+def test_template_loads_without_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the template must come from the installed nilearn package, not the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    fresh = load_template.__wrapped__()
+    np.testing.assert_array_equal(fresh.gm, load_template().gm)
 
 
 def test_grid_covers_the_brain_with_sides_divisible_by_eight():
