@@ -37,7 +37,7 @@ from benchmarks._common import (
     write_json,
 )
 
-__all__ = ["METHODS", "Method", "bm4d_available", "evaluate_methods", "main", "tune"]
+__all__ = ["METHODS", "Method", "bm4d_available", "chosen_text", "evaluate_methods", "main", "tune"]
 
 
 def _gaussian(noisy: np.ndarray, sigma: float) -> np.ndarray:
@@ -194,7 +194,20 @@ def evaluate_methods(
                     "cpu_seconds": round(cpu_seconds, 3),
                 }
             )
+        print(f"{method.name}: scored {len(cases)} volumes ({chosen_text(chosen)})", flush=True)
     return rows
+
+
+def chosen_text(chosen: dict[str, Any]) -> str:
+    """The tuned parameter per noise kind, for progress lines.
+
+    Args:
+        chosen: ``{noise kind: parameter}``.
+
+    Returns:
+        e.g. ``"gaussian: 1.0, poisson: 0.75"``.
+    """
+    return ", ".join(f"{kind}: {value}" for kind, value in chosen.items())
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

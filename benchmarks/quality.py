@@ -25,7 +25,8 @@ items with Gaussian noise of sigma uniform in [5, 30]/255 and half with Poisson 
 with ``CacheDataset`` and served by ``ThreadDataLoader``. The cohort has no skull (the template is skull-stripped),
 so "with and without skull" cannot be augmented from the shipped data. At each checkpoint (``--checkpoints``
 minutes) every network denoises the test volumes as the bundle does (input scaled by its own 99.5th percentile,
-sliding window of 64^3 tiles, 4 per pass, overlap 0.5, Gaussian blending, ``torch.inference_mode``).
+sliding window of 64^3 tiles, 4 per pass, Gaussian blending, ``torch.inference_mode``) but with overlap 0.25
+(``--overlap``; the bundle's 0.5 costs about 3x more windows on these volumes, see ``benchmarks.inference``).
 """
 
 from __future__ import annotations
@@ -66,17 +67,18 @@ def _robust_max(volume: np.ndarray) -> float:
     return percentile_stats(volume[None], lower=None, upper=99.5, nonzero=True)[1][0]
 
 
-def denoise_with_network(model: torch.nn.Module, noisy: np.ndarray, patch: int) -> np.ndarray:
+def denoise_with_network(model: torch.nn.Module, noisy: np.ndarray, patch: int, overlap: float = 0.5) -> np.ndarray:
     """Denoise one (H, W, D) volume as the bundle's inference does, returning it on the input's scale.
 
     The input is divided by its own robust maximum (what ``ScalePercentiled`` does at inference), run through
-    ``sliding_window_inference`` (``patch``^3 tiles, 4 per pass, overlap 0.5, Gaussian blending) under
+    ``sliding_window_inference`` (``patch``^3 tiles, 4 per pass, Gaussian blending) under
     ``torch.inference_mode``, and multiplied back.
 
     Args:
         model: the network (put in eval mode here).
         noisy: the volume.
         patch: tile edge (voxels).
+        overlap: sliding-window overlap (the bundle's is 0.5).
 
     Returns:
         The denoised float32 volume (H, W, D).
@@ -87,7 +89,7 @@ def denoise_with_network(model: torch.nn.Module, noisy: np.ndarray, patch: int) 
     scale = _robust_max(noisy)
     x = torch.from_numpy(np.ascontiguousarray(noisy / scale, dtype=np.float32))[None, None]
     with torch.inference_mode():
-        out = sliding_window_inference(x, patch, 4, model, overlap=0.5, mode="gaussian")
+        out = sliding_window_inference(x, patch, 4, model, overlap=overlap, mode="gaussian")
     return out[0, 0].numpy() * scale
 
 
@@ -169,11 +171,11 @@ def _training_loader(items: list[dict[str, Any]], patch: int, batch: int, seed: 
     )
 
 
-def _score(model: torch.nn.Module, cases: list[dict[str, Any]], patch: int) -> list[dict[str, Any]]:
+def _score(model: torch.nn.Module, cases: list[dict[str, Any]], patch: int, overlap: float) -> list[dict[str, Any]]:
     rows = []
     for case in cases:
         start, cpu_start = time.perf_counter(), time.process_time()
-        out = denoise_with_network(model, case["noisy"], patch)
+        out = denoise_with_network(model, case["noisy"], patch, overlap)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         psnr, ssim = masked_psnr_ssim(out, case["clean"], case["mask"])
         rows.append(
@@ -194,6 +196,7 @@ def train_with_checkpoints(
     seed: int,
     clock: str = "cpu",
     resunet: dict[str, Any] | None = None,
+    overlap: float = 0.25,
 ) -> list[dict[str, Any]]:
     """Train one network for ``max(checkpoints_min)`` minutes, scoring every case at each checkpoint.
 
@@ -210,6 +213,7 @@ def train_with_checkpoints(
         seed: seed of the weights, the data order and the augmentations.
         clock: ``"cpu"`` (this process's CPU time, all threads) or ``"wall"``.
         resunet: ResUnet3D arguments overriding the bundle's (``benchmarks._common.build_denoiser``).
+        overlap: sliding-window overlap of the evaluations.
 
     Returns:
         One row per (checkpoint, case) with ``network``, ``minutes``, ``steps``, ``psnr``, ``ssim``, ``seconds``.
@@ -242,7 +246,7 @@ def train_with_checkpoints(
         wall_s += time.perf_counter() - wall_start
         while pending and trained_s >= pending[0] * 60:
             minutes = pending.pop(0)
-            scored = _score(model, cases, patch)
+            scored = _score(model, cases, patch, overlap)
             for row in scored:
                 rows.append(
                     {
@@ -313,6 +317,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--resunet", type=json.loads, default={}, help="JSON of ResUnet3D arguments overriding the bundle's network_def"
     )
     parser.add_argument("--patch", type=int, default=64)
+    parser.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap of the evaluations")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(default_out("quality")))
@@ -335,12 +340,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         real_cases, real_info = _real_cases(args.seed)
         all_cases = cases + real_cases
         classical = evaluate_methods(all_cases, tuning, quick=args.quick, skip=tuple(args.skip))
-        for method in dict.fromkeys(r["method"] for r in classical):
-            print(f"{method:15s} done", flush=True)
         networks = []
         for name in args.networks:
             networks += train_with_checkpoints(
-                name, size, items, all_cases, checkpoints, args.patch, args.batch, args.seed, args.clock, args.resunet
+                name,
+                size,
+                items,
+                all_cases,
+                checkpoints,
+                args.patch,
+                args.batch,
+                args.seed,
+                args.clock,
+                args.resunet,
+                args.overlap,
             )
 
     final = max(checkpoints)
@@ -405,6 +418,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "training_subjects": len(items),
             "minutes_per_network": args.minutes,
             "clock": args.clock,
+            "overlap": args.overlap,
             "resunet3d": {**bundle_resunet_config(), **args.resunet},
             "checkpoints_min": checkpoints,
             "patch": args.patch,
