@@ -186,7 +186,8 @@ def expect_error(
         call: the operation fed with the fault.
         errors: the acceptable exception classes.
         mentions: strings the message must all contain (the file, the parameter), case-insensitive.
-        any_of: strings of which the message must contain at least one (the problem, the allowed values).
+        any_of: strings of which the message must contain at least one (the problem, the allowed values); for an
+            ``InputError`` they are looked for in its ``problem`` only, so a folder name cannot match them.
 
     Returns:
         A :data:`CLEAR` outcome carrying the message.
@@ -199,9 +200,10 @@ def expect_error(
     except errors as error:
         message = str(error)
         lower = message.lower()
+        problem = str(getattr(error, "problem", message)).lower()  # an InputError's words, without the path
         missing = [m for m in mentions if m.lower() not in lower]
         wanted = [a.lower() for a in any_of]
-        if missing or (wanted and not any(a in lower for a in wanted)):
+        if missing or (wanted and not any(a in problem for a in wanted)):
             need = missing or [f"one of {list(any_of)}"]
             raise FaultCrash(f"{_describe(error)} does not name {', '.join(map(repr, need))}") from error
         return Outcome(CLEAR, _first_line(message)[:300])
@@ -632,7 +634,8 @@ def _folder_in_paired_data(work: Path) -> Outcome:
         write_scan(work / "gaussian15" / f"{name}.nii.gz")
     (work / "FD" / "sub-03.nii.gz").mkdir()
     write_scan(work / "gaussian15" / "sub-03.nii.gz")
-    return expect_error(lambda: paired_folders(work), InputError, [str(work), "sub-03"])
+    # the researcher must learn that FD/sub-03.nii.gz is a folder, not that the scan has "no match"
+    return expect_error(lambda: paired_folders(work), InputError, ["sub-03.nii.gz"], ["folder", "directory"])
 
 
 def _subjects_table(work: Path, rows: Sequence[str], header: str = "subject_id,label,path") -> Path:
