@@ -256,6 +256,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--resunet", type=json.loads, default={}, help="JSON of ResUnet3D arguments overriding the bundle's network_def"
     )
+    parser.add_argument(
+        "--shape", type=int, nargs=3, default=BASELINE["shape"], help="volume shape (default: 1 mm MNI)"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(default_out("inference")))
     args = parser.parse_args(argv)
@@ -264,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps(result))
         return result
 
-    base = dict(BASELINE, resunet=args.resunet)
+    base = dict(BASELINE, resunet=args.resunet, shape=list(args.shape))
     if args.quick:
         base.update(size="small", shape=[48, 56, 40], roi=32)
         args.knobs = [k for k in args.knobs if k != "overlap0.25_roi96"]
