@@ -585,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.baseline:
         accuracy = logistic_baseline(cohort.out_dir)
-        print(f"logistic-regression baseline, balanced accuracy on clean/ (5-fold CV by subject): {accuracy:.3f}")
+        print(f"logistic-regression baseline, balanced accuracy on clean/ (k-fold CV by subject): {accuracy:.3f}")
     return 0
 
 
