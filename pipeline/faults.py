@@ -1215,6 +1215,44 @@ def _unsafe_case(load: Callable[[Path], Any], errors: Any) -> Callable[[Path], O
     return check
 
 
+def _resume_from_unsafe(work: Path) -> Outcome:
+    from pipeline.checkpoint import CheckpointError
+
+    run = work / "run"
+    run.mkdir()
+    path, marker = _unsafe_file(work)
+    shutil.copy(path, run / "checkpoint_epoch=1.pt")
+    outcome = expect_error(lambda: _train(run, 2), CheckpointError, [str(run / "checkpoint_epoch=1.pt")])
+    if marker.exists():
+        raise FaultCrash("resuming from an unsafe checkpoint ran the code it carries")
+    return outcome
+
+
+def _bundle_resume_from(kind: str) -> Callable[[Path], Outcome]:
+    """Bundle training whose newest checkpoint is ``kind``: ``"unsafe"`` (code on unpickling) or ``"truncated"``."""
+
+    def check(work: Path) -> Outcome:
+        from pipeline import bundle_run
+
+        _bundle_data(work)
+        checkpoint = work / "bundle" / "models" / "checkpoint_epoch=1.pt"
+        checkpoint.parent.mkdir(parents=True)
+        path, marker = _unsafe_file(work)
+        if kind == "unsafe":
+            shutil.copy(path, checkpoint)
+        else:
+            torch.save({"network": {"w": torch.zeros(1000)}}, checkpoint)
+            checkpoint.write_bytes(checkpoint.read_bytes()[:300])
+        before = FileSnapshot([checkpoint])
+        result = expect_cli_error(bundle_run.main, _bundle_args(work), [str(checkpoint)])
+        if marker.exists():
+            raise FaultCrash("resuming from an unsafe checkpoint ran the code it carries")
+        before.verify()
+        return Outcome(CLEAR, f"exit {result.code}: {_cli_line(result, 'checkpoint_epoch=1.pt')}")
+
+    return check
+
+
 def _load_checkpoint(path: Path) -> Any:
     from pipeline.checkpoint import load_checkpoint
 
@@ -1510,6 +1548,9 @@ def _cases() -> list[Case]:
         Case("pickle/checkpoint", _unsafe_case(_load_checkpoint, _checkpoint_errors())),
         Case("pickle/pretrained", _unsafe_case(_load_pretrained, _checkpoint_errors())),
         Case("pickle/inference-weights", _unsafe_case(_load_weights, _checkpoint_errors())),
+        Case("pickle/resume-checkpoint", _resume_from_unsafe),
+        Case("pickle/bundle-resume-checkpoint", _bundle_resume_from("unsafe")),
+        Case("train/bundle-truncated-checkpoint-on-resume", _bundle_resume_from("truncated")),
         Case("leakage/train-val-test-overlap", _leak_split_groups),
         Case("leakage/splits-file-overlap", _leak_split_file),
         Case("leakage/denoiser-train-vs-classifier-test", _leak_denoiser_to_classifier),

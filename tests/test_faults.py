@@ -47,6 +47,8 @@ AWAITING_OWNERS: dict[str, str] = {
     "train/bad-file": "train_denoiser raises MONAI's RuntimeError('applying transform ...'), not the InputError",
     "train/bundle-bad-file": "bundle training with a bad file ends in a stack trace",
     "config/bundle-patch-below-network-minimum": "the bundle's network is not given patch_size: checked mid-training",
+    "pickle/bundle-resume-checkpoint": "the bundle resumes through MONAI's CheckpointLoader unchecked: stack trace",
+    "train/bundle-truncated-checkpoint-on-resume": "the bundle resumes through MONAI's CheckpointLoader unchecked",
     "config/patch-below-network-minimum": "ResUnet3D's patch_size check does not name patch_size",
     "config/bundle-unknown-network": "pipeline.bundle_run.main lets MONAI's ModuleNotFoundError escape (stack trace)",
     "config/bundle-unknown-loss": "pipeline.bundle_run.main lets MONAI's ModuleNotFoundError escape (stack trace)",
