@@ -51,7 +51,6 @@ logger = logging.getLogger(__name__)
 #: The bundle folder of this repository (``<repo>/bundle``).
 BUNDLE_DIR: Path = Path(__file__).resolve().parents[1] / "bundle"
 
-_RUN_ARGS = ("run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file")
 _SEPARATORS = (ID_SEP_KEY, "#")
 _TARGET = "_target_"
 

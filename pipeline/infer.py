@@ -347,6 +347,15 @@ def load_weights(
     return network
 
 
+def _remove_stale_partials(output_dir: Path, postfix: str) -> list[Path]:
+    """Delete the hidden temporary files that a killed earlier run left mid-write (never a finished output)."""
+    stale = sorted(output_dir.glob(f".*{postfix}.*.part.nii.gz")) if output_dir.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+        logger.info("removed the partial file of an interrupted write: %s", path)
+    return stale
+
+
 def _progress(items: Sequence[Any], desc: str, enabled: bool) -> Any:
     if not enabled:
         return items
@@ -384,6 +393,7 @@ def denoise_items(
 ) -> InferenceSummary:
     """Denoise each scan and write it in its own space; a failing scan is reported and the rest continue.
 
+    Hidden temporary files left in ``output_dir`` by a run killed mid-write are removed first.
     Per scan: ``preprocessing`` (dictionary transforms on ``{"image": path, ...}``) -> ``inferer(image[None],
     network)`` under ``torch.inference_mode`` -> ``postprocessing`` (``Invertd`` and :class:`SaveLikeSourced`, as
     the bundle's ``inference.yaml`` defines them), which writes the file.
@@ -409,6 +419,7 @@ def denoise_items(
         InputError: if two scans would write the same output file.
     """
     _check_unique_outputs(items, output_dir, output_postfix)
+    _remove_stale_partials(Path(output_dir), output_postfix)
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     network.eval()
     summary = InferenceSummary()

@@ -146,7 +146,10 @@ def test_rerun_skips_finished_outputs_and_overwrite_rewrites_them_identically(sc
     again = denoise_scans(scans, out, identity_weights, device="cpu", **IDENTITY)
     assert again.count("skipped") == 2 and again.count("done") == 0
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == {k: v[0] for k, v in first.items()}
+    stale = out / ".oblique_denoised.k1ll3d.part.nii.gz"  # what a run killed mid-write leaves behind
+    stale.write_bytes(b"half a file")
     rewritten = denoise_scans(scans, out, identity_weights, device="cpu", overwrite=True, **IDENTITY)
+    assert not stale.exists()
     assert rewritten.count("done") == 2
     for p in out.iterdir():
         assert np.array_equal(nib.load(p).get_fdata(), first[p.name][1])
