@@ -673,6 +673,15 @@ def _datalist_not_json(work: Path) -> Outcome:
     return expect_error(lambda: load_datalist(path), InputError, [str(path)], ["json"])
 
 
+def _splits_file_corrupt(work: Path) -> Outcome:
+    from pipeline.splits import load_splits
+
+    path = work / "splits.json"
+    path.write_text('{"version": 1, "train": ["s1", "s2"], "val": ')
+    expect_error(lambda: load_splits(work / "missing.json"), InputError, [str(work / "missing.json")])
+    return expect_error(lambda: load_splits(path), InputError, [str(path)], ["json"])
+
+
 # ----------------------------------------------------------------------------------------------- prepare_noisy
 _BATCH_BAD = [k for k in BAD_FILES if k not in ("unreadable", "folder-named-like-a-scan", "unsupported-extension")]
 
@@ -1498,6 +1507,7 @@ def _cases() -> list[Case]:
         ),
         Case("datasets/datalist-points-nowhere", _datalist_nowhere),
         Case("datasets/bundle-csv-unknown-label", _bundle_csv_unknown_label),
+        Case("datasets/splits-file-corrupt", _splits_file_corrupt),
         Case("datasets/datalist-not-json", _datalist_not_json),
         Case("prepare_noisy/batch-with-bad-files", _prepare_batch),
         Case("prepare_noisy/folder-named-like-a-scan", _prepare_folder_named_like_a_scan),
