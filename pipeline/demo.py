@@ -51,7 +51,7 @@ import numpy as np
 
 from pipeline.files import atomic_path
 
-__all__ = ["DEFAULT", "QUICK", "DemoSettings", "StageTimer", "main", "run_demo"]
+__all__ = ["DEFAULT", "QUICK", "DemoSettings", "OutputFolderError", "StageTimer", "check_out", "main", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
@@ -273,18 +273,40 @@ def _run_workflow(configs: Sequence[str], **overrides: Any) -> None:
         workflow.finalize()
 
 
+class OutputFolderError(ValueError):
+    """The output folder holds files that the demo did not write (the demo never deletes those)."""
+
+
+def check_out(out: str | os.PathLike) -> Path:
+    """Check that ``out`` is new, empty, or a folder a previous demo wrote.
+
+    Args:
+        out: the output folder.
+
+    Returns:
+        ``out`` as a ``Path``.
+
+    Raises:
+        OutputFolderError: if ``out`` is a file, or a folder with files but without the demo's ``demo_run.json``.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"--out {out} is a file; give a folder")
+    others = [p for p in out.iterdir() if p.name != "demo.log"] if out.is_dir() else []
+    if others and not (out / _MARKER).is_file():
+        raise OutputFolderError(
+            f"--out {out} is not empty and was not written by the demo (no {_MARKER}); choose a new folder"
+        )
+    return out
+
+
 def _prepare_out(out: Path, settings: DemoSettings, fresh: bool) -> bool:
     """Check/prepare the output folder; return True when a previous run with the same settings is resumed.
 
     Raises:
-        ValueError: if ``out`` holds files but is not a folder this demo wrote.
+        OutputFolderError: if ``out`` holds files but is not a folder this demo wrote.
     """
-    marker = out / _MARKER
-    others = [p for p in out.iterdir() if p.name != "demo.log"] if out.is_dir() else []
-    if others and not marker.is_file():
-        raise ValueError(
-            f"--out {out} is not empty and was not written by the demo (no {_MARKER}); choose a new folder"
-        )
+    marker = check_out(out) / _MARKER
     previous = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None
     resume = previous is not None and previous.get("settings") == settings.to_dict() and not fresh
     if previous is not None and not resume:
@@ -367,7 +389,7 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings = DEFAULT, fresh: bo
         The results (also written to ``<out>/results.json``).
 
     Raises:
-        ValueError: for an ``out`` folder that the demo did not write.
+        OutputFolderError: for an ``out`` folder that the demo did not write.
     """
     from pipeline.classical import get_denoiser, tune
     from pipeline.cohort import CohortParameters, build_cohort, logistic_baseline
@@ -799,14 +821,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 8 small subjects, one epoch each")
     parser.add_argument("--fresh", action="store_true", help="start over even if --out holds this run")
     args = parser.parse_args(argv)
-    _setup_logging(args.out)
     try:
+        check_out(args.out)
+        _setup_logging(args.out)
         results = run_demo(args.out, QUICK if args.quick else DEFAULT, fresh=args.fresh)
-    except ValueError as error:
-        if "--out" in str(error):
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        raise
+    except OutputFolderError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"report: {args.out / 'report.md'}  ({results['total_wall_s'] / 60:.1f} min)")
     return 0
 

@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from pipeline import demo
+from pipeline.demo import QUICK, DemoSettings, StageTimer, main, run_demo
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+NUMBER = re.compile(r"^-?\d+\.\d+$")
+
+
+def table_rows(text: str, first_header: str) -> list[list[str]]:
+    """The body rows of the Markdown table whose first header cell is ``first_header``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
+    return rows
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    results = run_demo(out, QUICK)
+    report = (out / "report.md").read_text(encoding="utf-8")
+
+    # denoising table: every method on the same test volumes, with numeric scores and timings
+    rows = {row[0]: row for row in table_rows(report, "method")}
+    assert len(rows) == 5
+    for name, row in rows.items():
+        assert all(NUMBER.match(cell) for cell in row[2:6]), row
+        if not name.startswith("Noisy"):
+            assert NUMBER.match(row[6]), row
+    assert any("ResUnet3D" in name for name in rows)
+    noisy = results["denoising"]["noisy"]["mean"]["psnr_brain"]
+    assert float(rows["Noisy input (Gaussian, sigma 15/255)"][2]) == pytest.approx(noisy, abs=0.006)
+    # the noise is sigma 15/255 of the clean scan's robust maximum, so the noisy input's PSNR is known
+    assert noisy == pytest.approx(24.6, abs=0.4)
+
+    # classification table: both inits with numeric balanced accuracy, and the floor
+    rows = table_rows(report, "classifier")
+    assert [row[0] for row in rows] == [
+        "ResNet from scratch",
+        "ResNet from the denoiser's encoder",
+        "Logistic regression (floor)",
+    ]
+    for row in rows:
+        assert NUMBER.match(row[1]) and 0 <= float(row[1]) <= 1, row
+
+    # stage timings cover every stage
+    stage_rows = table_rows(report, "stage")
+    assert len(stage_rows) == len(results["stages"]) - 1  # the report stage itself is timed after the table
+    assert all(NUMBER.match(row[1]) for row in stage_rows)
+    assert "**Total:" in report
+
+    # every linked figure exists and is a PNG; the run folders hold TensorBoard events
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert len(links) == QUICK.figure_subjects + 1
+    for link in links:
+        assert (out / link).read_bytes()[:8] == PNG_SIGNATURE
+    for run in ("denoiser", "classifier_denoiser", "classifier_scratch"):
+        assert list((out / "runs" / run).glob("events.out.tfevents.*")), run
+    # inference outputs: one denoised scan per test subject and a CSV per classifier
+    test = results["cohort"]["splits"]["test"]
+    assert sorted(p.name for p in (out / "denoised").iterdir()) == sorted(f"{s}_denoised.nii.gz" for s in test)
+    assert {p.name for p in (out / "predictions").iterdir()} == {"classifier_denoiser.csv", "classifier_scratch.csv"}
+    # the denoiser never saw the classifier's val/test subjects, and the test subjects are nobody's training data
+    parts = results["cohort"]["splits"]
+    seen = set(results["cohort"]["denoiser_splits"]["train"]) | set(results["cohort"]["denoiser_splits"]["val"])
+    assert seen <= set(parts["train"])
+    assert json.loads((out / "results.json").read_text())["settings"] == QUICK.to_dict()
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError, match="subjects must be >= 8"):
+        DemoSettings(subjects=6)
+    with pytest.raises(ValueError, match="classical must name"):
+        DemoSettings(classical=("gaussian", "wiener"))
+    with pytest.raises(ValueError, match="denoise_epochs must be >= 1"):
+        DemoSettings(denoise_epochs=0)
+    with pytest.raises(ValueError, match="learning_rate"):
+        DemoSettings(learning_rate=0.0)
+    assert DemoSettings().to_dict() == json.loads(json.dumps(DemoSettings().to_dict()))
+
+
+def test_stage_timer_records_every_stage_even_on_error():
+    timer = StageTimer()
+    with timer.stage("first") as record:
+        record.note = "ok"
+    with pytest.raises(RuntimeError), timer.stage("second"):
+        raise RuntimeError("boom")
+    assert [r.name for r in timer.records] == ["first", "second"]
+    assert timer.records[0].note == "ok"
+    assert all(r.wall_s >= 0 and r.cpu_s >= 0 for r in timer.records)
+    wall, cpu = timer.total()
+    assert wall >= sum(r.wall_s for r in timer.records) - 1e-6
+
+
+def test_output_folder_rules(tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not written by the demo"):
+        demo._prepare_out(other, QUICK, fresh=False)
+    assert main(["--out", str(other), "--quick"]) == 2
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]  # nothing written into the user's folder
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(demo.OutputFolderError, match="is a file"):
+        demo.check_out(tmp_path / "file")
+
+    out = tmp_path / "demo"
+    assert demo._prepare_out(out, QUICK, fresh=False) is False  # new folder: nothing to resume
+    (out / "models").mkdir()
+    (out / "models" / "weights.pt").write_bytes(b"x")
+    assert demo._prepare_out(out, QUICK, fresh=False) is True  # same settings: resume, keep outputs
+    assert (out / "models" / "weights.pt").exists()
+    assert demo._prepare_out(out, QUICK, fresh=True) is False  # --fresh: start over
+    assert not (out / "models").exists()
+    (out / "models").mkdir()
+    other_settings = DemoSettings(subjects=10, spacing=4.0)
+    assert demo._prepare_out(out, other_settings, fresh=False) is False  # other settings: start over
+    assert not (out / "models").exists()
+    marker = json.loads((out / "demo_run.json").read_text())
+    assert marker["settings"] == other_settings.to_dict()
