@@ -472,9 +472,12 @@ def test_multi_gpu_override_on_two_cpu_processes(paired6, tmp_path):
         "--standalone",
         "--nproc_per_node=2",
         "-m",
-        "pipeline.bundle_run",
+        "monai.bundle",  # MONAI's own command line drives the bundle too
+        "run",
         "--config_file",
         json.dumps(MULTI_GPU),
+        "--bundle_root",
+        os.fspath(BUNDLE),
         "--dataset_dir",
         os.fspath(paired6),
         "--ckpt_dir",
