@@ -105,7 +105,14 @@ class InferenceSummary:
     table: str | None = None
 
     def count(self, status: str) -> int:
-        """Number of scans with ``status`` (``"done"``, ``"skipped"`` or ``"failed"``)."""
+        """Number of scans with a given status.
+
+        Args:
+            status: ``"done"``, ``"skipped"`` or ``"failed"``.
+
+        Returns:
+            How many scans ended with it.
+        """
         return sum(result.status == status for result in self.results)
 
     @property
@@ -114,7 +121,12 @@ class InferenceSummary:
         return [result for result in self.results if result.status == "failed"]
 
     def report(self) -> str:
-        """One line per failed scan, then ``N scans: D done, S skipped (output exists), F failed``."""
+        """The batch in words.
+
+        Returns:
+            One ``FAILED <file>: <reason>`` line per failed scan, then
+            ``N scans: D done, S skipped (output exists), F failed``.
+        """
         lines = [f"FAILED {result.source}: {result.reason}" for result in self.failed]
         lines.append(
             f"{len(self.results)} scans: {self.count('done')} done, {self.count('skipped')} skipped "
@@ -123,7 +135,14 @@ class InferenceSummary:
         return "\n".join(lines)
 
     def raise_if_failed(self) -> InferenceSummary:
-        """Raise :class:`ScanFailuresError` when a scan failed; return ``self`` otherwise."""
+        """Turn failed scans into an error (after every scan has been tried).
+
+        Returns:
+            ``self``, when no scan failed.
+
+        Raises:
+            ScanFailuresError: carrying this summary, when a scan failed.
+        """
         if self.failed:
             raise ScanFailuresError(self)
         return self
@@ -255,7 +274,18 @@ class SaveLikeSourced(MapTransform):
 
     @staticmethod
     def source_of(data: Mapping[Hashable, Any], source_key: str) -> str:
-        """The source scan's path, from the item's metadata or its path entry."""
+        """The source scan's path, from the item's metadata or its path entry.
+
+        Args:
+            data: the item.
+            source_key: the key of the loaded scan (a MetaTensor) or of its path.
+
+        Returns:
+            The path.
+
+        Raises:
+            ValueError: if the item does not name its source file.
+        """
         value = data.get(source_key)
         if isinstance(value, MetaTensor) and value.meta.get("filename_or_obj"):
             return os.fspath(value.meta["filename_or_obj"])
@@ -264,7 +294,14 @@ class SaveLikeSourced(MapTransform):
         raise ValueError(f"cannot tell the source file of the item: {source_key!r} has no file name.")
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        """Write the prediction; the item is returned unchanged with ``"output"`` set to the written path."""
+        """Write the prediction.
+
+        Args:
+            data: the item, with the prediction ``(1, H, W, D)`` on the source's grid and the source key.
+
+        Returns:
+            A copy of the item with ``"output"`` set to the written path.
+        """
         d = dict(data)
         for key in self.key_iterator(d):
             source = self.source_of(d, self.source_key)

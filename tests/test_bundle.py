@@ -239,6 +239,12 @@ def test_command_line_rejects_a_typo_with_exit_status_2(capsys):
     assert "did you mean --num_epochs" in capsys.readouterr().err
 
 
+def test_list_keys_prints_every_config_id(capsys):
+    assert main(["--config_file", json.dumps(TRAIN), "--list_keys"]) == 0
+    keys = capsys.readouterr().out.split()
+    assert {"num_epochs", "network_def::model_depth", "train::trainer::max_epochs", "validate::inferer"} <= set(keys)
+
+
 def test_bundle_root_defaults_to_the_bundle_folder():
     assert Path(default_bundle_root(TRAIN)) == BUNDLE
 
