@@ -1089,7 +1089,6 @@ def _train_disk_full(work: Path) -> Outcome:
     from pipeline.checkpoint import CheckpointError, find_last_checkpoint, load_checkpoint
 
     run = work / "run"
-    outcome = None
     with _disk_full(torch, "save", "checkpoint_epoch=2"):
         outcome = expect_error(lambda: _train(run, 3), CheckpointError, ["checkpoint_epoch=2.pt"], ["space"])
     last = find_last_checkpoint(run)
