@@ -121,10 +121,10 @@ class Method:
 
 METHODS: tuple[Method, ...] = (
     Method("noisy", lambda x, _p: x, (None,), "-"),
-    Method("gaussian", _gaussian, (0.5, 0.75, 1.0, 1.25, 1.5), "sigma (voxels)", (0.75, 1.0)),
+    Method("gaussian", _gaussian, (0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 1.25), "sigma (voxels)", (0.5, 1.0)),
     Method("median", _median, (3, 5), "size (voxels)", (3,)),
-    Method("curvature_flow", _curvature_flow, (3, 6, 12), "iterations (time step 0.0625)", (3,)),
-    Method("tv", _tv, (0.03, 0.05, 0.08, 0.12), "weight", (0.05, 0.08)),
+    Method("curvature_flow", _curvature_flow, (1, 2, 3, 6, 12), "iterations (time step 0.0625)", (3,)),
+    Method("tv", _tv, (0.01, 0.02, 0.03, 0.05, 0.08, 0.12), "weight", (0.03, 0.08)),
     Method("nl_means", _nl_means, (0.6, 0.8, 1.0), "h / estimated sigma", (0.8,)),
     Method("bm4d", _bm4d, (None,), "sigma_psd = estimated sigma"),
 )
