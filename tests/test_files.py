@@ -1,9 +1,17 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from pipeline.files import atomic_path
 from transforms.errors import InputError
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_atomic_path_replaces_only_on_success(tmp_path):
@@ -12,6 +20,7 @@ def test_atomic_path_replaces_only_on_success(tmp_path):
         assert tmp.name.endswith(".nii.gz") and tmp.parent == dest.parent
         tmp.write_bytes(b"first")
     assert dest.read_bytes() == b"first"
+    assert dest.stat().st_mode & 0o777 == 0o666 & ~_current_umask()
 
     with pytest.raises(RuntimeError), atomic_path(dest) as tmp:
         tmp.write_bytes(b"half")
