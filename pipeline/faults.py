@@ -170,6 +170,11 @@ def _first_line(text: str) -> str:
     return lines[0] if lines else ""
 
 
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "(nothing)"
+
+
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {_first_line(str(error))[:300]}"
 
@@ -294,12 +299,13 @@ def expect_cli_error(
     """
     result = run_cli(entry, argv)
     if result.code == 0 or (status is not None and result.code != status):
-        raise FaultCrash(f"exit status {result.code} (expected {status or 'non-zero'}); stderr: {result.stderr[-300:]}")
+        expected = status or "non-zero"
+        raise FaultCrash(f"exit status {result.code} (expected {expected}); stderr: {_last_line(result.stderr)}")
     if "Traceback" in result.stderr or "Traceback" in result.stdout:
-        raise FaultCrash(f"the command printed a traceback: {result.stderr[-300:]}")
+        raise FaultCrash(f"the command printed a traceback: {_last_line(result.stderr)}")
     missing = [m for m in mentions if m not in result.stderr]
     if missing:
-        raise FaultCrash(f"stderr does not name {missing}: {result.stderr[-300:]}")
+        raise FaultCrash(f"stderr does not name {missing}: {_last_line(result.stderr)}")
     return result
 
 
