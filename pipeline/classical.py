@@ -20,8 +20,10 @@ name               what it does                                                 
                    ``sigma_psd`` = the blind sigma estimate
 =================  =======================================================================  ========================
 
-The grids are those of ``benchmarks/classical.py`` (non-local means: the fastest and best of three settings tried
-on a 64^3 crop). Tuning maximises the PSNR inside the brain mask (:class:`pipeline.metrics.MaskedPSNRMetric`).
+The grids span the optima of the 1 mm template and of the 2 mm demo cohort (where the best Gaussian sigma is about 0.5
+voxel and the best non-local-means ``h`` about 0.6 sigma); non-local means uses the fastest and best patch settings
+of three tried on a 64^3 crop. Tuning maximises the PSNR inside the brain mask
+(:class:`pipeline.metrics.MaskedPSNRMetric`).
 """
 
 from __future__ import annotations
@@ -182,15 +184,25 @@ CLASSICAL_DENOISERS: dict[str, ClassicalDenoiser] = {
     d.name: d
     for d in (
         ClassicalDenoiser(
-            "gaussian", "Gaussian filter", _gaussian, (0.5, 0.75, 1.0, 1.25, 1.5), "sigma (voxels)", (0.75, 1.0)
+            "gaussian",
+            "Gaussian filter",
+            _gaussian,
+            (0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 1.25),
+            "sigma (voxels)",
+            (0.5, 1.0),
         ),
         ClassicalDenoiser("median", "Median filter", _median, (3, 5), "window (voxels)", (3,)),
         ClassicalDenoiser(
-            "curvature_flow", "Curvature flow (SimpleITK)", _curvature_flow, (3, 6, 12), "iterations", (3,)
+            "curvature_flow", "Curvature flow (SimpleITK)", _curvature_flow, (1, 2, 3, 6, 12), "iterations", (3,)
         ),
-        ClassicalDenoiser("tv", "Total variation", _tv, (0.03, 0.05, 0.08, 0.12), "weight", (0.05, 0.08)),
+        ClassicalDenoiser("tv", "Total variation", _tv, (0.01, 0.02, 0.03, 0.05, 0.08, 0.12), "weight", (0.03, 0.08)),
         ClassicalDenoiser(
-            "nl_means", "Non-local means (scikit-image)", _nl_means, (0.6, 0.8, 1.0), "h / estimated sigma", (0.8,)
+            "nl_means",
+            "Non-local means (scikit-image)",
+            _nl_means,
+            (0.4, 0.5, 0.6, 0.8, 1.0),
+            "h / estimated sigma",
+            (0.6, 0.8),
         ),
         ClassicalDenoiser("bm4d", "BM4D (optional bm4d package)", _bm4d, (None,), "sigma = estimated sigma"),
     )

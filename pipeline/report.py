@@ -369,7 +369,12 @@ class Report:
         self._parts.append(text.strip())
 
     def table(
-        self, headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int | Sequence[int] = 2, note: str = ""
+        self,
+        headers: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        digits: int | Sequence[int] = 2,
+        note: str = "",
+        align: str | None = None,
     ) -> None:
         """Add a table (:func:`markdown_table`), optionally followed by a note in italics.
 
@@ -378,8 +383,9 @@ class Report:
             rows: cells.
             digits: decimals of float cells.
             note: text under the table.
+            align: column alignment letters (see :func:`markdown_table`).
         """
-        self._parts.append(markdown_table(headers, rows, digits))
+        self._parts.append(markdown_table(headers, rows, digits, align))
         if note:
             self._parts.append(f"*{note.strip()}*")
 
