@@ -140,7 +140,8 @@ def test_inference_quick_runs_the_bundle_path_in_a_subprocess(tmp_path):
     row = data["rows"][0]
     assert row["seconds_per_scan"] > 0
     assert row["peak_rss_gib"] >= row["rss_before_gib"] > 0.05  # a torch process holds > 50 MiB
-    assert data["ratios"]["pipeline seconds per 1 mm brain"] > 0
+    assert data["ratios"]["pipeline seconds per scan"] > 0
+    assert data["partial"] is False
 
 
 def test_inference_worker_direct_knobs():
