@@ -197,3 +197,16 @@ def test_inference_worker_runs_the_network_through_onnxruntime():
     cfg = dict(inference.BASELINE, size="small", shape=[20, 24, 20], roi=16, sw_batch_size=2, onnx=True)
     res = inference.run_worker(cfg)
     assert len(res["seconds"]) == 1 and res["seconds"][0] > 0
+
+
+def test_report_summarises_results_and_flags_partial_runs(tmp_path, capsys):
+    from benchmarks import report
+
+    rows = [{"config": "pipeline", "seconds_per_scan": 2.0, "speedup_vs_baseline": 1.0, "peak_rss_gib": 1.5}]
+    data = {"benchmark": "inference", "partial": True, "machine": {"cpu": "X"}, "rows": rows, "ratios": {"r": 1}}
+    (tmp_path / "inference.json").write_text(json.dumps(data))
+    (tmp_path / "broken.json").write_text("{")
+    text = report.main(["--results", str(tmp_path)])
+    assert "PARTIAL" in text and "| pipeline | 2 | 1 | 1.5 |" in text and "- r: 1" in text
+    assert "### broken\nunreadable" in text
+    assert text in capsys.readouterr().out
