@@ -772,8 +772,9 @@ def _write_report(
         rows,
         digits=[0, 3, 3, 3, 0],
         note=(
-            f"Test: the {len(cases)} held-out subjects classified through `inference_classifier.yaml` with each "
-            f"run's best-validation weights. Both networks: same split, {settings['classifier_epochs']} epochs, "
+            f"Test: the {len(cases)} held-out subjects' clean scans (the subjects CSV's) classified through "
+            "`inference_classifier.yaml` with each run's best-validation weights. Both networks: same split, "
+            f"{settings['classifier_epochs']} epochs, "
             f"batch {settings['classifier_batch_size']}, AdamW lr {settings['classifier_learning_rate']:g}, same "
             "augmentation. Floor: `pipeline.cohort.logistic_baseline`, logistic regression on 6 mm block averages "
             "of the clean volumes, 5-fold cross-validated over all subjects (it has no AUC). With this few test "
