@@ -39,6 +39,7 @@ __all__ = [
     "load_subjects_csv",
     "paired_folders",
     "scan_id",
+    "scan_named_folders",
 ]
 
 logger = logging.getLogger(__name__)
@@ -74,25 +75,61 @@ def _listing(entries: Sequence[str]) -> str:
     return f"{shown} (and {more} more)" if more > 0 else shown
 
 
-def list_scans(folder: str | os.PathLike) -> dict[str, Path]:
+def scan_named_folders(folder: str | os.PathLike) -> list[Path]:
+    """Return the sub-folders of ``folder`` whose names end in a scan suffix (``sub-03.nii.gz/``), sorted.
+
+    Such an entry is always a mistake in a folder of scans (an unpacked archive, a failed copy): folder listings
+    only take scan *files*. (A DICOM series is a folder too, but it is named explicitly, never by a scan suffix.)
+
+    Args:
+        folder: the folder to look in (not searched recursively); a missing folder has none.
+
+    Returns:
+        The paths of the folders named like a scan; hidden ones (starting with ``.``) are left out.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return [
+        path
+        for path in sorted(folder.iterdir())
+        if not path.name.startswith(".") and path.name.lower().endswith(SCAN_SUFFIXES) and path.is_dir()
+    ]
+
+
+def list_scans(folder: str | os.PathLike, folders_named_like_scans: str = "raise") -> dict[str, Path]:
     """List the scans of one folder, keyed by :func:`scan_id`, sorted by ID.
 
     Hidden files (starting with ``.``, e.g. ``.DS_Store`` or a half-written ``.sub-01.part.nii.gz``) and files
-    without a scan suffix are ignored (logged at debug level); sub-folders are not searched.
+    without a scan suffix are ignored (logged at debug level); sub-folders are not searched. A sub-folder named
+    like a scan (``sub-03.nii.gz/``, see :func:`scan_named_folders`) is an error by default, so that a pairing
+    problem names the folder instead of reporting the scan as missing.
 
     Args:
         folder: the folder to list.
+        folders_named_like_scans: ``"raise"`` (default) to raise an :class:`InputError` naming every sub-folder
+            named like a scan, or ``"skip"`` to leave them out (for callers that report them per entry).
 
     Returns:
         ``{scan_id: path}`` in sorted ID order.
 
     Raises:
-        InputError: if ``folder`` does not exist or is not a folder, if it holds no scan, or if two files share an
-            ID (``sub-01.nii`` and ``sub-01.nii.gz``).
+        ValueError: if ``folders_named_like_scans`` is not ``"raise"`` or ``"skip"``.
+        InputError: if ``folder`` does not exist or is not a folder, if it holds a sub-folder named like a scan
+            (with ``"raise"``), if it holds no scan, or if two files share an ID (``sub-01.nii`` and
+            ``sub-01.nii.gz``).
     """
+    if folders_named_like_scans not in ("raise", "skip"):
+        raise ValueError(f"folders_named_like_scans must be 'raise' or 'skip', got {folders_named_like_scans!r}")
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "does not exist or is not a folder")
+    misnamed = scan_named_folders(folder)
+    if misnamed and folders_named_like_scans == "raise":
+        if len(misnamed) == 1:
+            raise InputError(misnamed[0], "is a folder, not a scan file; move the scan out of it or remove it")
+        names = _listing([path.name for path in misnamed])
+        raise InputError(folder, f"holds folders named like scans, not scan files: {names}; remove them")
     found: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or not path.is_file():
@@ -105,7 +142,8 @@ def list_scans(folder: str | os.PathLike) -> dict[str, Path]:
     if clashes:
         raise InputError(folder, f"several files share one scan name: {_listing(clashes)}; keep one file per scan")
     if not found:
-        raise InputError(folder, f"holds no scan (expected files ending in {', '.join(SCAN_SUFFIXES)})")
+        only = f"; only folders named like scans: {_listing([p.name for p in misnamed])}" if misnamed else ""
+        raise InputError(folder, f"holds no scan (expected files ending in {', '.join(SCAN_SUFFIXES)}){only}")
     return {key: paths[0] for key, paths in sorted(found.items())}
 
 

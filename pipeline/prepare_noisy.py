@@ -39,7 +39,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from pipeline.datasets import list_scans
+from pipeline.datasets import list_scans, scan_named_folders
 from pipeline.files import atomic_path
 from transforms.errors import InputError
 from transforms.noise import NOISE_NAMES, make_noise
@@ -56,7 +56,7 @@ class PrepareSummary:
     Attributes:
         written: output files written.
         skipped: output files that already existed and were kept (``overwrite=False``).
-        failed: ``(input file, problem)`` for each file that could not be used.
+        failed: ``(input file, problem)`` for each file (or folder named like a scan) that could not be used.
     """
 
     written: list[Path] = dataclasses.field(default_factory=list)
@@ -152,7 +152,8 @@ def prepare_noisy(
     """Write a noisy copy of every scan of ``clean_dir`` into ``out_dir`` under the same file name.
 
     Args:
-        clean_dir: folder of clean scans (``.nii``, ``.nii.gz``, ``.mha``, ``.nrrd``; hidden files ignored).
+        clean_dir: folder of clean scans (``.nii``, ``.nii.gz``, ``.mha``, ``.nrrd``; hidden files ignored; a
+            sub-folder named like a scan is reported as failed).
         out_dir: destination folder, created if needed; must differ from ``clean_dir``.
         noise: one of ``gaussian``, ``poisson``, ``rician``, ``lowdose``.
         level: noise level (module docstring), e.g. ``15`` for Gaussian sigma 15/255 of the robust maximum.
@@ -174,7 +175,11 @@ def prepare_noisy(
     if out_dir.resolve() == clean_dir.resolve():
         raise ValueError(f"out_dir must differ from clean_dir ({clean_dir}); the clean scans would be overwritten")
     summary = PrepareSummary()
-    for path in list_scans(clean_dir).values():
+    scans = list_scans(clean_dir, folders_named_like_scans="skip")
+    for path in scan_named_folders(clean_dir):
+        summary.failed.append((path, "is a folder, not a scan file"))
+        logger.warning("skipping %s: is a folder, not a scan file", path)
+    for path in scans.values():
         dest = out_dir / path.name
         if dest.exists() and not overwrite:
             summary.skipped.append(dest)

@@ -7,7 +7,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.datasets import clean_folder, list_scans, load_datalist, load_subjects_csv, paired_folders, scan_id
+from pipeline.datasets import (
+    clean_folder,
+    list_scans,
+    load_datalist,
+    load_subjects_csv,
+    paired_folders,
+    scan_id,
+    scan_named_folders,
+)
 from transforms.errors import InputError
 
 
@@ -75,6 +83,24 @@ def test_paired_folders_lists_every_unmatched_file_in_one_error(paired_dataset, 
     assert info.value.path == str(paired_dataset)
     assert "no match in FD/ for gaussian15/sub-02.nii.gz" in message
     assert "no match in gaussian15/ for FD/sub-09.nii.gz, FD/sub-10.nii.gz" in message
+
+
+def test_a_folder_named_like_a_scan_is_named_in_the_error_not_reported_as_unmatched(paired_dataset):
+    (paired_dataset / "FD" / "sub-03.nii.gz").unlink()
+    (paired_dataset / "FD" / "sub-03.nii.gz").mkdir()
+    with pytest.raises(InputError) as info:
+        paired_folders(paired_dataset)
+    assert info.value.path == str(paired_dataset / "FD" / "sub-03.nii.gz")
+    assert "is a folder, not a scan file" in info.value.problem
+    with pytest.raises(InputError, match="is a folder, not a scan file"):
+        clean_folder(paired_dataset / "FD")
+    (paired_dataset / "FD" / "sub-04.nii").mkdir()
+    with pytest.raises(InputError, match="folders named like scans, not scan files: sub-03.nii.gz, sub-04.nii"):
+        list_scans(paired_dataset / "FD")
+    assert [p.name for p in scan_named_folders(paired_dataset / "FD")] == ["sub-03.nii.gz", "sub-04.nii"]
+    assert list(list_scans(paired_dataset / "FD", folders_named_like_scans="skip")) == ["sub-01", "sub-02"]
+    with pytest.raises(ValueError, match="folders_named_like_scans must be 'raise' or 'skip'"):
+        list_scans(paired_dataset / "FD", folders_named_like_scans="ignore")
 
 
 def test_clean_folder_points_image_and_label_at_the_clean_scan(paired_dataset):

@@ -118,6 +118,16 @@ def test_bad_files_are_reported_and_the_rest_processed(clean_dir, tmp_path, make
     assert "FAILED " + str(clean_dir / "zeros.nii") in captured.err and "3 written" in captured.out
 
 
+def test_a_folder_named_like_a_scan_is_reported_and_the_rest_processed(clean_dir, tmp_path, capsys):
+    (clean_dir / "sub-09.nii.gz").mkdir()
+    summary = prepare_noisy(clean_dir, tmp_path / "out")
+    assert summary.failed == [(clean_dir / "sub-09.nii.gz", "is a folder, not a scan file")]
+    assert sorted(p.name for p in summary.written) == [f"sub-0{i}.nii.gz" for i in range(3)]
+    status = main(["--clean-dir", str(clean_dir), "--out-dir", str(tmp_path / "cli")])
+    assert status == 1
+    assert f"FAILED {clean_dir / 'sub-09.nii.gz'}: is a folder, not a scan file" in capsys.readouterr().err
+
+
 def test_cli_success_and_argument_errors(clean_dir, tmp_path, capsys):
     out = tmp_path / "gaussian15"
     argv = ["--clean-dir", str(clean_dir), "--out-dir", str(out), "--noise", "gaussian", "--level", "15"]
