@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ from pipeline.checkpoint import AtomicCheckpointSaver, find_last_checkpoint, loa
 from pipeline.handlers import AutocastInferer, EpochReseed, LearningRateLogger, NonFiniteLossGuard
 from pipeline.optim import WarmupPlateau
 from pipeline.runinfo import collect_subjects, run_logging, write_run_info
+from transforms.errors import InputError
 
 __all__ = [
     "BEST_FILENAME",
@@ -58,6 +60,8 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 BEST_FILENAME = "model.pt"
+# How an InputError reads inside the formatted traceback that torch re-raises for a DataLoader worker process.
+_INPUT_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?InputError: (?P<path>.+?): (?P<problem>.+)$", re.MULTILINE)
 
 
 @dataclass
@@ -232,6 +236,8 @@ def run_training(
     Raises:
         ValueError: on invalid intervals, or an evaluator without a ``key_metric``.
         pipeline.handlers.NonFiniteLossError: when a loss is NaN or infinite (the last checkpoint stays).
+        transforms.errors.InputError: when a training or validation scan cannot be used, unwrapped from MONAI's
+            ``RuntimeError('applying transform ...')`` and from DataLoader worker processes.
     """
     if val_interval < 1 or checkpoint_every < 1:
         raise ValueError(f"val_interval and checkpoint_every must be >= 1, got {val_interval} and {checkpoint_every}.")
@@ -336,6 +342,11 @@ def run_training(
         write_run_info(run_dir, **info)
         try:
             trainer.run()
+        except Exception as error:
+            input_error = _input_error_behind(error)
+            if input_error is None:
+                raise
+            raise input_error from error  # the MONAI/torch wrapper stays chained for debugging
         finally:
             if own_writer:
                 writer.close()
@@ -353,6 +364,25 @@ def run_training(
         best_checkpoint=best_path if best_path.is_file() else None,
         stopped_early=bool(early is not None and trainer.should_terminate),
     )
+
+
+def _input_error_behind(error: BaseException) -> InputError | None:
+    """Return the :class:`InputError` that ``error`` wraps, or ``None`` if it wraps none.
+
+    MONAI's ``apply_transform`` raises ``RuntimeError('applying transform ...')`` with the loader's
+    ``InputError`` as its cause; a DataLoader worker process loses the object and torch re-raises the formatted
+    traceback as text, so the message is searched too. The result is a fresh ``InputError`` (the caller chains
+    ``error`` to it), never the original object, so the chain stays free of cycles.
+    """
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, InputError):
+            return InputError(link.path, link.problem)
+        link = link.__cause__ or link.__context__
+    match = _INPUT_ERROR_LINE.search(str(error))
+    return InputError(match["path"], match["problem"].strip()) if match is not None else None
 
 
 class _BestMetricState:

@@ -22,6 +22,7 @@ from pipeline.denoise import build_denoise_evaluator, evaluate_denoiser, train_d
 from pipeline.engines import make_loader
 from pipeline.handlers import AutocastInferer, NonFiniteLossError
 from pipeline.seed import seed_everything
+from transforms.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -224,6 +225,32 @@ def test_bf16_autocast_runs_on_the_cpu(tmp_path):
         train_denoiser(cubes(2, 1), cubes(1, 2), tiny_unet(), tmp_path / "x", precision="fp8", progress=False)
     with pytest.raises(ValueError, match="CUDA"):
         build_denoise_evaluator(tiny_unet(), make_loader(cubes(1, 2)), device="cpu", precision="fp16")
+
+
+class RejectSubject:
+    """A dictionary transform that refuses one subject the way ``LoadScand`` refuses a bad file."""
+
+    def __init__(self, subject: str) -> None:
+        self.subject = subject
+
+    def __call__(self, item: dict) -> dict:
+        if item["subject"] == self.subject:
+            raise InputError(f"scans/{self.subject}.nii.gz", "could not be read as NIfTI: the file is truncated")
+        return item
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_bad_training_scan_ends_in_its_input_error_not_monais_wrapper(tmp_path, num_workers):
+    data = cubes(3, seed=1)
+    bad = data[1]["subject"]
+    with pytest.raises(InputError) as caught:
+        train_denoiser(
+            data, data[:1], tiny_unet(), tmp_path, max_epochs=1, batch_size=1, train_transform=RejectSubject(bad),
+            val_transform=RejectSubject("nobody"), num_workers=num_workers, progress=False,
+        )  # fmt: skip
+    assert caught.value.path == f"scans/{bad}.nii.gz"
+    assert caught.value.problem == "could not be read as NIfTI: the file is truncated"
+    assert isinstance(caught.value.__cause__, RuntimeError)  # MONAI's/torch's wrapper stays chained for debugging
 
 
 def test_bad_arguments_fail_before_training(tmp_path):
