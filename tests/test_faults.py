@@ -41,10 +41,6 @@ from transforms.errors import InputError
 #: Cases that currently fail because of code owned by other helpers; each is reported to its owner and is added
 #: back here (removed from this table) once fixed. ``python -m pipeline.faults`` still runs and reports them.
 AWAITING_OWNERS: dict[str, str] = {
-    "datasets/folder-named-like-a-scan": "pipeline.datasets.list_scans skips a folder named like a scan, so the "
-    "error says 'no match in FD/ for gaussian15/sub-03.nii.gz' instead of naming the folder",
-    "prepare_noisy/folder-named-like-a-scan": "pipeline.datasets.list_scans skips a folder named like a scan silently",
-    "train/bad-file": "train_denoiser raises MONAI's RuntimeError('applying transform ...'), not the InputError",
     "train/bundle-bad-file": "bundle training with a bad file ends in a stack trace",
     "config/bundle-patch-below-network-minimum": "the bundle's network is not given patch_size: checked mid-training",
     "pickle/bundle-resume-checkpoint": "the bundle resumes through MONAI's CheckpointLoader unchecked: stack trace",
