@@ -513,7 +513,7 @@ class ResUnet3D(nn.Module):
         self.reduction = [math.prod(s[a] for s in used) for a in range(spatial_dims)]
         self.min_size = [_min_extent([s[a] for s in used]) for a in range(spatial_dims)]
         if patch_size is not None:
-            self._check_size(list(patch_size))
+            self._check_size(list(patch_size), "patch_size")
 
         widths = [int(c * widen_factor) for c in block_inplanes]
         if widths[0] < block.expansion:
@@ -590,8 +590,16 @@ class ResUnet3D(nn.Module):
         """Smallest accepted spatial size per axis (every downsampling step sees at least 2 voxels)."""
         return tuple(self.min_size)
 
-    def _check_size(self, size: list[int]) -> None:
-        """Raise ``ValueError`` when a spatial size is below :attr:`min_input_size` (TorchScript-compatible)."""
+    def _check_size(self, size: list[int], name: str = "input spatial size") -> None:
+        """Raise ``ValueError`` when a spatial size is below :attr:`min_input_size` (TorchScript-compatible).
+
+        Args:
+            size: the spatial size (H, W, D).
+            name: what ``size`` is, for the message (``"patch_size"`` when checking the constructor's argument).
+
+        Raises:
+            ValueError: naming ``name``, the size and the minimum.
+        """
         small = len(size) != len(self.min_size)
         deepest = 1
         for a in range(len(size)):
@@ -600,7 +608,8 @@ class ResUnet3D(nn.Module):
                 deepest = deepest * ((size[a] + self.reduction[a] - 1) // self.reduction[a])
         if small or (self.instance_norm and deepest < 2):
             msg = (
-                "input spatial size "
+                name
+                + " "
                 + "x".join([str(s) for s in size])
                 + " is too small for ResUnet3D with "
                 + str(self.levels)

@@ -24,8 +24,10 @@ initialised ``monai.bundle.ConfigWorkflow``.
 from __future__ import annotations
 
 import difflib
+import importlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,6 +38,7 @@ from monai.bundle.utils import ID_SEP_KEY
 
 __all__ = [
     "BUNDLE_DIR",
+    "ConfigComponentError",
     "ConfigOverrideError",
     "check_overrides",
     "config_ids",
@@ -79,11 +82,25 @@ class ConfigOverrideError(KeyError):
         return str(self.args[0])
 
 
-def unwrap_config_error(error: BaseException) -> BaseException:
-    """The exception a config expression or component raised, without MONAI's ``Failed to evaluate`` wrappers.
+class ConfigComponentError(ValueError):
+    """A config component (a section with a ``_target_``) cannot be built: unknown class or bad arguments.
 
-    MONAI re-raises any error of a ``$`` expression or ``_target_`` component as a ``RuntimeError`` whose
-    ``__cause__`` is the original; a researcher needs the original (e.g. an ``InputError`` naming the file).
+    Args:
+        message: the problem, naming the config key(s) and the ``_target_``.
+    """
+
+
+#: Messages of the ``RuntimeError``s MONAI wraps errors in: config expressions and components, and
+#: ``monai.transforms.apply_transform`` (which wraps each transform of a ``Compose``, level by level).
+_WRAPPER_MESSAGES = ("Failed to evaluate", "Failed to instantiate", "applying transform")
+
+
+def unwrap_config_error(error: BaseException) -> BaseException:
+    """The exception a config expression, component or transform raised, without MONAI's wrappers.
+
+    MONAI re-raises any error of a ``$`` expression or ``_target_`` component, and any error of a transform run by
+    ``apply_transform`` (``applying transform ...``), as a ``RuntimeError`` whose ``__cause__`` is the original;
+    a researcher needs the original (e.g. an ``InputError`` naming the file).
 
     Args:
         error: the raised exception.
@@ -94,13 +111,72 @@ def unwrap_config_error(error: BaseException) -> BaseException:
     seen = set()
     while (
         type(error) is RuntimeError
-        and str(error).startswith(("Failed to evaluate", "Failed to instantiate"))
+        and str(error).startswith(_WRAPPER_MESSAGES)
         and error.__cause__ is not None
         and id(error) not in seen
     ):
         seen.add(id(error))
         error = error.__cause__
     return error
+
+
+def _keys_with_target(files: Sequence[str], override: Mapping[str, Any], target: str) -> list[str]:
+    """The config keys whose component's ``_target_`` is ``target`` (as written or as MONAI resolved it)."""
+    parser = ConfigParser(ConfigParser.load_config_files(list(files)))
+    for key, value in override.items():
+        if not key.startswith("+"):
+            try:
+                parser[key] = value
+            except (KeyError, IndexError, TypeError, ValueError):
+                continue
+    config = parser.get()
+    keys = []
+    for key in config_ids(config):
+        if not key.endswith(ID_SEP_KEY + _TARGET):
+            continue
+        _, value = _lookup(config, _split_id(key))
+        if isinstance(value, str) and (value == target or target.endswith("." + value)):
+            keys.append(key[: -len(ID_SEP_KEY + _TARGET)])
+    return keys
+
+
+def _close_names(target: str) -> list[str]:
+    """Names in ``target``'s module close to its last part (``networks.ResUnet4D`` -> ``networks.ResUnet3D``)."""
+    module_name, _, name = target.rpartition(".")
+    if not module_name:
+        return []
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return []
+    public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n, None))]
+    return [f"{module_name}.{n}" for n in difflib.get_close_matches(name, public, n=3, cutoff=0.6)]
+
+
+def _component_error(error: BaseException, files: Sequence[str], override: Mapping[str, Any]) -> Exception | None:
+    """A :class:`ConfigComponentError` for MONAI's unknown-``_target_`` / failed-instantiation errors, else None."""
+    cause = unwrap_config_error(error)
+    locate = re.match(r"Cannot locate class or function path: '([^']+)'", str(cause))
+    if isinstance(cause, ModuleNotFoundError) and locate:
+        target = locate.group(1)
+        keys = ", ".join(_keys_with_target(files, override, target)) or "a component"
+        close = _close_names(target)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        return ConfigComponentError(f"{keys}: _target_ {target!r} is not an importable class or function{hint}")
+    if not isinstance(cause, TypeError):
+        return None
+    link: BaseException | None = error
+    while link is not None and link is not cause:
+        failed = re.match(r"Failed to instantiate component '([^']+)'", str(link))
+        if failed:
+            target = failed.group(1)
+            keys = ", ".join(_keys_with_target(files, override, target)) or "a component"
+            first = str(cause).strip().splitlines()
+            return ConfigComponentError(
+                f"{keys}: cannot build {target} ({type(cause).__name__}: {first[0] if first else 'no message'})"
+            )
+        link = link.__cause__
+    return None
 
 
 def _split_id(key: str) -> list[str]:
@@ -266,6 +342,7 @@ def run(
 
     Raises:
         ConfigOverrideError: for an override key that is not in the configs.
+        ConfigComponentError: for a component whose ``_target_`` cannot be imported or whose arguments it rejects.
         ValueError: if no config file is given.
     """
     from monai.bundle import run as monai_run
@@ -286,7 +363,32 @@ def run(
         "tracking": tracking,
         "args_file": args_file,
     }
-    monai_run(config_file=files, **{k: v for k, v in given.items() if v is not None}, **override)
+    try:
+        monai_run(config_file=files, **{k: v for k, v in given.items() if v is not None}, **override)
+    except (ModuleNotFoundError, RuntimeError) as error:
+        component_error = _component_error(error, files, override)
+        if component_error is None:
+            raise
+        raise component_error from error
+
+
+#: Loggers that log an engine's exception with its traceback before re-raising it (MONAI's ``StatsHandler``).
+_ENGINE_EXCEPTION_LOGGERS = ("monai.handlers.StatsHandler",)
+
+
+class _ReportedErrorFilter(logging.Filter):
+    """Drops the traceback from a log record of an error that :func:`main` reports in one line itself."""
+
+    def __init__(self, reported: tuple[type[BaseException], ...]) -> None:
+        super().__init__()
+        self.reported = reported
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and isinstance(unwrap_config_error(error), self.reported):
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 def _list_keys(config_file: Any) -> None:
@@ -304,7 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: arguments (default ``sys.argv[1:]``).
 
     Returns:
-        0 on success, 2 for an unknown override key or a missing config file, 1 for a bad input file.
+        0 on success, 2 for an unknown override key, component ``_target_`` or a missing config file, 1 for a bad
+        input file, checkpoint or value.
     """
     import fire
 
@@ -318,9 +421,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.checkpoint import CheckpointError
     from pipeline.infer import ScanFailuresError
 
+    reported = (InputError, CheckpointError, ValueError, ScanFailuresError)
+    quiet = _ReportedErrorFilter(reported)
+    loggers = [logging.getLogger(name) for name in _ENGINE_EXCEPTION_LOGGERS]
+    for engine_logger in loggers:
+        engine_logger.addFilter(quiet)
     try:
         fire.Fire(run, command=args, name="pipeline.bundle_run")
-    except (ConfigOverrideError, FileNotFoundError) as error:
+    except (ConfigOverrideError, ConfigComponentError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except Exception as error:
@@ -332,6 +440,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {cause}", file=sys.stderr)
             return 1
         raise
+    finally:
+        for engine_logger in loggers:
+            engine_logger.removeFilter(quiet)
     return 0
 
 

@@ -237,6 +237,18 @@ def test_command_line_rejects_a_typo_with_exit_status_2(capsys):
     assert "did you mean --num_epochs" in capsys.readouterr().err
 
 
+def test_command_line_names_the_component_of_a_bad_target_or_argument(paired6, tmp_path, capsys):
+    common = ["--config_file", json.dumps(TRAIN), "--dataset_dir", os.fspath(paired6), "--num_workers", "0"]
+    common += ["--bundle_root", os.fspath(tmp_path)]
+    assert main([*common, "--lossfn::_target_", "torch.nn.L3Loss"]) == 2
+    err = capsys.readouterr().err
+    assert "lossfn" in err and "torch.nn.L3Loss" in err and "torch.nn.L1Loss" in err and "Traceback" not in err
+    assert main([*common, "--lossfn::reduction_x", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "lossfn" in err and "reduction_x" in err and "Traceback" not in err
+    assert not list(tmp_path.rglob("*.pt"))
+
+
 def test_list_keys_prints_every_config_id(capsys):
     assert main(["--config_file", json.dumps(TRAIN), "--list_keys"]) == 0
     keys = capsys.readouterr().out.split()
