@@ -40,15 +40,7 @@ from transforms.errors import InputError
 
 #: Cases that currently fail because of code owned by other helpers; each is reported to its owner and is added
 #: back here (removed from this table) once fixed. ``python -m pipeline.faults`` still runs and reports them.
-AWAITING_OWNERS: dict[str, str] = {
-    "train/bundle-bad-file": "bundle training with a bad file ends in a stack trace",
-    "config/bundle-patch-below-network-minimum": "the bundle's network is not given patch_size: checked mid-training",
-    "pickle/bundle-resume-checkpoint": "the bundle resumes through MONAI's CheckpointLoader unchecked: stack trace",
-    "train/bundle-truncated-checkpoint-on-resume": "the bundle resumes through MONAI's CheckpointLoader unchecked",
-    "config/patch-below-network-minimum": "ResUnet3D's patch_size check does not name patch_size",
-    "config/bundle-unknown-network": "pipeline.bundle_run.main lets MONAI's ModuleNotFoundError escape (stack trace)",
-    "config/bundle-unknown-loss": "pipeline.bundle_run.main lets MONAI's ModuleNotFoundError escape (stack trace)",
-}
+AWAITING_OWNERS: dict[str, str] = {}
 
 FAST = [case for case in faults.CASES if not case.slow and case.name not in AWAITING_OWNERS]
 
