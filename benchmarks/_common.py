@@ -257,7 +257,8 @@ def bundle_resunet_config() -> dict[str, Any]:
     import yaml
 
     config = yaml.safe_load(path.read_text())["network_def"]
-    kwargs = {k: v for k, v in config.items() if k != "_target_"}
+    # patch_size only validates the bundle's own patches; the benchmarks choose theirs
+    kwargs = {k: v for k, v in config.items() if k not in ("_target_", "patch_size")}
     unresolved = {k: v for k, v in kwargs.items() if isinstance(v, str) and v[:1] in "@$"}
     if unresolved:
         raise ValueError(f"bundle network_def has references the benchmark cannot resolve: {unresolved}")

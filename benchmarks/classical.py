@@ -36,68 +36,9 @@ from benchmarks._common import (
     masked_psnr_ssim,
     write_json,
 )
+from pipeline.classical import CLASSICAL_DENOISERS, bm4d_available
 
 __all__ = ["METHODS", "Method", "bm4d_available", "chosen_text", "evaluate_methods", "main", "tune"]
-
-
-def _gaussian(noisy: np.ndarray, sigma: float) -> np.ndarray:
-    from scipy.ndimage import gaussian_filter
-
-    return gaussian_filter(noisy, sigma=sigma)
-
-
-def _median(noisy: np.ndarray, size: int) -> np.ndarray:
-    from scipy.ndimage import median_filter
-
-    return median_filter(noisy, size=size)
-
-
-def _curvature_flow(noisy: np.ndarray, iterations: int) -> np.ndarray:
-    import SimpleITK as sitk
-
-    image = sitk.GetImageFromArray(noisy.astype(np.float32))
-    out = sitk.CurvatureFlow(image, timeStep=0.0625, numberOfIterations=int(iterations))
-    return sitk.GetArrayFromImage(out)
-
-
-def _tv(noisy: np.ndarray, weight: float) -> np.ndarray:
-    from skimage.restoration import denoise_tv_chambolle
-
-    return denoise_tv_chambolle(noisy, weight=weight)
-
-
-def _sigma(noisy: np.ndarray) -> float:
-    from skimage.restoration import estimate_sigma
-
-    return float(estimate_sigma(noisy))
-
-
-def _nl_means(noisy: np.ndarray, h_factor: float) -> np.ndarray:
-    from skimage.restoration import denoise_nl_means
-
-    sigma = _sigma(noisy)
-    return denoise_nl_means(
-        noisy, h=h_factor * sigma, sigma=sigma, patch_size=5, patch_distance=3, fast_mode=True, channel_axis=None
-    )
-
-
-def _bm4d(noisy: np.ndarray, _unused: float) -> np.ndarray:
-    import bm4d
-
-    return np.asarray(bm4d.bm4d(noisy, sigma_psd=_sigma(noisy)), dtype=np.float32)
-
-
-def bm4d_available() -> bool:
-    """Whether the optional ``bm4d`` package (non-commercial licence) is importable.
-
-    Returns:
-        True when ``import bm4d`` works.
-    """
-    try:
-        import bm4d  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @dataclass(frozen=True)
@@ -119,14 +60,10 @@ class Method:
     quick_grid: tuple[Any, ...] = field(default=())
 
 
+# The filters and their grids are the library's (pipeline.classical), so the demo and the benchmark agree.
 METHODS: tuple[Method, ...] = (
     Method("noisy", lambda x, _p: x, (None,), "-"),
-    Method("gaussian", _gaussian, (0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 1.25), "sigma (voxels)", (0.5, 1.0)),
-    Method("median", _median, (3, 5), "size (voxels)", (3,)),
-    Method("curvature_flow", _curvature_flow, (1, 2, 3, 6, 12), "iterations (time step 0.0625)", (3,)),
-    Method("tv", _tv, (0.01, 0.02, 0.03, 0.05, 0.08, 0.12), "weight", (0.03, 0.08)),
-    Method("nl_means", _nl_means, (0.6, 0.8, 1.0), "h / estimated sigma", (0.8,)),
-    Method("bm4d", _bm4d, (None,), "sigma_psd = estimated sigma"),
+    *(Method(d.name, d, d.grid, d.param, d.quick_grid) for d in CLASSICAL_DENOISERS.values()),
 )
 
 
