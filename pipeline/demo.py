@@ -120,7 +120,7 @@ class DemoSettings:
     learning_rate: float = 3e-3
     val_interval: int = 4
     denoise_val_subjects: int = 2
-    classifier_epochs: int = 8
+    classifier_epochs: int = 24
     classifier_batch_size: int = 4
     classifier_learning_rate: float = 1e-3
     classical: tuple[str, ...] = ("gaussian", "median", "nl_means")
