@@ -41,7 +41,13 @@ from torch.optim import Optimizer
 from torch.utils.tensorboard import SummaryWriter
 
 from pipeline.checkpoint import AtomicCheckpointSaver, find_last_checkpoint, load_checkpoint, remove_partial_files
-from pipeline.handlers import AutocastInferer, EpochReseed, LearningRateLogger, NonFiniteLossGuard
+from pipeline.handlers import (
+    AutocastInferer,
+    ChannelsLastInferer,
+    EpochReseed,
+    LearningRateLogger,
+    NonFiniteLossGuard,
+)
 from pipeline.optim import WarmupPlateau
 from pipeline.runinfo import collect_subjects, run_logging, write_run_info
 from transforms.errors import InputError
@@ -50,7 +56,9 @@ __all__ = [
     "BEST_FILENAME",
     "PRECISIONS",
     "TrainingResult",
+    "check_precision",
     "make_loader",
+    "memory_format",
     "precision_settings",
     "resolve_device",
     "run_training",
@@ -98,29 +106,80 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device(device)
 
 
-def precision_settings(precision: str, device: torch.device, inferer: Inferer) -> tuple[bool, Inferer]:
-    """Translate ``precision`` into MONAI's ``amp`` flag and an inferer.
+def check_precision(precision: str, device: str | torch.device) -> str:
+    """Refuse a precision the device cannot run, before anything is built or written.
 
     Args:
-        precision: ``"fp32"``, ``"bf16"`` (autocast on the CPU or CUDA, no loss scaling) or ``"fp16"`` (CUDA only:
-            MONAI's ``amp=True`` with its gradient scaler).
-        device: the training device.
-        inferer: the task's inferer.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        device: the device the network runs on.
 
     Returns:
-        ``(amp, inferer)`` for ``SupervisedTrainer``/``SupervisedEvaluator``.
+        ``precision``.
 
     Raises:
         ValueError: for an unknown precision, or fp16 on a device that is not CUDA.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}.")
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise ValueError(f"precision='fp16' needs a CUDA device, got {device}; use 'bf16' on the CPU.")
+    device = torch.device(device)
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"precision='fp16' needs a CUDA device, got {device}; use 'bf16' on the CPU.")
+    return precision
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The memory format a 3-D network is converted to: ``channels_last_3d`` when asked, else unchanged.
+
+    Use it as ``network.to(device, memory_format=memory_format(channels_last))``: the conversion changes only
+    how the 5-D weights are laid out in memory, never their names or values, so checkpoints load either way.
+
+    Args:
+        channels_last: convert to ``torch.channels_last_3d``.
+
+    Returns:
+        ``torch.channels_last_3d`` or ``torch.preserve_format``.
+    """
+    return torch.channels_last_3d if channels_last else torch.preserve_format
+
+
+def precision_settings(
+    precision: str,
+    device: str | torch.device,
+    inferer: Inferer,
+    *,
+    channels_last: bool = False,
+    training: bool = True,
+) -> tuple[bool, Inferer]:
+    """Translate the speed switches ``precision`` and ``channels_last`` into MONAI's ``amp`` flag and an inferer.
+
+    Whatever the precision, the inferer's floating-point outputs are float32 (except fp16 training, where MONAI's
+    ``amp`` autocasts the loss too), so losses, metrics, ``Invertd`` and NIfTI writers see full precision.
+
+    Args:
+        precision: ``"fp32"``, ``"bf16"`` (autocast on the CPU or CUDA, no loss scaling) or ``"fp16"`` (CUDA only:
+            for training MONAI's ``amp=True`` with its gradient scaler, for evaluation and inference fp16 autocast).
+        device: the device the network runs on.
+        inferer: the task's inferer.
+        channels_last: run the network's inputs in ``channels_last_3d``
+            (:class:`~pipeline.handlers.ChannelsLastInferer`; convert the network with :func:`memory_format` too).
+        training: ``True`` for a ``SupervisedTrainer``, ``False`` for an evaluator or inference.
+
+    Returns:
+        ``(amp, inferer)`` for ``SupervisedTrainer``/``SupervisedEvaluator`` (or ``inferer`` alone for
+        :func:`pipeline.infer.denoise_items`, where ``amp`` is always ``False`` with ``training=False``).
+
+    Raises:
+        ValueError: for an unknown precision, or fp16 on a device that is not CUDA.
+    """
+    check_precision(precision, device)
+    device = torch.device(device)
+    if channels_last:
+        inferer = ChannelsLastInferer(inferer)
+    if precision == "fp16" and training:
         return True, inferer
-    if precision == "bf16":
-        return False, AutocastInferer(inferer, device_type=device.type, dtype=torch.bfloat16)
+    if precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return False, AutocastInferer(inferer, device_type=device.type, dtype=dtype, output_dtype=torch.float32)
     return False, inferer
 
 

@@ -16,7 +16,10 @@ and the command line exits with status 1 when any scan failed.
 
 The bundle's ``inference.yaml`` and ``inference_classifier.yaml`` call :func:`denoise_items` and
 :func:`classify_items` with the objects they define; :func:`denoise_scans` and :func:`classify_scans` (and the
-command line, ``python -m pipeline.infer``) run those configs with the given inputs and weights.
+command line, ``python -m pipeline.infer``) run those configs with the given inputs and weights, and pass the
+speed switches on: ``precision`` (``bf16`` autocast on the CPU or CUDA, ``fp16`` on CUDA), ``channels_last``
+(the ``channels_last_3d`` memory layout) and the sliding windows' ``overlap``. Outputs are float32 whatever the
+precision.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from monai.utils import convert_to_numpy
 
 from pipeline.checkpoint import CheckpointError, load_checkpoint
 from pipeline.datasets import SCAN_SUFFIXES, load_datalist, scan_id
+from pipeline.engines import PRECISIONS
 from pipeline.files import atomic_path
 from transforms.errors import InputError
 
@@ -432,14 +436,16 @@ def denoise_items(
 
     Hidden temporary files left in ``output_dir`` by a run killed mid-write are removed first.
     Per scan: ``preprocessing`` (dictionary transforms on ``{"image": path, ...}``) -> ``inferer(image[None],
-    network)`` under ``torch.inference_mode`` -> ``postprocessing`` (``Invertd`` and :class:`SaveLikeSourced`, as
-    the bundle's ``inference.yaml`` defines them), which writes the file.
+    network)`` under ``torch.inference_mode``, the prediction cast to float32 on the CPU (a reduced-precision
+    inferer's bf16/fp16 output included) -> ``postprocessing`` (``Invertd`` and :class:`SaveLikeSourced`, as the
+    bundle's ``inference.yaml`` defines them), which writes the file.
 
     Args:
         items: ``{"image": path, "subject": id}`` items (:func:`collect_scans`).
         network: the trained denoiser (weights loaded); put in eval mode here.
         preprocessing: the deterministic, invertible preprocessing.
-        inferer: e.g. ``SlidingWindowInferer(roi_size=..., progress=True)`` (its bar is the per-scan progress).
+        inferer: e.g. ``SlidingWindowInferer(roi_size=..., progress=True)`` (its bar is the per-scan progress), or
+            one wrapped by :func:`pipeline.engines.precision_settings`.
         postprocessing: inverts the preprocessing on ``pred_key`` and writes the output.
         output_dir: the output folder (created).
         device: where the network runs.
@@ -473,7 +479,9 @@ def denoise_items(
             image = data[image_key]
             with torch.inference_mode():
                 pred = inferer(image.unsqueeze(0).to(device), network)[0]
-            pred = pred.detach().cpu().clone()  # a normal tensor again, so the inverse transforms may edit it
+            # a float32 copy outside inference mode: Invertd's resampling and the writer work in full precision,
+            # and may edit it
+            pred = pred.detach().to(device="cpu", dtype=torch.float32, copy=True)
             if not isinstance(pred, MetaTensor) and isinstance(image, MetaTensor):
                 pred = MetaTensor(pred, meta=image.meta, applied_operations=image.applied_operations)
             data[pred_key] = pred
@@ -565,7 +573,13 @@ def classify_items(
 def _run_config(configs: Sequence[str], overrides: Mapping[str, Any], workflow_type: str = "infer") -> InferenceSummary:
     from pipeline.bundle_run import create_workflow, unwrap_config_error
 
-    workflow = create_workflow(configs, workflow_type=workflow_type, logging_file=False, **overrides)
+    try:
+        workflow = create_workflow(configs, workflow_type=workflow_type, logging_file=False, **overrides)
+    except RuntimeError as error:  # a check of the config's `initialize` (e.g. fp16 on a CPU), without MONAI's wrapper
+        cause = unwrap_config_error(error)
+        if cause is not error:
+            raise cause from None
+        raise
     try:
         results = workflow.run()
     except Exception as error:
@@ -589,6 +603,28 @@ def _bundle_configs(name: str) -> list[str]:
     return [os.fspath(BUNDLE_DIR / "configs" / "common.yaml"), os.fspath(BUNDLE_DIR / "configs" / name)]
 
 
+def _common_settings(
+    weights: str | os.PathLike | None, device: str | None, precision: str | None, channels_last: bool | None
+) -> dict[str, Any]:
+    """The config overrides of the arguments both inference functions take (``None``: the config's value)."""
+    settings: dict[str, Any] = {}
+    if weights is not None:
+        settings["ckpt_path"] = os.fspath(weights)
+    if device is not None:
+        settings["device"] = device
+    if precision is not None:
+        settings["precision"] = precision
+    if channels_last is not None:
+        settings["channels_last"] = bool(channels_last)
+    return settings
+
+
+def _check_overlap(overlap: float) -> float:
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must lie in [0, 1), got {overlap}.")
+    return float(overlap)
+
+
 def denoise_scans(
     inputs: str | os.PathLike | Sequence[Any],
     output_dir: str | os.PathLike,
@@ -596,6 +632,10 @@ def denoise_scans(
     device: str | None = None,
     overwrite: bool = False,
     config_files: Sequence[str] | None = None,
+    *,
+    precision: str | None = None,
+    channels_last: bool | None = None,
+    overlap: float | None = None,
     **overrides: Any,
 ) -> InferenceSummary:
     """Denoise scans with the bundle's ``inference.yaml`` (see :func:`denoise_items` for what happens per scan).
@@ -607,21 +647,24 @@ def denoise_scans(
         device: ``"cpu"``, ``"cuda:0"``...; default: CUDA when available.
         overwrite: recompute outputs that exist.
         config_files: the configs to run (default ``common.yaml`` + ``inference.yaml`` of the bundle).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (CUDA only); default: the config's ``precision`` (fp32).
+        channels_last: run the network in the ``channels_last_3d`` memory layout; default: the config's.
+        overlap: the sliding windows' overlap in [0, 1); default: the config's ``sw_overlap``.
         **overrides: further config overrides, e.g. ``{"network_def::model_depth": 34, "patch_size": [48] * 3}``.
 
     Returns:
         The summary (check ``summary.failed``).
 
     Raises:
+        ValueError: an unknown precision, fp16 without CUDA, or an overlap outside [0, 1).
         ConfigOverrideError: an override names a key the configs do not have.
         CheckpointError: the weights are missing or do not fit the network.
         InputError: an input path does not exist or holds no scan.
     """
     settings: dict[str, Any] = {"dataset_dir": inputs, "output_dir": os.fspath(output_dir), "overwrite": overwrite}
-    if weights is not None:
-        settings["ckpt_path"] = os.fspath(weights)
-    if device is not None:
-        settings["device"] = device
+    if overlap is not None:
+        settings["sw_overlap"] = _check_overlap(overlap)
+    settings.update(_common_settings(weights, device, precision, channels_last))
     return _run_config(config_files or _bundle_configs("inference.yaml"), {**settings, **overrides})
 
 
@@ -631,6 +674,9 @@ def classify_scans(
     weights: str | os.PathLike | None = None,
     device: str | None = None,
     config_files: Sequence[str] | None = None,
+    *,
+    precision: str | None = None,
+    channels_last: bool | None = None,
     **overrides: Any,
 ) -> InferenceSummary:
     """Classify scans with the bundle's ``inference_classifier.yaml`` (see :func:`classify_items`).
@@ -641,22 +687,29 @@ def classify_scans(
         weights: the trained classifier (default: the config's ``ckpt_path``, ``bundle/models/classifier.pt``).
         device: ``"cpu"``, ``"cuda:0"``...; default: CUDA when available.
         config_files: the configs to run (default ``common.yaml`` + ``inference_classifier.yaml`` of the bundle).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (CUDA only); default: the config's ``precision`` (fp32).
+        channels_last: run the network in the ``channels_last_3d`` memory layout; default: the config's.
         **overrides: further config overrides, e.g. ``{"class_names": ["CN", "AD"]}``.
 
     Returns:
         The summary, with the CSV rows.
 
     Raises:
+        ValueError: an unknown precision or fp16 without CUDA.
         ConfigOverrideError: an override names a key the configs do not have.
         CheckpointError: the weights are missing or do not fit the network.
         InputError: an input path does not exist or holds no scan.
     """
     settings: dict[str, Any] = {"dataset_dir": inputs, "output_csv": os.fspath(output_csv)}
-    if weights is not None:
-        settings["ckpt_path"] = os.fspath(weights)
-    if device is not None:
-        settings["device"] = device
+    settings.update(_common_settings(weights, device, precision, channels_last))
     return _run_config(config_files or _bundle_configs("inference_classifier.yaml"), {**settings, **overrides})
+
+
+def _parse_overlap(text: str) -> float:
+    try:
+        return _check_overlap(float(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from error
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
@@ -678,7 +731,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: arguments (default ``sys.argv[1:]``).
 
     Returns:
-        0 when every scan was processed, 1 when any failed or an input cannot be used, 2 for a bad config key.
+        0 when every scan was processed, 1 when any failed or an input cannot be used, 2 for a bad config key or
+        value (e.g. ``--precision fp16`` without CUDA).
     """
     parser = argparse.ArgumentParser(prog="python -m pipeline.infer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="task", required=True)
@@ -693,6 +747,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--weights", default=None, help="trained weights (default: the bundle's models/ file)")
         p.add_argument("--device", default=None, help="cpu, cuda:0, ... (default: CUDA when available)")
         p.add_argument(
+            "--precision",
+            default=None,
+            choices=PRECISIONS,
+            help="bf16: autocast on the CPU or CUDA; fp16: CUDA only (default: the bundle's, fp32); outputs float32",
+        )
+        p.add_argument(
+            "--channels-last",
+            action="store_true",
+            default=None,
+            help="run the network in the channels_last_3d memory layout (same weights)",
+        )
+        p.add_argument(
             "--set",
             dest="overrides",
             action="append",
@@ -703,18 +769,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if task == "denoise":
             p.add_argument("--overwrite", action="store_true", help="recompute outputs that already exist")
+            p.add_argument(
+                "--overlap",
+                type=_parse_overlap,
+                default=None,
+                help="sliding-window overlap in [0, 1) (default: the bundle's sw_overlap)",
+            )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from pipeline.bundle_run import ConfigOverrideError
 
     overrides = dict(args.overrides)
+    for key, value in (("precision", args.precision), ("channels_last", args.channels_last)):
+        if value is not None:  # a flag wins over --set; absent, the --set value or the bundle's default stands
+            overrides[key] = value
     inputs = args.inputs[0] if len(args.inputs) == 1 else args.inputs
     try:
         if args.task == "denoise":
-            summary = denoise_scans(inputs, args.output, args.weights, args.device, args.overwrite, **overrides)
+            summary = denoise_scans(
+                inputs, args.output, args.weights, args.device, args.overwrite, overlap=args.overlap, **overrides
+            )
         else:
             summary = classify_scans(inputs, args.output, args.weights, args.device, **overrides)
-    except ConfigOverrideError as error:
+    except (ConfigOverrideError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (InputError, CheckpointError) as error:
