@@ -138,7 +138,15 @@ def memory_format(channels_last: bool) -> torch.memory_format:
 
     Returns:
         ``torch.channels_last_3d`` or ``torch.preserve_format``.
+
+    Raises:
+        ValueError: if ``channels_last`` is not a bool (e.g. the string ``"false"``, which is truthy: MONAI's
+            command line passes ``--channels_last false`` as a string, ``--channels_last False`` as a bool).
     """
+    if not isinstance(channels_last, bool):
+        raise ValueError(
+            f"channels_last must be True or False, got {channels_last!r} (on the command line: --channels_last True)."
+        )
     return torch.channels_last_3d if channels_last else torch.preserve_format
 
 
@@ -169,9 +177,11 @@ def precision_settings(
         :func:`pipeline.infer.denoise_items`, where ``amp`` is always ``False`` with ``training=False``).
 
     Raises:
-        ValueError: for an unknown precision, or fp16 on a device that is not CUDA.
+        ValueError: for an unknown precision, fp16 on a device that is not CUDA, or a ``channels_last`` that is not
+            a bool.
     """
     check_precision(precision, device)
+    memory_format(channels_last)  # refuses a non-bool
     device = torch.device(device)
     if channels_last:
         inferer = ChannelsLastInferer(inferer)
