@@ -168,16 +168,39 @@ def test_loading_quick(tmp_path):
 def test_quality_quick(tmp_path):
     out = tmp_path / "quality.json"
     skip = ["bm4d", "nl_means", "median", "curvature_flow"]
-    quality.main(["--quick", "--networks", "resunet3d", "--skip", *skip, "--out", str(out)])
+    args = ["--quick", "--networks", "resunet3d", "--resunet-minutes", "0.08", "--skip", *skip, "--out", str(out)]
+    quality.main(args)
     data = _load(out)
     methods = [r["method"] for r in data["summary"]]
-    assert methods == ["noisy", "gaussian", "tv", "resunet3d (0.05 min)"]
+    assert methods == ["noisy", "gaussian", "tv", "resunet3d (0.05 min)", "resunet3d (0.08 min)"]
+    long_run = [r for r in data["curves"] if r["run"] == "resunet3d (0.08 min)"]
+    assert [r["minutes"] for r in long_run] == [0.08] and long_run[0]["steps"] >= data["curves"][0]["steps"]
     for row in data["summary"]:
         for key in ("g15_psnr", "poi_psnr", "real_g15_psnr", "real_poi_psnr"):
             assert math.isfinite(row[key])
     assert data["curves"][0]["steps"] >= 1
     assert data["setup"]["real_scan"]["path"].endswith("anatomical.nii")
     assert {r["volume"] for r in data["network_rows"]} == {*data["setup"]["test_subjects"], "real_scan"}
+
+
+def test_quality_ratios_compare_the_longest_resunet_with_bm4d_and_the_same_budget_with_monai():
+    summary = [
+        {"method": "bm4d", "g15_psnr": 31.0, "poi_psnr": 30.0, "g15_s": 60.0, "g15_cpu_s": 60.0},
+        {"method": "unet (10 min)", "g15_psnr": 29.0, "poi_psnr": 29.5},
+        {"method": "resunet3d (10 min)", "g15_psnr": 29.5, "poi_psnr": 29.4, "g15_s": 3.0, "g15_cpu_s": 6.0},
+        {"method": "resunet3d (60 min)", "g15_psnr": 32.5, "poi_psnr": 29.9, "g15_s": 2.0, "g15_cpu_s": 4.0},
+    ]
+    ratios = quality._ratios(summary, 10)
+    assert ratios["resunet3d (60 min) - BM4D, Gaussian 15 (target >= +1 dB)"] == "+1.50 dB, met"
+    assert ratios["resunet3d (60 min) - BM4D, Poisson (target >= +0 dB)"] == "-0.10 dB, missed"
+    assert ratios["resunet3d (10 min) - unet (10 min), Gaussian 15 (target >= +0 dB)"] == "+0.50 dB, met"
+    assert ratios["resunet3d (10 min) - unet (10 min), Poisson (target >= +0 dB)"] == "-0.10 dB, missed"
+    assert ratios["bm4d seconds / ResUnet3D seconds per volume (target >= 20x)"].startswith("30.0x wall (15.0x CPU")
+
+
+def test_quality_training_loader_needs_whole_volumes_per_batch():
+    with pytest.raises(ValueError, match="divide batch"):
+        quality._training_loader([], patch=16, batch=4, seed=0, samples=3)
 
 
 @pytest.mark.slow
