@@ -145,7 +145,8 @@ def memory_format(channels_last: bool) -> torch.memory_format:
     """
     if not isinstance(channels_last, bool):
         raise ValueError(
-            f"channels_last must be True or False, got {channels_last!r} (on the command line: --channels_last True)."
+            f"channels_last must be True or False, got {channels_last!r} (on the command line: --channels_last True"
+            " or --channels_last False, capitalised)."
         )
     return torch.channels_last_3d if channels_last else torch.preserve_format
 
