@@ -113,13 +113,14 @@ def test_throughput_quick(tmp_path):
     out = tmp_path / "throughput.json"
     throughput.main(["--quick", "--networks", "unet", "--variants", "fp32", "bf16", "--out", str(out)])
     data = _load(out)
-    assert set(data["ceiling_gflops"]) == {"ncdhw", "channels_last_3d"}
+    assert set(data["ceiling_gflops"]) == {"ncdhw", "channels_last_3d", "bf16", "bf16_cl"}
     assert all(v > 0 for v in data["ceiling_gflops"].values())
     rows = {r["variant"]: r for r in data["rows"]}
     assert set(rows) == {"fp32", "bf16"}
     for row in rows.values():
         assert row["gflop_per_step"] > 0 and row["samples_per_s"] > 0 and 0 < row["fraction_of_ceiling"]
     assert rows["fp32"]["gflop_per_step"] == pytest.approx(rows["bf16"]["gflop_per_step"])
+    assert (rows["fp32"]["ceiling"], rows["bf16"]["ceiling"]) == ("ncdhw", "bf16")
     assert any("ceiling" in k for k in data["ratios"])
 
 
