@@ -209,7 +209,6 @@ def bf16_run(paired3, tmp_path_factory) -> dict:
         workflow.finalize()
 
 
-@pytest.mark.slow
 def test_bundle_trains_one_epoch_in_bf16_with_channels_last(bf16_run):
     trainer, evaluator, recorder = bf16_run["trainer"], bf16_run["evaluator"], bf16_run["recorder"]
     assert trainer.state.epoch == 1 and not trainer.amp and not evaluator.amp
@@ -232,7 +231,6 @@ def test_bundle_trains_one_epoch_in_bf16_with_channels_last(bf16_run):
     fresh.load_state_dict(saved, strict=True)
 
 
-@pytest.mark.slow
 def test_inference_with_bf16_and_channels_last_writes_float32_close_to_fp32(bf16_run, paired3, tmp_path):
     written: dict[tuple[str, bool], dict[str, np.ndarray]] = {}
     for precision, channels_last in SWITCHES:
