@@ -234,3 +234,11 @@ def test_report_summarises_results_and_flags_partial_runs(tmp_path, capsys):
     assert "PARTIAL" in text and "| pipeline | 2 | 1 | 1.5 |" in text and "- r: 1" in text
     assert "### broken\nunreadable" in text
     assert text in capsys.readouterr().out
+
+
+def test_quality_training_stops_with_diverged_on_a_non_finite_loss(nifti_volumes):
+    items = [{"image": str(path)} for path in nifti_volumes]
+    with pytest.raises(quality.Diverged, match="non-finite loss at step 2"):
+        quality.train_with_checkpoints(
+            "unet", "small", items, [], [5.0], patch=16, batch=2, seed=0, lr=float("inf"), samples=2
+        )
