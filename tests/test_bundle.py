@@ -130,6 +130,7 @@ def test_bundle_layout_follows_the_model_zoo():
         "inference_classifier",
         "multi_gpu_train",
         "notes_run",
+        "small_denoiser",
     ):
         assert (CONFIGS / f"{name}.yaml").is_file(), name
 
@@ -280,6 +281,17 @@ def test_notes_run_reproduces_the_notes_settings():
     assert parser["network_def"]["model_depth"] == 18 and parser["ckpt_interval"] == 10
     assert parser["num_epochs"] == 10 and parser["batch_size"] == 128 and parser["pretrain_path"] == ""
     assert parser.get_parsed_content("output_dir") == os.path.join("datasets", "ADNI_denoise", "results")
+
+
+def test_small_denoiser_mixin_is_the_demos_denoiser():
+    from pipeline.demo import DemoSettings
+
+    workflow = create_workflow(cfg("train_denoise.yaml", "small_denoiser.yaml"), logging_file=False, initialize=False)
+    parser = workflow.parser
+    assert {k: parser["network_def"][k] for k in DemoSettings().denoiser} == dict(DemoSettings().denoiser)
+    assert parser["patch_size"] == [DemoSettings().patch_size] * 3
+    net = parser.get_parsed_content("network_def")
+    assert net.encoder.conv1.stride == (1, 1, 1) and net(torch.zeros(1, 1, 32, 32, 32)).shape == (1, 1, 32, 32, 32)
 
 
 # ----------------------------------------------------------------------------------------------- MONAI's checks
