@@ -397,10 +397,15 @@ def _list_keys(config_file: Any) -> None:
         print(key)
 
 
+# fire reads `--overwrite false` as the (truthy) string "false"; only `False` is a bool
+_BOOLEANS = {"true": "True", "false": "False"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (``python -m pipeline.bundle_run``); arguments as ``python -m monai.bundle run``.
 
-    ``--list_keys`` prints every config id of the merged ``--config_file`` and exits.
+    ``--list_keys`` prints every config id of the merged ``--config_file`` and exits. ``true``/``false`` in any
+    case are read as booleans (``python -m monai.bundle run`` passes lowercase ones on as strings, which are truthy).
 
     Args:
         argv: arguments (default ``sys.argv[1:]``).
@@ -413,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from transforms.errors import InputError
 
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = [_BOOLEANS.get(a.lower(), a) for a in (sys.argv[1:] if argv is None else argv)]
     if "--list_keys" in args:
         args.remove("--list_keys")
         fire.Fire(_list_keys, command=args, name="pipeline.bundle_run")

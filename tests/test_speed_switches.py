@@ -379,3 +379,13 @@ def test_cli_rejects_bad_switches(argv, captured, capsys):
         infer.main(argv)
     assert exited.value.code == 2 and not captured
     assert argv[-2].lstrip("-") in capsys.readouterr().err
+
+
+def test_bundle_run_reads_lowercase_true_false_as_booleans(monkeypatch):
+    import pipeline.bundle_run as bundle_run
+
+    seen = {}
+    monkeypatch.setattr(bundle_run, "run", lambda **kwargs: seen.update(kwargs))
+    status = bundle_main(["--config_file", str(TRAIN), "--channels_last", "false", "--overwrite", "TRUE", "--x", "f"])
+    assert status == 0
+    assert seen["channels_last"] is False and seen["overwrite"] is True and seen["x"] == "f"
