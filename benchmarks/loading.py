@@ -3,17 +3,19 @@
 Run: ``python -m benchmarks.loading [--quick] [--subjects 8] [--out benchmarks/results/loading.json]``.
 
 Data: a demo cohort (``pipeline.cohort.build_cohort``, 2 mm, 80 x 96 x 80 volumes) written to a temporary folder.
-Chain: the project's training preprocessing ``transforms.presets.denoise_transforms(stage="train", patch_size=64,
-noise="gaussian", level=(5, 25))`` - load the NIfTI, reorient, percentile-scale, (augment), add noise, rescale,
-brain mask, crop to the brain, one brain-weighted random 64^3 patch per volume - with and without ``augment=True``.
-Loaders (batch size 2, shuffled, ``--samples`` patches each):
+Chain: the project's training preprocessing ``transforms.presets.denoise_transforms(stage="train", patch_size=32,
+noise="gaussian", level=(5, 25), num_samples=4)`` - load the NIfTI, reorient, percentile-scale, (augment), add
+noise, rescale, brain mask, crop to the brain, ``--per-volume`` brain-weighted random 32^3 patches per volume (the
+demo's patch; ``benchmarks.quality`` trains on 4 from each noisy volume) - with and without ``augment=True``.
+Loaders (``--batch`` patches per batch, shuffled, ``--samples`` patches each):
 
 * ``Dataset`` + ``DataLoader`` with 0 and 2 worker processes: every item is read and decompressed every time;
 * ``CacheDataset`` (the deterministic prefix - load, reorient, scale - kept in memory; cache build time reported
   apart) + ``ThreadDataLoader`` (``num_workers=0`` and ``1``).
 
-The step rate is a ResUnet3D (depth 18) training step at the same patch and batch (forward, L1, backward, Adam),
-measured in the same process right after. Target: the loader delivers >= 3x the step's samples/s.
+The step rate is the demo's ResUnet3D (``pipeline.demo.DemoSettings.denoiser``) training step at the same patch
+and batch (forward, L1, backward, Adam), in float32 and in bf16 autocast (the faster one is the reference), measured
+in the same process right after. Target: the loader delivers >= 3x the step's samples/s.
 """
 
 from __future__ import annotations
@@ -71,11 +73,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="4 subjects at 3 mm, 32^3 patches, 4 samples, 2 loaders")
     parser.add_argument("--subjects", type=int, default=8)
     parser.add_argument("--samples", type=int, default=32, help="patches drawn per loader")
-    parser.add_argument("--patch", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--patch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=4, help="patches per batch")
+    parser.add_argument("--per-volume", type=int, default=4, help="patches cut from each noisy volume")
     parser.add_argument("--out", default=str(default_out("loading")))
     args = parser.parse_args(argv)
     subjects, samples, patch = (4, 4, 32) if args.quick else (args.subjects, args.samples, args.patch)
+    if args.per_volume < 1 or args.batch % args.per_volume:
+        raise ValueError(f"--per-volume must be >= 1 and divide --batch ({args.batch}), got {args.per_volume}")
+    volumes = args.batch // args.per_volume
     params = CohortParameters(spacing=3.0) if args.quick else CohortParameters()
     torch.manual_seed(0)
 
@@ -86,15 +92,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         build_s = time.perf_counter() - start
         items = clean_folder(cohort.folders["clean"])
         for augment in (False,) if args.quick else (False, True):
-            chain = dict(stage="train", patch_size=patch, noise="gaussian", level=(5.0, 25.0), augment=augment)
+            chain = dict(
+                stage="train",
+                patch_size=patch,
+                noise="gaussian",
+                level=(5.0, 25.0),
+                augment=augment,
+                num_samples=args.per_volume,
+            )
             setups = [
                 (
                     "Dataset + DataLoader, 0 workers",
-                    lambda t: DataLoader(Dataset(items, t), batch_size=args.batch, shuffle=True),
+                    lambda t: DataLoader(Dataset(items, t), batch_size=volumes, shuffle=True),
                 ),
                 (
                     "Dataset + DataLoader, 2 workers",
-                    lambda t: DataLoader(Dataset(items, t), batch_size=args.batch, shuffle=True, num_workers=2),
+                    lambda t: DataLoader(Dataset(items, t), batch_size=volumes, shuffle=True, num_workers=2),
                 ),
                 ("CacheDataset + ThreadDataLoader, 0 workers", None),
                 ("CacheDataset + ThreadDataLoader, 1 thread", None),
@@ -109,19 +122,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     dataset = CacheDataset(items, transform, cache_rate=1.0, num_workers=0, progress=False)
                     cache_s = time.perf_counter() - start
                     workers = 1 if "1 thread" in name else 0
-                    loader = ThreadDataLoader(dataset, batch_size=args.batch, shuffle=True, num_workers=workers)
+                    loader = ThreadDataLoader(dataset, batch_size=volumes, shuffle=True, num_workers=workers)
                 else:
                     loader = make(transform)
                 rate = loader_rate(loader, samples)
                 rows.append({"loader": name, "augment": augment, "samples_per_s": rate, "cache_build_s": cache_s})
                 print(f"{name:45s} augment={augment!s:5s} {rate:.2f} samples/s", flush=True)
 
+    from pipeline.demo import DemoSettings
+
     size = "small" if args.quick else "default"
-    step = training_step_rate(build_denoiser("resunet3d", size), patch, args.batch, steps=2 if args.quick else 5)
+    steps = {
+        precision: training_step_rate(
+            build_denoiser("resunet3d", size, **DemoSettings().denoiser),
+            patch,
+            args.batch,
+            steps=2 if args.quick else 5,
+            bf16=precision == "bf16",
+        )
+        for precision in ("fp32", "bf16")
+    }
+    step = max(steps.values(), key=lambda r: r["samples_per_s"])
     for row in rows:
         row["ratio_to_step_rate"] = row["samples_per_s"] / step["samples_per_s"]
     print(f"\ncohort: {subjects} subjects, {tuple(cohort.shape)} voxels at {params.spacing:g} mm ({build_s:.1f} s)")
-    print(f"ResUnet3D ({size}) training step: {step['samples_per_s']:.2f} samples/s at {patch}^3, batch {args.batch}\n")
+    for precision, rate in steps.items():
+        print(
+            f"ResUnet3D (demo) {precision} step: {rate['samples_per_s']:.2f} samples/s at {patch}^3, batch {args.batch}"
+        )
+    print()
     print(format_table(rows, ["loader", "augment", "samples_per_s", "cache_build_s", "ratio_to_step_rate"]))
     best = max(rows, key=lambda r: r["samples_per_s"])
     cached = next(r for r in rows if r["loader"].startswith("CacheDataset") and not r["augment"])
@@ -137,8 +166,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "loading",
         "quick": args.quick,
         "machine": machine_info(),
-        "setup": {"subjects": subjects, "spacing_mm": params.spacing, "patch": patch, "batch": args.batch},
+        "setup": {
+            "subjects": subjects,
+            "spacing_mm": params.spacing,
+            "patch": patch,
+            "batch": args.batch,
+            "per_volume": args.per_volume,
+        },
         "step": step,
+        "steps": steps,
         "rows": rows,
         "ratios": ratios,
     }

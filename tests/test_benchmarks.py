@@ -162,7 +162,8 @@ def test_loading_quick(tmp_path):
         "CacheDataset + ThreadDataLoader, 0 workers",
     ]
     assert all(r["samples_per_s"] > 0 and r["ratio_to_step_rate"] > 0 for r in data["rows"])
-    assert data["step"]["samples_per_s"] > 0
+    assert data["step"]["samples_per_s"] > 0 and set(data["steps"]) == {"fp32", "bf16"}
+    assert data["step"]["samples_per_s"] == max(r["samples_per_s"] for r in data["steps"].values())
 
 
 @pytest.mark.slow
