@@ -26,17 +26,18 @@ instead, and both are reported.
 
 Training, the same for every network: Adam (peak lr 3e-3, ``--lr``) annealed to 0 over the budget by a cosine of the
 clock (``--schedule``), L1 loss, bf16 autocast (``--precision``; about 2.5x more steps per CPU minute on this
-avx512_bf16 CPU than float32), batches of 4 patches of 32^3 (``--batch``, ``--patch``), 4 cut from each noisy
-volume (``--samples``: the noise and augmentations are drawn on the whole volume, so sharing them keeps the loader
-ahead of the steps), from ``transforms.presets.denoise_transforms(stage="train", augment=True)`` (bias field,
-contrast, intensity scale, resolution (Gaussian blur), left-right flips); half the volumes get Gaussian noise of
-sigma uniform in [5, 30]/255 and half Poisson noise of 50-1000 photons; cached with ``CacheDataset`` and served by
+avx512_bf16 CPU than float32), batches of 4 patches of 32^3 (``--batch``, ``--patch``), 4 cut from each noisy volume
+(``--samples``: the noise and augmentations are drawn on the whole volume, so sharing them keeps the loader ahead of
+the steps), from ``transforms.presets.denoise_transforms(stage="train", augment=True)`` (bias field, contrast,
+intensity scale, resolution (Gaussian blur), left-right flips); half the volumes get Gaussian noise of sigma uniform
+in [5, 30]/255 and half Poisson noise of 50-1000 photons; cached with ``CacheDataset`` and served by
 ``ThreadDataLoader``. A network whose loss becomes non-finite is trained again from the start at a third of the
-learning rate, then a tenth (MONAI's UNet does at 3e-3 in bf16, not in float32); the run's rows and table give the
-learning rate it ran at. The cohort has no skull (the template is skull-stripped), so "with and without skull" cannot
-be augmented from the shipped data. At each checkpoint (``--checkpoints`` minutes) every network denoises the test
-volumes as the bundle does (input scaled by its own 99.5th percentile, sliding window of ``--patch`` tiles, 4 per
-pass, Gaussian blending, ``torch.inference_mode``, the training precision) with overlap 0.25 (``--overlap``).
+learning rate, then in float32 at both (MONAI's UNet diverges in bf16 at 3e-3, 1e-3 and 3e-4, not in float32); the
+rows and tables give the learning rate and precision each run trained with. The cohort has no skull (the template is
+skull-stripped), so "with and without skull" cannot be augmented from the shipped data. At each checkpoint
+(``--checkpoints`` minutes) every network denoises the test volumes as the bundle does (input scaled by its own
+99.5th percentile, sliding window of ``--patch`` tiles, 4 per pass, Gaussian blending, ``torch.inference_mode``, the
+training precision) with overlap 0.25 (``--overlap``).
 
 The settings were chosen on ResUnet3D with 5-minute pilots on the same cohort (mean test PSNR, Gaussian 15, 1
 thread): float32 64^3 x 2 at lr 1e-3 25.1 dB (114 steps); bf16 27.4 (297 steps); bf16 at lr 3e-3 28.6; 32^3 x 4
@@ -351,6 +352,17 @@ def _summarise(rows: list[dict[str, Any]], label: str) -> dict[str, Any]:
     return out
 
 
+def _attempts(precision: str, lr: float) -> list[tuple[str, float]]:
+    """(precision, learning rate) to try in turn while a network's loss turns non-finite.
+
+    bf16 first at ``lr`` and ``lr / 3``, then float32 at the same two (MONAI's UNet diverges in bf16 at every
+    learning rate tried, 3e-3 to 3e-4, but not in float32); float32 runs try ``lr``, ``lr / 3`` and ``lr / 10``.
+    """
+    if precision == "bf16":
+        return [("bf16", lr), ("bf16", lr / 3), ("fp32", lr), ("fp32", lr / 3)]
+    return [("fp32", lr), ("fp32", lr / 3), ("fp32", lr / 10)]
+
+
 def _default_checkpoints(minutes: float) -> list[float]:
     return [m for m in (1.0, 2.0, 5.0, 10.0, 20.0, 60.0) if m < minutes] + [minutes]
 
@@ -432,7 +444,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             runs.append(("resunet3d", _default_checkpoints(args.resunet_minutes)))
         networks, diverged = [], []
         for name, marks in runs:
-            for lr in (args.lr, args.lr / 3, args.lr / 10):
+            for precision, lr in _attempts(args.precision, args.lr):
                 try:
                     rows = train_with_checkpoints(
                         name,
@@ -446,18 +458,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         args.clock,
                         args.resunet,
                         args.overlap,
-                        args.precision == "bf16",
+                        precision == "bf16",
                         args.schedule,
                         lr,
                         args.samples,
                     )
                     break
                 except Diverged as error:
-                    print(f"{error}: trained again from the start at lr {lr / 3:g}", flush=True)
-                    diverged.append(str(error))
+                    print(f"{error}, {precision}: trained again from the start", flush=True)
+                    diverged.append(f"{error}, {precision}")
             else:
                 continue
-            networks += [{"run": f"{name} ({max(marks):g} min)", "lr": lr, **row} for row in rows]
+            run = f"{name} ({max(marks):g} min)"
+            networks += [{"run": run, "lr": lr, "precision": precision, **row} for row in rows]
 
     summary = [
         _summarise([r for r in classical if r["method"] == m], m) for m in dict.fromkeys(r["method"] for r in classical)
@@ -477,6 +490,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "wall_minutes": first["wall_minutes"],
                     "steps": first["steps"],
                     "lr": first["lr"],
+                    "precision": first["precision"],
                     **{k: v for k, v in cell.items() if k != "method"},
                 }
             )
@@ -501,6 +515,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "wall_minutes",
         "steps",
         "lr",
+        "precision",
         "g15_psnr",
         "poi_psnr",
         "real_g15_psnr",

@@ -243,3 +243,8 @@ def test_quality_training_stops_with_diverged_on_a_non_finite_loss(nifti_volumes
         quality.train_with_checkpoints(
             "unet", "small", items, [], [5.0], patch=16, batch=2, seed=0, lr=float("inf"), samples=2
         )
+
+
+def test_quality_retries_a_diverged_network_at_a_lower_lr_then_in_float32():
+    assert quality._attempts("bf16", 3e-3) == [("bf16", 3e-3), ("bf16", 1e-3), ("fp32", 3e-3), ("fp32", 1e-3)]
+    assert [p for p, _ in quality._attempts("fp32", 3e-3)] == ["fp32"] * 3
