@@ -241,7 +241,6 @@ def train_with_checkpoints(
     schedule: str = "cosine",
     lr: float = 1e-3,
     samples: int = 1,
-    tile: int | None = None,
 ) -> list[dict[str, Any]]:
     """Train one network for ``max(checkpoints_min)`` minutes, scoring every case at each checkpoint.
 
@@ -264,7 +263,6 @@ def train_with_checkpoints(
             ``"constant"`` keeps it.
         lr: Adam's (peak) learning rate.
         samples: patches cut from each noisy volume (``batch`` must be a multiple).
-        tile: sliding-window tile edge of the evaluations (default ``patch``).
 
     Returns:
         One row per (checkpoint, case) with ``network``, ``minutes``, ``steps``, ``psnr``, ``ssim``, ``seconds``.
@@ -310,7 +308,7 @@ def train_with_checkpoints(
         wall_s += time.perf_counter() - wall_start
         while pending and trained_s >= pending[0] * 60:
             minutes = pending.pop(0)
-            scored = _score(model, cases, tile or patch, overlap, bf16)
+            scored = _score(model, cases, patch, overlap, bf16)
             for row in scored:
                 rows.append(
                     {
@@ -452,16 +450,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         items,
                         all_cases,
                         marks,
-                        args.patch,
-                        args.batch,
-                        args.seed,
-                        args.clock,
-                        args.resunet,
-                        args.overlap,
-                        precision == "bf16",
-                        args.schedule,
-                        lr,
-                        args.samples,
+                        patch=args.patch,
+                        batch=args.batch,
+                        seed=args.seed,
+                        clock=args.clock,
+                        resunet=args.resunet,
+                        overlap=args.overlap,
+                        bf16=precision == "bf16",
+                        schedule=args.schedule,
+                        lr=lr,
+                        samples=args.samples,
                     )
                     break
                 except Diverged as error:
