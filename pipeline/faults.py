@@ -914,8 +914,14 @@ def _infer_unreadable(work: Path) -> Outcome:
         weights = _tiny_weights(shared / "model.pt")
         write_scan(scans / "good.nii.gz")
         path = write_bad_file(scans, "unreadable")
+        # the configs travel with the case: `nobody` may not traverse the checkout (e.g. a clone in a mode-700 dir)
+        configs = [
+            Path(shutil.copy(c, _shared_dir(shared / "configs"))) for c in infer._bundle_configs("inference.yaml")
+        ]
         with unprivileged():
-            summary = infer.denoise_scans(scans, out, weights, "cpu", **_inference_overrides())
+            summary = infer.denoise_scans(
+                scans, out, weights, "cpu", config_files=[os.fspath(c) for c in configs], **_inference_overrides()
+            )
         reasons = [r.reason for r in summary.failed if r.source == str(path)]
         if not reasons or summary.count("done") != 1:
             raise FaultCrash(f"results {summary.results}")
