@@ -355,7 +355,7 @@ def write_json(result: dict[str, Any], path: str | os.PathLike) -> Path:
     Returns:
         The destination path.
     """
-    from pipeline.files import atomic_path
+    from pipeline.utils.files import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

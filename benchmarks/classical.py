@@ -36,7 +36,7 @@ from benchmarks._common import (
     masked_psnr_ssim,
     write_json,
 )
-from pipeline.classical import CLASSICAL_DENOISERS, bm4d_available
+from pipeline.evaluation.classical import CLASSICAL_DENOISERS, bm4d_available
 
 __all__ = ["METHODS", "Method", "bm4d_available", "chosen_text", "evaluate_methods", "main", "tune"]
 
@@ -60,7 +60,7 @@ class Method:
     quick_grid: tuple[Any, ...] = field(default=())
 
 
-# The filters and their grids are the library's (pipeline.classical), so the demo and the benchmark agree.
+# The filters and their grids are the library's (pipeline.evaluation.classical), so the demo and the benchmark agree.
 METHODS: tuple[Method, ...] = (
     Method("noisy", lambda x, _p: x, (None,), "-"),
     *(Method(d.name, d, d.grid, d.param, d.quick_grid) for d in CLASSICAL_DENOISERS.values()),

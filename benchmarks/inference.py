@@ -10,7 +10,8 @@ levels 4; random weights: speed does not depend on them).
 
 Two kinds of rows:
 
-* ``pipeline``: the project's inference path end to end - :func:`pipeline.infer.denoise_scans` with the bundle's
+* ``pipeline``: the project's inference path end to end - :func:`pipeline.inference.infer.denoise_scans` with the
+bundle's
   ``inference.yaml`` (load the NIfTI, reorient, percentile-scale, pad, ``SlidingWindowInferer`` with the config's
   64^3 tiles, 4 tiles per pass, overlap 0.5, Gaussian blending, ``torch.inference_mode``; invert; write the NIfTI),
   on one scan and on a folder of scans (the batch).
@@ -173,7 +174,10 @@ def _rss_gib() -> float:
 
 
 def _run_pipeline(cfg: dict[str, Any], model: Any, noisy: Any) -> dict[str, Any]:
-    """Denoise ``cfg["scans"]`` NIfTI copies of ``noisy`` with :func:`pipeline.infer.denoise_scans` (the bundle)."""
+    """Denoise ``cfg["scans"]`` NIfTI copies of ``noisy`` through the bundle.
+
+    Uses :func:`pipeline.inference.infer.denoise_scans`.
+    """
     import tempfile
     from pathlib import Path
 
@@ -181,7 +185,7 @@ def _run_pipeline(cfg: dict[str, Any], model: Any, noisy: Any) -> dict[str, Any]
     import torch
     from nilearn.datasets import load_mni152_template
 
-    from pipeline.infer import denoise_scans
+    from pipeline.inference.infer import denoise_scans
 
     affine = load_mni152_template(resolution=1).affine
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,7 +2,7 @@
 
 Run: ``python -m benchmarks.loading [--quick] [--subjects 8] [--out benchmarks/results/loading.json]``.
 
-Data: a demo cohort (``pipeline.cohort.build_cohort``, 2 mm, 80 x 96 x 80 volumes) written to a temporary folder.
+Data: a demo cohort (``pipeline.data.cohort.build_cohort``, 2 mm, 80 x 96 x 80 volumes) written to a temporary folder.
 Chain: the project's training preprocessing ``transforms.presets.denoise_transforms(stage="train", patch_size=32,
 noise="gaussian", level=(5, 25), num_samples=4)`` - load the NIfTI, reorient, percentile-scale, (augment), add
 noise, rescale, brain mask, crop to the brain, ``--per-volume`` brain-weighted random 32^3 patches per volume (the
@@ -13,7 +13,7 @@ Loaders (``--batch`` patches per batch, shuffled, ``--samples`` patches each):
 * ``CacheDataset`` (the deterministic prefix - load, reorient, scale - kept in memory; cache build time reported
   apart) + ``ThreadDataLoader`` (``num_workers=0`` and ``1``).
 
-The step rate is the demo's ResUnet3D (``pipeline.demo.DemoSettings.denoiser``) training step at the same patch
+The step rate is the demo's ResUnet3D (``pipeline.demo.run.DemoSettings.denoiser``) training step at the same patch
 and batch (forward, L1, backward, Adam), in float32 and in bf16 autocast (the faster one is the reference), measured
 in the same process right after. Target: the loader delivers >= 3x the step's samples/s.
 """
@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """
     from monai.data import CacheDataset, DataLoader, Dataset, ThreadDataLoader
 
-    from pipeline.cohort import CohortParameters, build_cohort
-    from pipeline.datasets import clean_folder
+    from pipeline.data.cohort import CohortParameters, build_cohort
+    from pipeline.data.datasets import clean_folder
     from transforms.presets import denoise_transforms
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 rows.append({"loader": name, "augment": augment, "samples_per_s": rate, "cache_build_s": cache_s})
                 print(f"{name:45s} augment={augment!s:5s} {rate:.2f} samples/s", flush=True)
 
-    from pipeline.demo import DemoSettings
+    from pipeline.demo.run import DemoSettings
 
     size = "small" if args.quick else "default"
     steps = {

@@ -3,7 +3,7 @@
 Run: ``python -m benchmarks.quality [--quick] [--minutes 10] [--resunet-minutes 60]
 [--out benchmarks/results/quality.json]``.
 
-Data: a demo cohort (``pipeline.cohort.build_cohort``: subjects warped from nilearn's MNI152 template, 2 mm,
+Data: a demo cohort (``pipeline.data.cohort.build_cohort``: subjects warped from nilearn's MNI152 template, 2 mm,
 80 x 96 x 80, skull-stripped) in a temporary folder. Its subject-level split (``subjects.csv``) gives the training
 subjects, one validation subject (used only to tune the classical filters' parameters) and the held-out test
 subjects, whose ``gaussian15/`` (sigma 15/255 of the robust maximum) and ``poisson/`` (200 photons at it) files are
@@ -16,7 +16,7 @@ percentiles, gets sigma 15/255 Gaussian or 200-count Poisson noise (seeded), and
 the mask is its Otsu head foreground.
 
 Networks: MONAI UNet, BasicUNet, FlexibleUNet(resnet18) and ResUnet3D (``benchmarks._common.build_denoiser``;
-ResUnet3D in the demo's configuration, ``pipeline.demo.DemoSettings.denoiser``: depth 10, levels 3, 16-128
+ResUnet3D in the demo's configuration, ``pipeline.demo.run.DemoSettings.denoiser``: depth 10, levels 3, 16-128
 channels, a full-resolution 3^3 stem, residual output; ``--resunet`` overrides it), each trained with the same seed,
 data, order, settings and time budget (``--minutes``; evaluation pauses the clock). ``--resunet-minutes`` trains
 ResUnet3D once more, alone, for a longer budget: the run compared with BM4D. The budget is counted in this
@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     Returns:
         The result dict that was written.
     """
-    from pipeline.cohort import CohortParameters, build_cohort
+    from pipeline.data.cohort import CohortParameters, build_cohort
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="5 subjects at 3 mm, small networks, 32^3, 3 s each")
@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default=str(default_out("quality")))
     args = parser.parse_args(argv)
     if args.resunet is None:
-        from pipeline.demo import DemoSettings
+        from pipeline.demo.run import DemoSettings
 
         args.resunet = dict(DemoSettings().denoiser)
     if args.threads:

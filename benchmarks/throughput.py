@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default=str(default_out("throughput")))
     args = parser.parse_args(argv)
     if args.resunet is None:
-        from pipeline.demo import DemoSettings
+        from pipeline.demo.run import DemoSettings
 
         args.resunet = dict(DemoSettings().denoiser)
     patch, batch, steps = (32, 2, 2) if args.quick else (args.patch, args.batch, args.steps)

@@ -36,10 +36,10 @@ from typing import Any
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle.utils import ID_SEP_KEY
 
+from pipeline.errors import CheckpointError, ConfigComponentError, ConfigOverrideError, InputError, ScanFailuresError
+
 __all__ = [
     "BUNDLE_DIR",
-    "ConfigComponentError",
-    "ConfigOverrideError",
     "check_overrides",
     "config_ids",
     "create_workflow",
@@ -56,38 +56,6 @@ BUNDLE_DIR: Path = Path(__file__).resolve().parents[1] / "bundle"
 
 _SEPARATORS = (ID_SEP_KEY, "#")
 _TARGET = "_target_"
-
-
-class ConfigOverrideError(KeyError):
-    """An override names a config key that does not exist (a typo would otherwise be silently added).
-
-    Args:
-        unknown: ``{override key: [closest existing keys]}``.
-        config_files: the configs the keys were looked up in.
-    """
-
-    def __init__(self, unknown: Mapping[str, Sequence[str]], config_files: Sequence[str]) -> None:
-        self.unknown = {key: list(close) for key, close in unknown.items()}
-        self.config_files = list(config_files)
-        lines = []
-        for key, close in self.unknown.items():
-            hint = f" (did you mean {', '.join('--' + c for c in close)}?)" if close else ""
-            lines.append(f"--{key}{hint}")
-        super().__init__(
-            f"unknown config key(s) {'; '.join(lines)}: not defined in {', '.join(self.config_files)}. "
-            "Check the spelling; list the keys with `python -m pipeline.bundle_run --config_file ... --list_keys`."
-        )
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class ConfigComponentError(ValueError):
-    """A config component (a section with a ``_target_``) cannot be built: unknown class or bad arguments.
-
-    Args:
-        message: the problem, naming the config key(s) and the ``_target_``.
-    """
 
 
 #: Messages of the ``RuntimeError``s MONAI wraps errors in: config expressions and components, and
@@ -416,16 +384,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     import fire
 
-    from transforms.errors import InputError
-
     args = [_BOOLEANS.get(a.lower(), a) for a in (sys.argv[1:] if argv is None else argv)]
     if "--list_keys" in args:
         args.remove("--list_keys")
         fire.Fire(_list_keys, command=args, name="pipeline.bundle_run")
         return 0
-    from pipeline.checkpoint import CheckpointError
-    from pipeline.infer import ScanFailuresError
-
     reported = (InputError, CheckpointError, ValueError, ScanFailuresError)
     quiet = _ReportedErrorFilter(reported)
     loggers = [logging.getLogger(name) for name in _ENGINE_EXCEPTION_LOGGERS]

@@ -284,7 +284,7 @@ def test_notes_run_reproduces_the_notes_settings():
 
 
 def test_small_denoiser_mixin_is_the_demos_denoiser():
-    from pipeline.demo import DemoSettings
+    from pipeline.demo.run import DemoSettings
 
     workflow = create_workflow(cfg("train_denoise.yaml", "small_denoiser.yaml"), logging_file=False, initialize=False)
     parser = workflow.parser
@@ -344,7 +344,7 @@ def test_check_properties(configs, kind, paired6, subjects10, tmp_path):
     if "finetune_classifier.yaml" in configs[1]:
         overrides.update(dataset_dir=os.fspath(subjects10), init="scratch", **TINY_CLASSIFIER)
     if "distill.yaml" in configs[-1]:
-        from pipeline.classify import build_classifier
+        from pipeline.training.classify import build_classifier
 
         teacher = build_classifier("scratch", num_classes=2, model_depth=10, block_inplanes=[4, 8, 8, 8])
         torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
@@ -457,7 +457,7 @@ def test_classifier_finetune_distill_infer(paired6, subjects10, tmp_path):
 def test_classifier_refuses_subjects_the_denoiser_saw(subjects10, tmp_path):
     denoiser_run = tmp_path / "denoiser"
     denoiser_run.mkdir()
-    from pipeline.runinfo import write_run_info
+    from pipeline.training.runinfo import write_run_info
 
     write_run_info(denoiser_run, train_subjects=[f"s{i:02d}" for i in range(10)], val_subjects=[])
     workflow = create_workflow(

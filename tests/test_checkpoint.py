@@ -9,7 +9,7 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from pipeline.checkpoint import (
+from pipeline.training.checkpoint import (
     AtomicCheckpointSaver,
     AtomicDiskSaver,
     CheckpointError,

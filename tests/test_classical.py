@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.classical import (
+from pipeline.evaluation.classical import (
     CLASSICAL_DENOISERS,
     bm4d_available,
     estimate_noise_sigma,

@@ -10,12 +10,12 @@ import torch
 from ignite.engine import Engine
 
 from networks import ResUnet3D, freeze_until
-from pipeline.classify import build_classifier, check_denoiser_leakage, finetune_classifier, predict_classifier
-from pipeline.handlers import GradualUnfreeze
-from pipeline.optim import build_optimizer
-from pipeline.runinfo import write_run_info
-from pipeline.seed import seed_everything
-from pipeline.splits import LeakageError
+from pipeline.data.splits import LeakageError
+from pipeline.training.classify import build_classifier, check_denoiser_leakage, finetune_classifier, predict_classifier
+from pipeline.training.handlers import GradualUnfreeze
+from pipeline.training.optim import build_optimizer
+from pipeline.training.runinfo import write_run_info
+from pipeline.utils.seed import seed_everything
 
 SMALL = {"model_depth": 10, "block_inplanes": (4, 8, 16, 32)}
 

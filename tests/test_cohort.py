@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.cohort import (
+from pipeline.data.cohort import (
     CohortParameters,
     build_cohort,
     cohort_grid,
@@ -17,8 +17,8 @@ from pipeline.cohort import (
     main,
     simulate_subject,
 )
-from pipeline.datasets import load_subjects_csv, paired_folders
-from pipeline.splits import splits_from_items
+from pipeline.data.datasets import load_subjects_csv, paired_folders
+from pipeline.data.splits import splits_from_items
 from transforms.errors import InputError
 
 COARSE = CohortParameters(spacing=8.0)  # 24x24x24 volumes: the same model, fast enough for unit tests

@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.datasets import (
+from pipeline.data.datasets import (
     clean_folder,
     list_scans,
     load_datalist,

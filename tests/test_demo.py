@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from pipeline import demo
-from pipeline.demo import QUICK, DemoSettings, StageTimer, main, run_demo
+from pipeline.demo import run as demo
+from pipeline.demo.run import QUICK, DemoSettings, StageTimer, main, run_demo
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NUMBER = re.compile(r"^-?\d+\.\d+$")

@@ -8,11 +8,11 @@ import pytest
 import torch
 from ignite.engine import Events
 
-from pipeline.classify import build_classifier
-from pipeline.distill import TeacherStudent, build_distill_trainer, distill
-from pipeline.engines import make_loader
-from pipeline.losses import DistillationLoss
-from pipeline.seed import seed_everything
+from pipeline.training.classify import build_classifier
+from pipeline.training.distill import TeacherStudent, build_distill_trainer, distill
+from pipeline.training.engines import make_loader
+from pipeline.training.losses import DistillationLoss
+from pipeline.utils.seed import seed_everything
 
 SMALL = {"model_depth": 10, "block_inplanes": (4, 8, 16, 32)}
 

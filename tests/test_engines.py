@@ -17,11 +17,11 @@ from monai.networks.nets import UNet
 from monai.transforms import Compose, RandFlipd, RandGaussianNoised
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pipeline.checkpoint import find_last_checkpoint, load_checkpoint
-from pipeline.denoise import build_denoise_evaluator, evaluate_denoiser, train_denoiser
-from pipeline.engines import make_loader
-from pipeline.handlers import AutocastInferer, NonFiniteLossError
-from pipeline.seed import seed_everything
+from pipeline.training.checkpoint import find_last_checkpoint, load_checkpoint
+from pipeline.training.denoise import build_denoise_evaluator, evaluate_denoiser, train_denoiser
+from pipeline.training.engines import make_loader
+from pipeline.training.handlers import AutocastInferer, NonFiniteLossError
+from pipeline.utils.seed import seed_everything
 from transforms.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def test_denoiser_overfits_a_fixed_batch_and_beats_the_noisy_input(tmp_path):
 def test_epoch_reseed_replays_shuffling_transforms_and_workers():
     from monai.data import DataLoader, Dataset
 
-    from pipeline.seed import epoch_seed, reseed
+    from pipeline.utils.seed import epoch_seed, reseed
 
     data = Dataset(cubes(6, seed=0), transform=random_transforms())
 
@@ -103,7 +103,7 @@ def _train(run_dir, max_epochs, resume=False, **kwargs):
 def test_kill_and_resume_ends_with_the_same_weights_and_metrics(tmp_path, monkeypatch):
     straight = _train(tmp_path / "straight", 4)
 
-    from pipeline.handlers import EpochReseed
+    from pipeline.training.handlers import EpochReseed
 
     original = EpochReseed.__call__
 

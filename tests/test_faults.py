@@ -1,4 +1,4 @@
-"""The fault suite (issue 7): every case of ``pipeline.faults`` ends in a clear error or is handled, nothing is lost.
+"""The fault suite (issue 7): every case of ``tests.faults`` ends in a clear error or is handled, nothing is lost.
 
 The corpus of bad files is written by the cases themselves into pytest's ``tmp_path``. The harness's own
 judgement is tested too: a case that crashes, raises a vague error or damages a file must be reported as such,
@@ -20,8 +20,8 @@ import pytest
 import torch
 from nibabel.filebasedimages import ImageFileError
 
-from pipeline import faults
-from pipeline.faults import (
+from tests import faults
+from tests.faults import (
     CLEAR,
     CRASH,
     HANDLED,
@@ -39,7 +39,7 @@ from pipeline.faults import (
 from transforms.errors import InputError
 
 #: Cases that currently fail because of code owned by other helpers; each is reported to its owner and is added
-#: back here (removed from this table) once fixed. ``python -m pipeline.faults`` still runs and reports them.
+#: back here (removed from this table) once fixed. ``python -m tests.faults`` still runs and reports them.
 AWAITING_OWNERS: dict[str, str] = {}
 
 FAST = [case for case in faults.CASES if not case.slow and case.name not in AWAITING_OWNERS]

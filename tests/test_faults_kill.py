@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import faults
+from tests import faults
 
 KILLS = [case for case in faults.CASES if case.slow]
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from pipeline.files import atomic_path
+from pipeline.utils.files import atomic_path
 from transforms.errors import InputError
 
 

@@ -18,8 +18,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from pipeline.checkpoint import CheckpointError
-from pipeline.infer import (
+from pipeline.inference.infer import (
     InferenceSummary,
     SaveLikeSourced,
     ScanFailuresError,
@@ -30,6 +29,7 @@ from pipeline.infer import (
     main,
     output_file,
 )
+from pipeline.training.checkpoint import CheckpointError
 from tests.conftest import blob_volume
 from transforms.errors import InputError
 
@@ -199,7 +199,7 @@ def test_summary_report_and_failures():
 
 @pytest.fixture
 def classifier_weights(tmp_path) -> Path:
-    from pipeline.classify import build_classifier
+    from pipeline.training.classify import build_classifier
 
     torch.manual_seed(0)
     net = build_classifier("scratch", num_classes=2, model_depth=10, block_inplanes=[4, 8, 8, 8])

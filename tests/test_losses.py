@@ -6,8 +6,8 @@ import pytest
 import torch
 from monai.losses import SSIMLoss
 
-from pipeline.losses import ClassificationLoss, build_loss, class_weights
-from pipeline.optim import WarmupPlateau, build_optimizer, build_scheduler
+from pipeline.training.losses import ClassificationLoss, build_loss, class_weights
+from pipeline.training.optim import WarmupPlateau, build_optimizer, build_scheduler
 
 
 def volumes(seed=0):

@@ -10,7 +10,7 @@ from ignite.engine import Engine
 from monai.metrics import PSNRMetric, SSIMMetric
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
 
-from pipeline.metrics import MaskedPSNRMetric, MaskedSSIMMetric, balanced_accuracy, classification_metrics
+from pipeline.evaluation.metrics import MaskedPSNRMetric, MaskedSSIMMetric, balanced_accuracy, classification_metrics
 
 
 def pair(seed=0, shape=(2, 1, 16, 16, 16)):

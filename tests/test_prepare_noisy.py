@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipeline.prepare_noisy import add_noise, main, prepare_noisy
+from pipeline.data.prepare_noisy import add_noise, main, prepare_noisy
 from transforms.errors import InputError
 
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.report import (
+from pipeline.evaluation.report import (
     QUALITY_KEYS,
     Report,
     curves_figure,

@@ -1,5 +1,5 @@
 """The speed switches of issue 6: ``precision`` (fp32 | bf16 | fp16) and ``channels_last`` in the engines, the
-bundle's workflows and ``python -m pipeline.infer`` (with ``--overlap``).
+bundle's workflows and ``python -m pipeline.inference.infer`` (with ``--overlap``).
 
 What must hold whatever the switches: the network really runs in the chosen precision and memory layout, every
 prediction that reaches a loss, a metric, ``Invertd`` or a NIfTI writer is float32, the weights keep their names
@@ -18,12 +18,12 @@ import torch
 from monai.inferers import SimpleInferer, SlidingWindowInferer
 
 from networks import ResUnet3D
-from pipeline import infer
 from pipeline.bundle_run import create_workflow, unwrap_config_error
 from pipeline.bundle_run import main as bundle_main
-from pipeline.denoise import evaluate_denoiser, train_denoiser
-from pipeline.engines import check_precision, memory_format, precision_settings
-from pipeline.handlers import AutocastInferer, ChannelsLastInferer
+from pipeline.inference import infer
+from pipeline.training.denoise import evaluate_denoiser, train_denoiser
+from pipeline.training.engines import check_precision, memory_format, precision_settings
+from pipeline.training.handlers import AutocastInferer, ChannelsLastInferer
 from tests.test_bundle import FAST, INFER, INFER_CLASSIFIER, TINY_CLASSIFIER, TINY_UNET, TRAIN, cfg, write_paired
 from tests.test_engines import cubes
 
@@ -82,7 +82,7 @@ def test_precision_settings_compose_autocast_and_channels_last():
 
 
 def test_autocast_output_is_float32_and_nested_outputs_are_cast():
-    class Pair(torch.nn.Module):  # like pipeline.distill.TeacherStudent: (student, teacher) logits + an index
+    class Pair(torch.nn.Module):  # like pipeline.training.distill.TeacherStudent: (student, teacher) logits + an index
         def __init__(self) -> None:
             super().__init__()
             self.conv = torch.nn.Conv3d(1, 2, 3, padding=1)
@@ -337,7 +337,7 @@ def test_fp16_on_the_cpu_is_one_line_from_both_command_lines(paired3, tmp_path, 
 # ----------------------------------------------------------------------------------------------- command line
 @pytest.fixture
 def captured(monkeypatch) -> list:
-    """The (configs, overrides) each ``python -m pipeline.infer`` call hands to the bundle."""
+    """The (configs, overrides) each ``python -m pipeline.inference.infer`` call hands to the bundle."""
     calls: list = []
 
     def fake_run_config(configs, overrides, workflow_type="infer"):

@@ -5,8 +5,8 @@ from collections import Counter
 
 import pytest
 
-from pipeline.datasets import load_subjects_csv
-from pipeline.splits import (
+from pipeline.data.datasets import load_subjects_csv
+from pipeline.data.splits import (
     LeakageError,
     SubjectSplits,
     check_no_overlap,

@@ -24,11 +24,11 @@ Outputs under ``out_dir`` (float32 gzipped NIfTI with the RAS affine ``diag(spac
 header carries the resampled voxel size; sform/qform code 4, MNI space):
 
 * ``clean/sub-XXX.nii.gz``: noise-free scans;
-* ``gaussian15/``: Gaussian noise, sigma 15/255 of each scan's robust maximum (``pipeline.prepare_noisy``);
+* ``gaussian15/``: Gaussian noise, sigma 15/255 of each scan's robust maximum (``pipeline.data.prepare_noisy``);
 * ``poisson/``: Poisson noise with ``poisson_scale`` photons at the robust maximum;
 * ``masks/``: brain masks (0/1, float32);
 * ``subjects.csv``: ``subject_id, label, severity, age, sex, split, gm_volume_ml, ventricle_volume_ml, path``;
-  ``split`` is a stratified 60/20/20 subject-level split (``pipeline.splits.make_splits``); ``path`` points at
+  ``split`` is a stratified 60/20/20 subject-level split (``pipeline.data.splits.make_splits``); ``path`` points at
   ``clean/``; the two volume columns are ground truth for analysis, not inputs for a classifier;
 * ``cohort.json``: the generation parameters.
 
@@ -58,9 +58,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from pipeline.files import atomic_path
-from pipeline.prepare_noisy import add_noise
-from pipeline.splits import make_splits
+from pipeline.data.prepare_noisy import add_noise
+from pipeline.data.splits import make_splits
+from pipeline.utils.files import atomic_path
 from transforms.errors import InputError
 
 __all__ = [
@@ -516,7 +516,7 @@ def logistic_baseline(
         Balanced accuracy of the out-of-fold predictions, in ``[0, 1]`` (0.5 is chance).
 
     Raises:
-        InputError: if ``subjects.csv`` or a volume is missing or unreadable (``pipeline.datasets`` errors).
+        InputError: if ``subjects.csv`` or a volume is missing or unreadable (``pipeline.data.datasets`` errors).
         ValueError: if a class has fewer than 2 subjects.
     """
     from sklearn.linear_model import LogisticRegression
@@ -525,7 +525,7 @@ def logistic_baseline(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from pipeline.datasets import load_subjects_csv
+    from pipeline.data.datasets import load_subjects_csv
 
     cohort_dir = Path(cohort_dir)
     items = load_subjects_csv(cohort_dir / "subjects.csv")
@@ -557,13 +557,13 @@ def logistic_baseline(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m pipeline.cohort --out demo/cohort --subjects 32 --seed 0``.
+    """Command line: ``python -m pipeline.data.cohort --out demo/cohort --subjects 32 --seed 0``.
 
     Returns:
         0 on success.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.cohort",
+        prog="python -m pipeline.data.cohort",
         description="Build the synthetic demo cohort from nilearn's MNI152 template (offline, seeded).",
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder")

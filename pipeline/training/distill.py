@@ -3,7 +3,8 @@
 The notes' plan: the teacher is, e.g., a classifier started from video-pretrained weights and fine-tuned (or any
 checkpoint); the student is, e.g., the denoiser-pretrained classifier. The loss is
 ``α·CE(student, y) + (1 − α)·T²·KL(softmax(teacher/T) ‖ softmax(student/T))``
-(:class:`pipeline.losses.DistillationLoss`). The teacher is frozen and kept in eval mode throughout (its batch-norm
+(:class:`pipeline.training.losses.DistillationLoss`). The teacher is frozen and kept in eval mode throughout (its
+batch-norm
 statistics and dropout are those of inference), even though the engine calls ``train()`` on the network.
 """
 
@@ -21,9 +22,11 @@ from monai.inferers import SimpleInferer
 from torch import nn
 from torch.optim import Optimizer
 
-from pipeline.checkpoint import load_network_state
-from pipeline.classify import build_classify_evaluator, labels_of, predict_classifier
-from pipeline.engines import (
+from pipeline.data.splits import check_no_overlap
+from pipeline.evaluation.metrics import logits_and_labels
+from pipeline.training.checkpoint import load_network_state
+from pipeline.training.classify import build_classify_evaluator, labels_of, predict_classifier
+from pipeline.training.engines import (
     BEST_FILENAME,
     TrainingResult,
     make_loader,
@@ -31,11 +34,9 @@ from pipeline.engines import (
     resolve_device,
     run_training,
 )
-from pipeline.losses import DistillationLoss, class_weights
-from pipeline.metrics import logits_and_labels
-from pipeline.optim import build_optimizer, build_scheduler
-from pipeline.runinfo import collect_subjects
-from pipeline.splits import check_no_overlap
+from pipeline.training.losses import DistillationLoss, class_weights
+from pipeline.training.optim import build_optimizer, build_scheduler
+from pipeline.training.runinfo import collect_subjects
 
 __all__ = ["TeacherStudent", "build_distill_trainer", "distill"]
 
@@ -184,11 +185,11 @@ def distill(
         config: configuration to record in ``run_info.json``.
 
     Returns:
-        A :class:`pipeline.engines.TrainingResult`.
+        A :class:`pipeline.training.engines.TrainingResult`.
 
     Raises:
         ValueError: for invalid arguments (``alpha``, ``temperature``...).
-        pipeline.splits.LeakageError: if train, val and test share subjects.
+        pipeline.data.splits.LeakageError: if train, val and test share subjects.
     """
     arguments = {
         k: v

@@ -2,7 +2,7 @@
 
 Example (from the repository root)::
 
-    python -m pipeline.prepare_noisy --clean-dir data/FD --out-dir data/gaussian15 --noise gaussian --level 15
+    python -m pipeline.data.prepare_noisy --clean-dir data/FD --out-dir data/gaussian15 --noise gaussian --level 15
 
 How the level maps to a file's intensities: scans on disk are not normalised, so the noise is stated against a
 *reference intensity* of each clean volume, the 99.5th percentile of its non-zero voxels (``reference="robust"``
@@ -20,7 +20,7 @@ Outputs are float32 with the input's file name, header (orientation codes, units
 for ``.mha``/``.nrrd``, origin, spacing, direction and metadata. Each file's noise is seeded by the base seed
 and its file name only (``transforms.noise.item_seed``), so the result does not depend on the order files are
 processed in, and the same command writes byte-identical files. Files are written atomically
-(``pipeline.files.atomic_path``); existing outputs are skipped unless ``overwrite`` is set, so an interrupted run
+(``pipeline.utils.files.atomic_path``); existing outputs are skipped unless ``overwrite`` is set, so an interrupted run
 can simply be repeated. A file that cannot be used is reported (file and problem, one line each) and the others
 are still processed; the command then exits with status 1.
 """
@@ -39,8 +39,8 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from pipeline.datasets import list_scans, scan_named_folders
-from pipeline.files import atomic_path
+from pipeline.data.datasets import list_scans, scan_named_folders
+from pipeline.utils.files import atomic_path
 from transforms.errors import InputError
 from transforms.noise import NOISE_NAMES, make_noise
 
@@ -210,13 +210,13 @@ def prepare_noisy(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m pipeline.prepare_noisy --clean-dir FD --out-dir gaussian15 --noise gaussian ...``.
+    """Command line: ``python -m pipeline.data.prepare_noisy --clean-dir FD --out-dir gaussian15 --noise gaussian ...``.
 
     Returns:
         0 when every file was written (or kept), 1 when any file failed or the input folder is unusable.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.prepare_noisy",
+        prog="python -m pipeline.data.prepare_noisy",
         description="Write a noisy copy of a folder of clean scans, with the same file names, headers and affines.",
     )
     parser.add_argument("--clean-dir", required=True, type=Path, help="folder of clean scans")

@@ -10,13 +10,13 @@ becomes float32 (scaling slope/intercept cleared). Other formats are written as 
 
 Batch behaviour (issue 7): a scan that cannot be processed (unreadable, truncated, 2-D or 4-D, NaN voxels...) is
 named with the reason and the others are still processed; every output is written to a temporary name and
-renamed into place when complete (:func:`pipeline.files.atomic_path`); outputs that already exist are skipped
+renamed into place when complete (:func:`pipeline.utils.files.atomic_path`); outputs that already exist are skipped
 unless ``overwrite`` is set, so a killed run is simply repeated; :class:`InferenceSummary` reports what happened
 and the command line exits with status 1 when any scan failed.
 
 The bundle's ``inference.yaml`` and ``inference_classifier.yaml`` call :func:`denoise_items` and
 :func:`classify_items` with the objects they define; :func:`denoise_scans` and :func:`classify_scans` (and the
-command line, ``python -m pipeline.infer``) run those configs with the given inputs and weights, and pass the
+command line, ``python -m pipeline.inference.infer``) run those configs with the given inputs and weights, and pass the
 speed switches on: ``precision`` (``bf16`` autocast on the CPU or CUDA, ``fp16`` on CUDA), ``channels_last``
 (the ``channels_last_3d`` memory layout) and the sliding windows' ``overlap``. Outputs are float32 whatever the
 precision.
@@ -45,17 +45,17 @@ from monai.inferers import Inferer, SimpleInferer
 from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
-from pipeline.checkpoint import CheckpointError, load_checkpoint
-from pipeline.datasets import SCAN_SUFFIXES, load_datalist, scan_id
-from pipeline.engines import PRECISIONS
-from pipeline.files import atomic_path
+from pipeline.data.datasets import SCAN_SUFFIXES, load_datalist, scan_id
+from pipeline.errors import ScanFailuresError
+from pipeline.training.checkpoint import CheckpointError, load_checkpoint
+from pipeline.training.engines import PRECISIONS
+from pipeline.utils.files import atomic_path
 from transforms.errors import InputError
 
 __all__ = [
     "DENOISED_POSTFIX",
     "InferenceSummary",
     "SaveLikeSourced",
-    "ScanFailuresError",
     "ScanResult",
     "classify_items",
     "classify_scans",
@@ -152,14 +152,6 @@ class InferenceSummary:
         return self
 
 
-class ScanFailuresError(RuntimeError):
-    """Some scans of a batch could not be processed (the others were); carries the :class:`InferenceSummary`."""
-
-    def __init__(self, summary: InferenceSummary) -> None:
-        self.summary = summary
-        super().__init__(summary.report())
-
-
 def _is_scan_name(path: Path) -> bool:
     return path.name.lower().endswith(SCAN_SUFFIXES)
 
@@ -248,7 +240,7 @@ class SaveLikeSourced(MapTransform):
     For a NIfTI source the source file's header is copied (qform/sform and codes, pixdim, units, description,
     intent); the data type becomes float32 and the scaling slope/intercept and ``cal_min``/``cal_max`` are
     cleared. For other sources the prediction's affine is written as both qform and sform (code 1, scanner).
-    The file is written atomically (:func:`pipeline.files.atomic_path`).
+    The file is written atomically (:func:`pipeline.utils.files.atomic_path`).
 
     Args:
         keys: the prediction key (one).
@@ -445,7 +437,7 @@ def denoise_items(
         network: the trained denoiser (weights loaded); put in eval mode here.
         preprocessing: the deterministic, invertible preprocessing.
         inferer: e.g. ``SlidingWindowInferer(roi_size=..., progress=True)`` (its bar is the per-scan progress), or
-            one wrapped by :func:`pipeline.engines.precision_settings`.
+            one wrapped by :func:`pipeline.training.engines.precision_settings`.
         postprocessing: inverts the preprocessing on ``pred_key`` and writes the output.
         output_dir: the output folder (created).
         device: where the network runs.
@@ -722,7 +714,7 @@ def _parse_override(text: str) -> tuple[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m pipeline.infer {denoise,classify} INPUT... --output ... [--weights ...]``.
+    """Command line: ``python -m pipeline.inference.infer {denoise,classify} INPUT... --output ... [--weights ...]``.
 
     The counts are logged at the end; when a scan failed, the failed scans with their reasons and the counts are
     printed to standard error.
@@ -734,7 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 when every scan was processed, 1 when any failed or an input cannot be used, 2 for a bad config key or
         value (e.g. ``--precision fp16`` without CUDA).
     """
-    parser = argparse.ArgumentParser(prog="python -m pipeline.infer", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.inference.infer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="task", required=True)
     for task, help_text in (("denoise", "write <scan>_denoised.nii.gz per scan"), ("classify", "write a CSV")):
         p = sub.add_parser(task, help=help_text)
@@ -804,7 +796,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # run the importable module's main, so exceptions raised by config expressions (which import
-    # pipeline.infer) are the same classes as the ones caught here
-    from pipeline.infer import main as _main
+    # pipeline.inference.infer) are the same classes as the ones caught here
+    from pipeline.inference.infer import main as _main
 
     sys.exit(_main())

@@ -5,7 +5,8 @@ Each :class:`Case` feeds one fault to one entry point of the pipeline (the scan 
 folder, and checks two things:
 
 * the fault ends in a **clear error** -- the documented exception (:class:`~transforms.errors.InputError`,
-  ``ValueError``, :class:`~pipeline.splits.LeakageError`, :class:`~pipeline.checkpoint.CheckpointError`...) whose
+  ``ValueError``, :class:`~pipeline.data.splits.LeakageError`,
+  :class:`~pipeline.training.checkpoint.CheckpointError`...) whose
   message names the file or the parameter; on the command line a one-line message without a traceback and a
   non-zero exit status -- or is **handled** correctly (a batch reports the bad file and processes the rest; an
   unusual but valid file such as int16 data with ``scl_slope`` loads to the right values);
@@ -23,9 +24,9 @@ when the suite runs as root (which ignores file modes) the read happens with the
 
 Command line (from the repository root)::
 
-    python -m pipeline.faults            # every case; one line per case, then the summary
-    python -m pipeline.faults -k infer   # the cases whose name contains "infer"
-    python -m pipeline.faults --fast     # leave out the kill tests (subprocesses)
+    python -m tests.faults            # every case; one line per case, then the summary
+    python -m tests.faults -k infer   # the cases whose name contains "infer"
+    python -m tests.faults --fast     # leave out the kill tests (subprocesses)
 
 It exits with status 1 when any case crashed or lost a file. The pytest suite ``tests/test_faults*.py`` runs the
 same cases.
@@ -603,7 +604,7 @@ def _load_anisotropic(work: Path) -> Outcome:
 
 # ----------------------------------------------------------------------------------------------- dataset builders
 def _empty_folder(work: Path) -> Outcome:
-    from pipeline.datasets import clean_folder, list_scans, paired_folders
+    from pipeline.data.datasets import clean_folder, list_scans, paired_folders
 
     empty = work / "FD"
     empty.mkdir()
@@ -614,14 +615,14 @@ def _empty_folder(work: Path) -> Outcome:
 
 
 def _missing_folder(work: Path) -> Outcome:
-    from pipeline.datasets import paired_folders
+    from pipeline.data.datasets import paired_folders
 
     write_scan(work / "FD" / "sub-01.nii.gz")
     return expect_error(lambda: paired_folders(work), InputError, [str(work / "gaussian15")], ["does not exist"])
 
 
 def _unmatched_folders(work: Path) -> Outcome:
-    from pipeline.datasets import paired_folders
+    from pipeline.data.datasets import paired_folders
 
     for name in ("sub-01", "sub-02", "sub-03"):
         write_scan(work / "FD" / f"{name}.nii.gz")
@@ -633,7 +634,7 @@ def _unmatched_folders(work: Path) -> Outcome:
 
 
 def _folder_in_paired_data(work: Path) -> Outcome:
-    from pipeline.datasets import paired_folders
+    from pipeline.data.datasets import paired_folders
 
     for name in ("sub-01", "sub-02"):
         write_scan(work / "FD" / f"{name}.nii.gz")
@@ -654,7 +655,7 @@ def _subjects_table(work: Path, rows: Sequence[str], header: str = "subject_id,l
 
 def _csv_case(header: str, rows: Sequence[str], mentions: Sequence[str]) -> Callable[[Path], Outcome]:
     def check(work: Path) -> Outcome:
-        from pipeline.datasets import load_subjects_csv
+        from pipeline.data.datasets import load_subjects_csv
 
         path = _subjects_table(work, rows, header)
         return expect_error(lambda: load_subjects_csv(path), InputError, [str(path), *mentions])
@@ -663,7 +664,7 @@ def _csv_case(header: str, rows: Sequence[str], mentions: Sequence[str]) -> Call
 
 
 def _datalist_nowhere(work: Path) -> Outcome:
-    from pipeline.datasets import load_datalist
+    from pipeline.data.datasets import load_datalist
 
     path = work / "datalist.json"
     path.write_text(json.dumps({"training": [{"image": "scans/gone.nii.gz", "label": "clean/gone.nii.gz"}]}))
@@ -672,7 +673,7 @@ def _datalist_nowhere(work: Path) -> Outcome:
 
 
 def _datalist_not_json(work: Path) -> Outcome:
-    from pipeline.datasets import load_datalist
+    from pipeline.data.datasets import load_datalist
 
     path = work / "datalist.json"
     path.write_text('{"training": [ {"image": "a.nii.gz", ')
@@ -680,7 +681,7 @@ def _datalist_not_json(work: Path) -> Outcome:
 
 
 def _splits_file_corrupt(work: Path) -> Outcome:
-    from pipeline.splits import load_splits
+    from pipeline.data.splits import load_splits
 
     path = work / "splits.json"
     path.write_text('{"version": 1, "train": ["s1", "s2"], "val": ')
@@ -693,7 +694,7 @@ _BATCH_BAD = [k for k in BAD_FILES if k not in ("unreadable", "folder-named-like
 
 
 def _prepare_batch(work: Path) -> Outcome:
-    from pipeline import prepare_noisy as pn
+    from pipeline.data import prepare_noisy as pn
 
     clean, out = work / "clean", work / "noisy"
     write_scan(clean / "good-1.nii.gz", _volume(seed=1))
@@ -727,7 +728,7 @@ def _prepare_batch(work: Path) -> Outcome:
 
 
 def _prepare_folder_named_like_a_scan(work: Path) -> Outcome:
-    from pipeline import prepare_noisy as pn
+    from pipeline.data import prepare_noisy as pn
 
     clean = work / "clean"
     write_scan(clean / "good.nii.gz")
@@ -740,7 +741,7 @@ def _prepare_folder_named_like_a_scan(work: Path) -> Outcome:
 
 
 def _prepare_unreadable(work: Path) -> Outcome:
-    from pipeline import prepare_noisy as pn
+    from pipeline.data import prepare_noisy as pn
 
     with world_writable_dir() as shared:
         clean, out = _shared_dir(shared / "clean"), _shared_dir(shared / "noisy")
@@ -758,7 +759,7 @@ def _prepare_unreadable(work: Path) -> Outcome:
 
 
 def _prepare_disk_full(work: Path) -> Outcome:
-    from pipeline import prepare_noisy as pn
+    from pipeline.data import prepare_noisy as pn
 
     clean, out = work / "clean", work / "noisy"
     for i in (1, 2, 3):
@@ -815,7 +816,7 @@ def _inference_overrides() -> dict[str, Any]:
 
 def _tiny_weights(path: Path) -> Path:
     from networks import ResUnet3D
-    from pipeline.seed import seed_everything
+    from pipeline.utils.seed import seed_everything
 
     seed_everything(0)
     net = ResUnet3D(**{k: tuple(v) if isinstance(v, list) else v for k, v in _TINY_DENOISER.items()})
@@ -830,7 +831,7 @@ def _cli_overrides() -> list[str]:
 
 
 def _infer_batch(work: Path) -> Outcome:
-    from pipeline import infer
+    from pipeline.inference import infer
 
     scans, out = work / "scans", work / "denoised"
     weights = _tiny_weights(work / "model.pt")
@@ -870,9 +871,9 @@ def _infer_batch(work: Path) -> Outcome:
 def _classify_batch(work: Path) -> Outcome:
     import csv
 
-    from pipeline import infer
-    from pipeline.classify import build_classifier
-    from pipeline.seed import seed_everything
+    from pipeline.inference import infer
+    from pipeline.training.classify import build_classifier
+    from pipeline.utils.seed import seed_everything
 
     scans, table = work / "scans", work / "classified" / "predictions.csv"
     seed_everything(0)
@@ -907,7 +908,7 @@ def _classify_batch(work: Path) -> Outcome:
 
 
 def _infer_unreadable(work: Path) -> Outcome:
-    from pipeline import infer
+    from pipeline.inference import infer
 
     with world_writable_dir() as shared:
         scans, out = _shared_dir(shared / "scans"), _shared_dir(shared / "denoised")
@@ -932,7 +933,7 @@ def _infer_unreadable(work: Path) -> Outcome:
 
 
 def _infer_datalist_nowhere(work: Path) -> Outcome:
-    from pipeline import infer
+    from pipeline.inference import infer
 
     weights = _tiny_weights(work / "model.pt")
     datalist = work / "datalist.json"
@@ -943,7 +944,7 @@ def _infer_datalist_nowhere(work: Path) -> Outcome:
 
 
 def _infer_missing_weights(work: Path) -> Outcome:
-    from pipeline import infer
+    from pipeline.inference import infer
 
     write_scan(work / "scans" / "sub-01.nii.gz")
     weights = work / "no-such-model.pt"
@@ -953,7 +954,7 @@ def _infer_missing_weights(work: Path) -> Outcome:
 
 
 def _infer_disk_full(work: Path) -> Outcome:
-    from pipeline import infer
+    from pipeline.inference import infer
 
     scans, out = work / "scans", work / "denoised"
     weights = _tiny_weights(work / "model.pt")
@@ -991,7 +992,7 @@ def _cubes(n: int, seed: int, size: int = 16) -> list[dict[str, Any]]:
 def _tiny_unet() -> torch.nn.Module:
     from monai.networks.nets import UNet
 
-    from pipeline.seed import seed_everything
+    from pipeline.utils.seed import seed_everything
 
     seed_everything(0)
     return UNet(3, 1, 1, channels=(4, 8), strides=(2,), num_res_units=1)
@@ -999,7 +1000,7 @@ def _tiny_unet() -> torch.nn.Module:
 
 def _train(run_dir: Path, epochs: int, loss: Any = "l1", **kwargs: Any) -> Any:
     """The reference tiny training run of the kill and disk-full cases (CPU, seconds)."""
-    from pipeline.denoise import train_denoiser
+    from pipeline.training.denoise import train_denoiser
 
     settings = dict(
         max_epochs=epochs, batch_size=2, optimizer="sgd", lr=0.05, momentum=0.9, scheduler="cosine",
@@ -1012,7 +1013,7 @@ def _train(run_dir: Path, epochs: int, loss: Any = "l1", **kwargs: Any) -> Any:
 def _train_bad_file(work: Path) -> Outcome:
     from monai.networks.nets import UNet
 
-    from pipeline.denoise import train_denoiser
+    from pipeline.training.denoise import train_denoiser
     from transforms.presets import denoise_transforms
 
     good = write_scan(work / "scans" / "good.nii.gz")
@@ -1098,7 +1099,7 @@ def _bundle_csv_unknown_label(work: Path) -> Outcome:
 
 
 def _train_disk_full(work: Path) -> Outcome:
-    from pipeline.checkpoint import CheckpointError, find_last_checkpoint, load_checkpoint
+    from pipeline.training.checkpoint import CheckpointError, find_last_checkpoint, load_checkpoint
 
     run = work / "run"
     with _disk_full(torch, "save", "checkpoint_epoch=2"):
@@ -1122,7 +1123,7 @@ _REFERENCE: dict[int, dict[str, Any]] = {}
 
 def _uninterrupted(epochs: int) -> dict[str, Any]:
     """The last checkpoint of :func:`_train` run without interruption for ``epochs`` (computed once per process)."""
-    from pipeline.checkpoint import load_checkpoint
+    from pipeline.training.checkpoint import load_checkpoint
 
     if epochs not in _REFERENCE:
         with tempfile.TemporaryDirectory() as folder:
@@ -1132,7 +1133,7 @@ def _uninterrupted(epochs: int) -> dict[str, Any]:
 
 def _matches_uninterrupted(checkpoint: Path, epochs: int) -> None:
     """Raise :class:`FileLoss` unless ``checkpoint`` ends where an uninterrupted run does, with equal weights."""
-    from pipeline.checkpoint import load_checkpoint
+    from pipeline.training.checkpoint import load_checkpoint
 
     first, second = load_checkpoint(checkpoint), _uninterrupted(epochs)
     if first["trainer"]["iteration"] != second["trainer"]["iteration"]:
@@ -1143,7 +1144,7 @@ def _matches_uninterrupted(checkpoint: Path, epochs: int) -> None:
 
 
 def _corrupt_resume_checkpoint(work: Path) -> Outcome:
-    from pipeline.checkpoint import CheckpointError
+    from pipeline.training.checkpoint import CheckpointError
 
     run = work / "run"
     _train(run, 1)
@@ -1186,7 +1187,7 @@ def _get_network(name: str) -> None:
 
 
 def _prepare_negative_level(work: Path) -> Outcome:
-    from pipeline import prepare_noisy as pn
+    from pipeline.data import prepare_noisy as pn
 
     write_scan(work / "clean" / "sub-01.nii.gz")
     argv = ["--clean-dir", str(work / "clean"), "--out-dir", str(work / "noisy"), "--level", "-5"]
@@ -1236,7 +1237,7 @@ def _unsafe_case(load: Callable[[Path], Any], errors: Any) -> Callable[[Path], O
 
 
 def _resume_from_unsafe(work: Path) -> Outcome:
-    from pipeline.checkpoint import CheckpointError
+    from pipeline.training.checkpoint import CheckpointError
 
     run = work / "run"
     run.mkdir()
@@ -1274,7 +1275,7 @@ def _bundle_resume_from(kind: str) -> Callable[[Path], Outcome]:
 
 
 def _load_checkpoint(path: Path) -> Any:
-    from pipeline.checkpoint import load_checkpoint
+    from pipeline.training.checkpoint import load_checkpoint
 
     return load_checkpoint(path)
 
@@ -1287,28 +1288,28 @@ def _load_pretrained(path: Path) -> Any:
 
 def _load_weights(path: Path) -> Any:
     from networks import ResUnet3D
-    from pipeline.infer import load_weights
+    from pipeline.inference.infer import load_weights
 
     return load_weights(ResUnet3D(model_depth=10, levels=2), path)
 
 
 def _checkpoint_errors() -> tuple[type[BaseException], ...]:
     from networks.pretrained import PretrainedWeightsError
-    from pipeline.checkpoint import CheckpointError
+    from pipeline.training.checkpoint import CheckpointError
 
     return (CheckpointError, PretrainedWeightsError)
 
 
 # ----------------------------------------------------------------------------------------------- leakage
 def _leak_split_groups(work: Path) -> Outcome:
-    from pipeline.splits import LeakageError, check_no_overlap
+    from pipeline.data.splits import LeakageError, check_no_overlap
 
     groups = {"train": ["s1", "s2", "s3"], "val": ["s3", "s4"], "test": ["s5", "s1"]}
     return expect_error(lambda: check_no_overlap(groups), LeakageError, ["s1", "s3", "train", "val", "test"])
 
 
 def _leak_split_file(work: Path) -> Outcome:
-    from pipeline.splits import LeakageError, load_splits, make_splits, save_splits
+    from pipeline.data.splits import LeakageError, load_splits, make_splits, save_splits
 
     path = save_splits(make_splits([f"s{i}" for i in range(10)], seed=0), work / "splits.json")
     content = json.loads(path.read_text())
@@ -1318,9 +1319,9 @@ def _leak_split_file(work: Path) -> Outcome:
 
 
 def _leak_denoiser_to_classifier(work: Path) -> Outcome:
-    from pipeline.classify import finetune_classifier
-    from pipeline.runinfo import write_run_info
-    from pipeline.splits import LeakageError
+    from pipeline.data.splits import LeakageError
+    from pipeline.training.classify import finetune_classifier
+    from pipeline.training.runinfo import write_run_info
 
     denoiser_run = work / "denoiser"
     write_run_info(denoiser_run, train_subjects=["s1", "s2", "s3"], val_subjects=["s4"])
@@ -1345,8 +1346,8 @@ def _leak_denoiser_to_classifier(work: Path) -> Outcome:
 
 # ----------------------------------------------------------------------------------------------- kills
 def _child(function: str, *args: Any) -> subprocess.Popen:
-    """Start ``pipeline.faults.<function>(*args)`` in a fresh interpreter (the process the case kills)."""
-    code = f"import sys; from pipeline.faults import {function} as f; f(*{[os.fspath(a) for a in args]!r})"
+    """Start ``tests.faults.<function>(*args)`` in a fresh interpreter (the process the case kills)."""
+    code = f"import sys; from tests.faults import {function} as f; f(*{[os.fspath(a) for a in args]!r})"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen(
         [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -1422,7 +1423,7 @@ def _kill_training(child: str, point: str, expected: str) -> Callable[[Path], Ou
     """Kill ``child`` at ``point``; the newest complete checkpoint must be ``expected`` and resume exactly."""
 
     def check(work: Path) -> Outcome:
-        from pipeline.checkpoint import find_last_checkpoint, load_checkpoint
+        from pipeline.training.checkpoint import find_last_checkpoint, load_checkpoint
 
         run, marker = work / "killed", work / "stalled"
         _kill_when(_child(child, run, marker), marker)
@@ -1447,7 +1448,7 @@ def _kill_training(child: str, point: str, expected: str) -> Callable[[Path], Ou
 
 def _infer_child(scans: str, out: str, weights: str, marker: str) -> None:
     """Child of the inference kill: the write of the second output stalls half-written until the kill."""
-    from pipeline import infer
+    from pipeline.inference import infer
 
     real = nib.save
 
@@ -1464,7 +1465,7 @@ def _infer_child(scans: str, out: str, weights: str, marker: str) -> None:
 
 
 def _kill_inference(work: Path) -> Outcome:
-    from pipeline import infer
+    from pipeline.inference import infer
 
     scans, out, marker = work / "scans", work / "denoised", work / "stalled"
     weights = _tiny_weights(work / "model.pt")
@@ -1674,7 +1675,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         0 when no case crashed or lost a file, 1 otherwise.
     """
-    parser = argparse.ArgumentParser(prog="python -m pipeline.faults", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.faults", description=__doc__.splitlines()[0])
     parser.add_argument("-k", dest="pattern", default="", help="run only the cases whose name contains this")
     parser.add_argument("--fast", action="store_true", help="leave out the kill tests (subprocesses)")
     parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it (default: a temp dir)")

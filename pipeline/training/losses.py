@@ -170,7 +170,7 @@ class DistillationLoss(nn.Module):
         """The loss for student and teacher logits (B, K) and class indices (B,).
 
         Also callable as ``loss((student_logits, teacher_logits), target)``, the form a ``SupervisedTrainer`` uses
-        with :class:`pipeline.distill.TeacherStudent`.
+        with :class:`pipeline.training.distill.TeacherStudent`.
         """
         if target is None:
             if not isinstance(student_logits, (tuple, list)):

@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pipeline.files import atomic_path
+from pipeline.utils.files import atomic_path
 
 __all__ = [
     "RUN_INFO",

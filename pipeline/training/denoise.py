@@ -20,7 +20,8 @@ from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
 from torch import nn
 from torch.optim import Optimizer
 
-from pipeline.engines import (
+from pipeline.evaluation.metrics import denoise_metrics
+from pipeline.training.engines import (
     TrainingResult,
     check_precision,
     make_loader,
@@ -29,10 +30,9 @@ from pipeline.engines import (
     resolve_device,
     run_training,
 )
-from pipeline.handlers import CopyBatchKeys, TensorBoardSlices
-from pipeline.losses import build_loss
-from pipeline.metrics import denoise_metrics
-from pipeline.optim import build_optimizer, build_scheduler
+from pipeline.training.handlers import CopyBatchKeys, TensorBoardSlices
+from pipeline.training.losses import build_loss
+from pipeline.training.optim import build_optimizer, build_scheduler
 
 __all__ = ["build_denoise_evaluator", "build_denoise_trainer", "evaluate_denoiser", "train_denoiser"]
 
@@ -56,10 +56,10 @@ def build_denoise_trainer(
         network: the denoiser, (B, 1, H, W, D) -> (B, 1, H, W, D).
         train_loader: yields dicts with ``image`` and ``label``.
         optimizer: the optimiser.
-        loss_function: ``loss(pred, label) -> scalar`` (see :func:`pipeline.losses.build_loss`).
+        loss_function: ``loss(pred, label) -> scalar`` (see :func:`pipeline.training.losses.build_loss`).
         max_epochs: epochs to train.
         device: the device.
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (see :func:`pipeline.engines.precision_settings`).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (see :func:`pipeline.training.engines.precision_settings`).
         train_handlers: more handlers, attached in order.
         channels_last: convert the network (in place) and each batch to ``channels_last_3d``; the weights' names and
             values are unchanged.
@@ -107,7 +107,7 @@ def build_denoise_evaluator(
 ) -> SupervisedEvaluator:
     """A ``SupervisedEvaluator`` on whole volumes with sliding-window inference and the denoising metrics.
 
-    Metrics (see :mod:`pipeline.metrics`): ``psnr_brain``, ``ssim_brain`` (inside ``mask``), ``psnr_volume``,
+    Metrics (see :mod:`pipeline.evaluation.metrics`): ``psnr_brain``, ``ssim_brain`` (inside ``mask``), ``psnr_volume``,
     ``ssim_volume`` (whole volume), and the noisy input's ``*_noisy`` reference values.
 
     Args:
@@ -124,7 +124,7 @@ def build_denoise_evaluator(
         ssim_kernel_size: SSIM window.
         include_noisy: also report the noisy input's metrics.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``; predictions reach the metrics in float32 either way.
-        val_handlers: more handlers (e.g. :class:`pipeline.handlers.TensorBoardSlices`), attached in order.
+        val_handlers: more handlers (e.g. :class:`pipeline.training.handlers.TensorBoardSlices`), attached in order.
         channels_last: convert the network (in place) and each window to ``channels_last_3d``.
 
     Returns:
@@ -204,8 +204,9 @@ def train_denoiser(
 ) -> TrainingResult:
     """Train a denoiser, validate it on whole volumes, checkpoint, log to TensorBoard; resume when interrupted.
 
-    The network should be built after :func:`pipeline.seed.seed_everything` for reproducible initial weights.
-    Everything lands in ``run_dir`` (see :func:`pipeline.engines.run_training`); ``tensorboard --logdir run_dir``
+    The network should be built after :func:`pipeline.utils.seed.seed_everything` for reproducible initial weights.
+    Everything lands in ``run_dir`` (see :func:`pipeline.training.engines.run_training`); ``tensorboard --logdir
+    run_dir``
     shows the loss, learning rate, all metrics and each validation's middle slices (tags ``val/axial``,
     ``val/coronal``, ``val/sagittal``: noisy | denoised | clean | |error|).
 
@@ -250,11 +251,11 @@ def train_denoiser(
         config: the resolved configuration to record in ``run_info.json`` (the arguments are recorded too).
 
     Returns:
-        A :class:`pipeline.engines.TrainingResult`.
+        A :class:`pipeline.training.engines.TrainingResult`.
 
     Raises:
         ValueError: for invalid arguments, before any training.
-        pipeline.handlers.NonFiniteLossError: when the loss becomes NaN/Inf (the last checkpoint stays).
+        pipeline.training.handlers.NonFiniteLossError: when the loss becomes NaN/Inf (the last checkpoint stays).
     """
     arguments = {k: v for k, v in locals().items() if k not in ("train_data", "val_data", "network", "config")}
     device = resolve_device(device)

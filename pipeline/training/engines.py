@@ -1,11 +1,12 @@
 """Shared assembly of MONAI trainers and evaluators: loaders, precision, handlers, checkpoints, resume, results.
 
-:mod:`pipeline.denoise`, :mod:`pipeline.classify` and :mod:`pipeline.distill` build a task's
+:mod:`pipeline.training.denoise`, :mod:`pipeline.training.classify` and :mod:`pipeline.training.distill` build a task's
 ``SupervisedTrainer``/``SupervisedEvaluator`` and hand them to :func:`run_training`, which attaches the same
 machinery to all three, in an order that matters for exact resume:
 
-- trainer ``EPOCH_STARTED``: :class:`~pipeline.handlers.EpochReseed` first, before the epoch's data iterator exists;
-- trainer ``LOSS_COMPLETED``: :class:`~pipeline.handlers.NonFiniteLossGuard` (before the optimiser step);
+- trainer ``EPOCH_STARTED``: :class:`~pipeline.training.handlers.EpochReseed` first, before the epoch's data iterator
+exists;
+- trainer ``LOSS_COMPLETED``: :class:`~pipeline.training.handlers.NonFiniteLossGuard` (before the optimiser step);
 - trainer ``EPOCH_COMPLETED``: validation, then the learning-rate step, logging, and last the periodic checkpoint,
   so a checkpoint holds the state *after* everything of its epoch (including the best-metric record and the
   early-stopping counter);
@@ -40,16 +41,21 @@ from monai.inferers import Inferer
 from torch.optim import Optimizer
 from torch.utils.tensorboard import SummaryWriter
 
-from pipeline.checkpoint import AtomicCheckpointSaver, find_last_checkpoint, load_checkpoint, remove_partial_files
-from pipeline.handlers import (
+from pipeline.training.checkpoint import (
+    AtomicCheckpointSaver,
+    find_last_checkpoint,
+    load_checkpoint,
+    remove_partial_files,
+)
+from pipeline.training.handlers import (
     AutocastInferer,
     ChannelsLastInferer,
     EpochReseed,
     LearningRateLogger,
     NonFiniteLossGuard,
 )
-from pipeline.optim import WarmupPlateau
-from pipeline.runinfo import collect_subjects, run_logging, write_run_info
+from pipeline.training.optim import WarmupPlateau
+from pipeline.training.runinfo import collect_subjects, run_logging, write_run_info
 from transforms.errors import InputError
 
 __all__ = [
@@ -170,12 +176,13 @@ def precision_settings(
         device: the device the network runs on.
         inferer: the task's inferer.
         channels_last: run the network's inputs in ``channels_last_3d``
-            (:class:`~pipeline.handlers.ChannelsLastInferer`; convert the network with :func:`memory_format` too).
+            (:class:`~pipeline.training.handlers.ChannelsLastInferer`; convert the network with :func:`memory_format`
+            too).
         training: ``True`` for a ``SupervisedTrainer``, ``False`` for an evaluator or inference.
 
     Returns:
         ``(amp, inferer)`` for ``SupervisedTrainer``/``SupervisedEvaluator`` (or ``inferer`` alone for
-        :func:`pipeline.infer.denoise_items`, where ``amp`` is always ``False`` with ``training=False``).
+        :func:`pipeline.inference.infer.denoise_items`, where ``amp`` is always ``False`` with ``training=False``).
 
     Raises:
         ValueError: for an unknown precision, fp16 on a device that is not CUDA, or a ``channels_last`` that is not
@@ -208,7 +215,7 @@ def make_loader(
         transform: applied to each dict when ``data`` is a sequence.
         batch_size: items per batch (>= 1).
         shuffle: reshuffle every epoch (training); the order follows torch's global generator, which
-            :class:`~pipeline.handlers.EpochReseed` re-seeds per epoch.
+            :class:`~pipeline.training.handlers.EpochReseed` re-seeds per epoch.
         num_workers: worker processes (MONAI's loader seeds each worker and its transforms).
 
     Raises:
@@ -281,7 +288,8 @@ def run_training(
         run_dir: the run folder.
         network: the trained network.
         optimizer: its optimiser.
-        lr_scheduler: an epoch-level schedule; a :class:`~pipeline.optim.WarmupPlateau` or ``ReduceLROnPlateau``
+        lr_scheduler: an epoch-level schedule; a :class:`~pipeline.training.optim.WarmupPlateau` or
+        ``ReduceLROnPlateau``
             is stepped with the key metric after each validation.
         seed: the run seed (per-epoch re-seeding from ``(seed, epoch)``).
         key_metric: the evaluator metric that picks ``model.pt``, drives early stopping and the plateau schedule.
@@ -292,7 +300,7 @@ def run_training(
         early_stop_min_delta: the smallest change that counts as an improvement.
         resume: continue from the newest ``checkpoint_epoch=K.pt`` in ``run_dir`` when there is one.
         extra_state: more stateful objects saved and restored with the checkpoint, in order (they load before
-            the network and optimiser, e.g. :class:`~pipeline.handlers.GradualUnfreeze`).
+            the network and optimiser, e.g. :class:`~pipeline.training.handlers.GradualUnfreeze`).
         summary_writer: TensorBoard writer (created in ``run_dir`` when ``None``; closed at the end).
         progress: show ignite progress bars.
         config: the run's full resolved configuration, recorded in ``run_info.json``.
@@ -305,7 +313,7 @@ def run_training(
 
     Raises:
         ValueError: on invalid intervals, or an evaluator without a ``key_metric``.
-        pipeline.handlers.NonFiniteLossError: when a loss is NaN or infinite (the last checkpoint stays).
+        pipeline.training.handlers.NonFiniteLossError: when a loss is NaN or infinite (the last checkpoint stays).
         transforms.errors.InputError: when a training or validation scan cannot be used, unwrapped from MONAI's
             ``RuntimeError('applying transform ...')`` and from DataLoader worker processes.
     """

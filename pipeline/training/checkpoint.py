@@ -7,7 +7,7 @@ Two defects of the stock handlers are fixed here (ignite 0.5.5, MONAI 1.6.1):
 2. ignite's ``Checkpoint`` deletes the oldest kept file *before* writing the new one, so with ``n_saved=1`` a
    failing write leaves no checkpoint at all.
 
-:class:`AtomicDiskSaver` writes through :func:`pipeline.files.atomic_path` (temporary file in the same folder,
+:class:`AtomicDiskSaver` writes through :func:`pipeline.utils.files.atomic_path` (temporary file in the same folder,
 fsync, ``os.replace``) and defers deletions until the next write has succeeded. :class:`AtomicCheckpointSaver` is
 MONAI's ``CheckpointSaver`` with that saver in every slot, the same constructor, plus ``state_dict`` (so a resumed
 run keeps its best-metric record) and a last checkpoint when training completes.
@@ -27,12 +27,12 @@ from ignite.engine import Engine, Events
 from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointSaver
 
-from pipeline.files import atomic_path
+from pipeline.errors import CheckpointError
+from pipeline.utils.files import atomic_path
 
 __all__ = [
     "AtomicCheckpointSaver",
     "AtomicDiskSaver",
-    "CheckpointError",
     "find_last_checkpoint",
     "load_checkpoint",
     "load_network_state",
@@ -42,10 +42,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _EPOCH_RE = re.compile(r"_epoch=(\d+)\.pt$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written or read; the message names the file and the cause."""
 
 
 class AtomicDiskSaver(BaseSaveHandler):

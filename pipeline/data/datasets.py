@@ -5,7 +5,7 @@ the dictionary transforms of ``transforms/`` consume directly:
 
 * ``"image"``: path of the network input (the noisy scan for denoising, the scan for classification);
 * ``"label"``: path of the clean target (denoising) or the integer class index (classification);
-* ``"subject"``: the subject ID, the unit of every split (``pipeline.splits``);
+* ``"subject"``: the subject ID, the unit of every split (``pipeline.data.splits``);
 * optionally ``"mask"`` (path of a brain mask) and, for the subjects CSV, its extra columns (age, sex, ...).
 
 The builders live in ``pipeline/`` rather than ``transforms/`` because they read folders and tables and decide

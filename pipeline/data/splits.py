@@ -34,12 +34,12 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
-from pipeline.files import atomic_path
+from pipeline.errors import LeakageError
+from pipeline.utils.files import atomic_path
 from transforms.errors import InputError
 
 __all__ = [
     "Fold",
-    "LeakageError",
     "SubjectSplits",
     "check_no_overlap",
     "check_transfer_leakage",
@@ -52,28 +52,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 _VERSION = 1
-
-
-class LeakageError(ValueError):
-    """Subject IDs shared by groups that must be disjoint (e.g. train and test), which would leak data.
-
-    Args:
-        overlaps: ``{(group_a, group_b): [shared subject IDs]}``, only for pairs that overlap.
-
-    Attributes:
-        overlaps: as given, with the IDs sorted.
-    """
-
-    def __init__(self, overlaps: Mapping[tuple[str, str], Iterable[str]]) -> None:
-        self.overlaps = {pair: sorted(ids) for pair, ids in overlaps.items()}
-        parts = []
-        for (a, b), ids in self.overlaps.items():
-            shown = ", ".join(ids[:20]) + (f" (and {len(ids) - 20} more)" if len(ids) > 20 else "")
-            parts.append(f"{a!r} and {b!r} share {len(ids)} subject(s): {shown}")
-        super().__init__("data leakage: " + "; ".join(parts))
-
-    def __reduce__(self):
-        return (type(self), (self.overlaps,))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,7 +341,9 @@ def make_splits(
 
 
 def splits_from_items(items: Iterable[Mapping[str, Any]]) -> SubjectSplits:
-    """Build the split a subjects CSV states in its ``split`` column (see :func:`pipeline.datasets.load_subjects_csv`).
+    """Build the split a subjects CSV states in its ``split`` column.
+
+    The CSV is read by :func:`pipeline.data.datasets.load_subjects_csv`.
 
     Args:
         items: subject items with ``"subject"``, ``"split"`` (``train``/``val``/``test``) and optionally an integer
@@ -399,7 +379,7 @@ def select_items(items: Iterable[Mapping[str, Any]], splits: SubjectSplits, part
     """Return the items whose ``"subject"`` is in one part of a split, in the items' order.
 
     Args:
-        items: data items with a ``"subject"`` key (``pipeline.datasets``' output).
+        items: data items with a ``"subject"`` key (``pipeline.data.datasets``' output).
         splits: the split.
         part: ``"train"``, ``"val"`` or ``"test"``.
 
@@ -457,7 +437,7 @@ def load_splits(path: str | os.PathLike) -> SubjectSplits:
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, "does not exist; write it with pipeline.splits.save_splits first")
+        raise InputError(path, "does not exist; write it with pipeline.data.splits.save_splits first")
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:

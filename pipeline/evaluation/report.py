@@ -2,9 +2,9 @@
 
 Everything here turns numbers and volumes measured by a run into report material; nothing holds a result of its
 own. Figures are PNG files drawn with matplotlib's non-interactive ``Agg`` backend (no display needed), written
-atomically (:func:`pipeline.files.atomic_path`).
+atomically (:func:`pipeline.utils.files.atomic_path`).
 
-Image quality (:func:`volume_quality`) uses the engines' metrics (:mod:`pipeline.metrics`), so the report's
+Image quality (:func:`volume_quality`) uses the engines' metrics (:mod:`pipeline.evaluation.metrics`), so the report's
 figures and the training's TensorBoard figures are the same quantities: PSNR ``10 log10(data_range^2 / MSE)`` and
 SSIM (Gaussian window 7^3, sigma 1.5), each inside the brain mask (``*_brain``) and over the whole volume
 (``*_volume``, which the zero background inflates).
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.files import atomic_path
-from pipeline.metrics import MaskedPSNRMetric, MaskedSSIMMetric
+from pipeline.evaluation.metrics import MaskedPSNRMetric, MaskedSSIMMetric
+from pipeline.utils.files import atomic_path
 
 __all__ = [
     "QUALITY_KEYS",

@@ -20,7 +20,8 @@ from torch import nn
 from torch.optim import Optimizer
 
 from networks import FREEZE_ORDER, freeze_until
-from pipeline.seed import epoch_seed, reseed
+from pipeline.errors import NonFiniteLossError
+from pipeline.utils.seed import epoch_seed, reseed
 
 __all__ = [
     "AutocastInferer",
@@ -29,7 +30,6 @@ __all__ = [
     "EpochReseed",
     "GradualUnfreeze",
     "LearningRateLogger",
-    "NonFiniteLossError",
     "NonFiniteLossGuard",
     "TensorBoardSlices",
     "middle_slices",
@@ -67,10 +67,6 @@ class EpochReseed:
             loader = getattr(engine, "data_loader", None)
             datasets = [getattr(loader, "dataset", None)]
         reseed(epoch_seed(self.seed, engine.state.epoch), *datasets)
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training stopped because the loss was NaN or infinite; the message names the epoch and iteration."""
 
 
 class NonFiniteLossGuard:
@@ -146,7 +142,7 @@ class AutocastInferer(Inferer):
 
     MONAI 1.6.1's ``amp=True`` hard-codes ``torch.autocast("cuda")`` with a CUDA ``GradScaler`` and does nothing on
     the CPU; this wrapper makes bf16 work on both (bf16 needs no loss scaling). The losses in
-    :mod:`pipeline.losses` compute in float32, so only the network runs in reduced precision.
+    :mod:`pipeline.training.losses` compute in float32, so only the network runs in reduced precision.
 
     Args:
         inferer: the wrapped inferer (``SimpleInferer``, ``SlidingWindowInferer``).
@@ -360,7 +356,8 @@ class GradualUnfreeze:
     with; the added groups keep their own rate.
 
     Put this object in the checkpoint's ``save_dict`` before the optimiser (``extra_state`` of
-    :func:`pipeline.engines.run_training`): loading it re-applies the steps, so the optimiser state then loads into
+    :func:`pipeline.training.engines.run_training`): loading it re-applies the steps, so the optimiser state then
+    loads into
     matching groups.
 
     Args:

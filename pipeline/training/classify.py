@@ -2,7 +2,8 @@
 
 Data: dicts with ``image`` ((1, H, W, D), intensities as for the denoiser), ``label`` (class index) and
 ``subject``. The classifier returns logits (B, K); metrics are accuracy, balanced accuracy, ROC AUC and the
-confusion matrix (:func:`pipeline.metrics.classification_metrics`); predictions are written per subject to CSV.
+confusion matrix (:func:`pipeline.evaluation.metrics.classification_metrics`); predictions are written per subject to
+CSV.
 
 Leakage guard: when the encoder comes from a denoiser run, the subjects that run trained or validated on (its
 ``run_info.json``) must not be among the classifier's validation or test subjects.
@@ -26,8 +27,10 @@ from torch import nn
 from torch.optim import Optimizer
 
 from networks import ResUnet3D, encoder_to_classifier, freeze_until, get_network, load_pretrained
-from pipeline.checkpoint import load_network_state
-from pipeline.engines import (
+from pipeline.data.splits import LeakageError, check_no_overlap
+from pipeline.evaluation.metrics import classification_metrics, logits_and_labels
+from pipeline.training.checkpoint import load_network_state
+from pipeline.training.engines import (
     BEST_FILENAME,
     TrainingResult,
     make_loader,
@@ -35,13 +38,11 @@ from pipeline.engines import (
     resolve_device,
     run_training,
 )
-from pipeline.files import atomic_path
-from pipeline.handlers import GradualUnfreeze
-from pipeline.losses import ClassificationLoss, class_weights
-from pipeline.metrics import classification_metrics, logits_and_labels
-from pipeline.optim import build_optimizer, build_scheduler
-from pipeline.runinfo import collect_subjects, read_run_info, write_run_info
-from pipeline.splits import LeakageError, check_no_overlap
+from pipeline.training.handlers import GradualUnfreeze
+from pipeline.training.losses import ClassificationLoss, class_weights
+from pipeline.training.optim import build_optimizer, build_scheduler
+from pipeline.training.runinfo import collect_subjects, read_run_info, write_run_info
+from pipeline.utils.files import atomic_path
 
 __all__ = [
     "INITS",
@@ -88,7 +89,7 @@ def build_classifier(
 
     Raises:
         ValueError: for an unknown ``init`` (listing the allowed ones) or a missing ``path``/``denoiser``.
-        pipeline.checkpoint.CheckpointError: for an unreadable denoiser checkpoint.
+        pipeline.training.checkpoint.CheckpointError: for an unreadable denoiser checkpoint.
         networks.PretrainedWeightsError: for pretrained weights that do not match the network.
     """
     if init not in INITS:
@@ -121,7 +122,7 @@ def check_denoiser_leakage(
         test_subjects: the classifier's test subject IDs.
 
     Raises:
-        pipeline.splits.LeakageError: listing the shared subjects.
+        pipeline.data.splits.LeakageError: listing the shared subjects.
         ValueError: if the denoiser run did not record its subjects (so leakage cannot be ruled out).
         FileNotFoundError: if there is no ``run_info.json``.
     """
@@ -203,7 +204,7 @@ def build_classify_trainer(
         network: the classifier, (B, 1, H, W, D) -> logits (B, K).
         train_loader: yields dicts with ``image`` and ``label``.
         optimizer: the optimiser (trainable parameters only).
-        loss_function: e.g. :class:`pipeline.losses.ClassificationLoss`.
+        loss_function: e.g. :class:`pipeline.training.losses.ClassificationLoss`.
         max_epochs: epochs (>= 1).
         device: the device.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
@@ -368,7 +369,8 @@ def finetune_classifier(
             validation subjects must not appear in ``val_data``/``test_data`` (else :class:`LeakageError`).
         freeze: ``networks.freeze_until`` stage before training (e.g. ``"layer3"``: conv1..layer2 frozen, their
             batch-norm statistics fixed).
-        unfreeze_schedule: gradual unfreezing, ``{epoch: stage}`` (see :class:`pipeline.handlers.GradualUnfreeze`).
+        unfreeze_schedule: gradual unfreezing, ``{epoch: stage}`` (see
+        :class:`pipeline.training.handlers.GradualUnfreeze`).
         max_epochs: epochs.
         batch_size: training batch size.
         optimizer: ``"sgd"``, ``"adam"``, ``"adamw"`` or a ready optimiser.
@@ -394,10 +396,10 @@ def finetune_classifier(
         config: configuration to record in ``run_info.json``.
 
     Returns:
-        A :class:`pipeline.engines.TrainingResult`.
+        A :class:`pipeline.training.engines.TrainingResult`.
 
     Raises:
-        pipeline.splits.LeakageError: if the denoiser saw validation or test subjects, or train/val/test overlap.
+        pipeline.data.splits.LeakageError: if the denoiser saw validation or test subjects, or train/val/test overlap.
         ValueError: for invalid arguments.
     """
     arguments = {

@@ -23,7 +23,7 @@ name               what it does                                                 
 The grids span the optima of the 1 mm template and of the 2 mm demo cohort (where the best Gaussian sigma is about 0.5
 voxel and the best non-local-means ``h`` about 0.6 sigma); non-local means uses the fastest and best patch settings
 of three tried on a 64^3 crop. Tuning maximises the PSNR inside the brain mask
-(:class:`pipeline.metrics.MaskedPSNRMetric`).
+(:class:`pipeline.evaluation.metrics.MaskedPSNRMetric`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.metrics import MaskedPSNRMetric
+from pipeline.evaluation.metrics import MaskedPSNRMetric
 
 __all__ = [
     "CLASSICAL_DENOISERS",

@@ -258,7 +258,7 @@ def denoise_metrics(
 
     Args:
         mask_key: output key of the brain mask (the evaluator copies it from the batch,
-            see :class:`pipeline.handlers.CopyBatchKeys`); ``None`` gives only the whole-volume metrics.
+            see :class:`pipeline.training.handlers.CopyBatchKeys`); ``None`` gives only the whole-volume metrics.
         data_range: the images' intensity range (1.0 for [0, 1]).
         ssim_kernel_size: SSIM window size.
         spatial_dims: 2 or 3.

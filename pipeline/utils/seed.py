@@ -1,7 +1,8 @@
 """Seeding: one integer makes a run reproducible, including after it is killed and resumed.
 
 A run is seeded once at the start (:func:`seed_everything`) and then re-seeded at the start of every epoch from
-``(seed, epoch)`` (:func:`epoch_seed`, used by :class:`pipeline.handlers.EpochReseed`). The per-epoch re-seed is
+``(seed, epoch)`` (:func:`epoch_seed`, used by :class:`pipeline.training.handlers.EpochReseed`). The per-epoch re-seed
+is
 what makes resume exact: a run restarted from the checkpoint of epoch *k* draws, in epoch *k + 1*, the same data
 order, the same random transforms and the same data-loader worker seeds as a run that was never interrupted.
 """

@@ -2,7 +2,7 @@
 
 Stages, each timed (wall clock and CPU time of this process), with progress bars:
 
-1. **Cohort** (:func:`pipeline.cohort.build_cohort`): subjects simulated from nilearn's MNI152 template, half with
+1. **Cohort** (:func:`pipeline.data.cohort.build_cohort`): subjects simulated from nilearn's MNI152 template, half with
    atrophy, written as ``clean/``, ``gaussian15/``, ``poisson/``, ``masks/`` and ``subjects.csv`` (its ``split``
    column is a stratified subject-level train/val/test split).
 2. **Denoiser**: the bundle's ``train_denoise.yaml`` (after ``common.yaml``) through ``monai.bundle.ConfigWorkflow``
@@ -14,15 +14,15 @@ Stages, each timed (wall clock and CPU time of this process), with progress bars
    denoiser.
 4. **Inference** on the held-out test subjects through ``inference.yaml`` (denoised NIfTI in each scan's own space)
    and ``inference_classifier.yaml`` (a CSV of class probabilities), as a user runs them on new scans.
-5. **Classical denoisers** (:mod:`pipeline.classical`): Gaussian filter, median filter and non-local means, each
+5. **Classical denoisers** (:mod:`pipeline.evaluation.classical`): Gaussian filter, median filter and non-local means, each
    with its free parameter tuned on the cohort's *val* subjects, scored on the same test volumes.
-6. **Floor**: :func:`pipeline.cohort.logistic_baseline` (cross-validated logistic regression on downsampled volumes).
+6. **Floor**: :func:`pipeline.data.cohort.logistic_baseline` (cross-validated logistic regression on downsampled volumes).
 7. **Report**: ``<out>/report.md`` with PNG figures under ``<out>/figures``, ``<out>/results.json`` with every
    number, ``<out>/demo.log``. ``tensorboard --logdir <out>`` shows the three training runs.
 
 Scores: every volume (noisy input, each method's output, clean reference) is divided by the clean scan's robust
 maximum (99.5th percentile of its non-zero voxels, the reference of the cohort's noise level), so the data range is 1
-and PSNR/SSIM are comparable across methods (:func:`pipeline.report.volume_quality`).
+and PSNR/SSIM are comparable across methods (:func:`pipeline.evaluation.report.volume_quality`).
 
 Running again into the same ``--out`` with the same settings reuses the cohort and resumes (or skips) training from
 the checkpoints; other settings, or ``--fresh``, start over (only folders this demo made are removed).
@@ -49,7 +49,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from pipeline.files import atomic_path
+from pipeline.utils.files import atomic_path
+
+from pipeline.errors import OutputFolderError
 
 __all__ = ["DEFAULT", "QUICK", "DemoSettings", "OutputFolderError", "StageTimer", "check_out", "main", "run_demo"]
 
@@ -94,7 +96,7 @@ class DemoSettings:
         classifier_epochs: epochs of each classifier.
         classifier_batch_size: classifier batch size.
         classifier_learning_rate: classifier learning rate (AdamW, cosine schedule).
-        classical: classical denoisers compared (:data:`pipeline.classical.CLASSICAL_DENOISERS` names).
+        classical: classical denoisers compared (:data:`pipeline.evaluation.classical.CLASSICAL_DENOISERS` names).
         tuning_subjects: cohort *val* subjects the classical filters' parameters are tuned on.
         quick_grids: use the classical denoisers' short parameter grids.
         figure_subjects: held-out subjects shown in tri-planar figures.
@@ -150,7 +152,7 @@ class DemoSettings:
         for name in ("learning_rate", "classifier_learning_rate"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
-        from pipeline.classical import CLASSICAL_DENOISERS
+        from pipeline.evaluation.classical import CLASSICAL_DENOISERS
 
         unknown = [m for m in self.classical if m not in CLASSICAL_DENOISERS]
         if unknown:
@@ -241,7 +243,7 @@ class StageTimer:
 
 
 class _CohortProgress(logging.Handler):
-    """A progress bar over the cohort's subjects, fed by ``pipeline.cohort``'s per-subject debug records."""
+    """A progress bar over the cohort's subjects, fed by ``pipeline.data.cohort``'s per-subject debug records."""
 
     def __init__(self, total: int) -> None:
         super().__init__(level=logging.DEBUG)
@@ -256,7 +258,7 @@ class _CohortProgress(logging.Handler):
 
 @contextlib.contextmanager
 def _cohort_progress(total: int) -> Iterator[None]:
-    cohort_logger = logging.getLogger("pipeline.cohort")
+    cohort_logger = logging.getLogger("pipeline.data.cohort")
     handler, level = _CohortProgress(total), cohort_logger.level
     cohort_logger.addHandler(handler)
     cohort_logger.setLevel(logging.DEBUG)
@@ -288,10 +290,6 @@ def _run_workflow(configs: Sequence[str], **overrides: Any) -> None:
         raise
     finally:
         workflow.finalize()
-
-
-class OutputFolderError(ValueError):
-    """The output folder holds files that the demo did not write (the demo never deletes those)."""
 
 
 def check_out(out: str | os.PathLike) -> Path:
@@ -362,7 +360,7 @@ def _case(cohort_dir: Path, noise_dir: str, subject: str) -> dict[str, Any]:
 
 
 def _mean_quality(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    from pipeline.report import QUALITY_KEYS
+    from pipeline.evaluation.report import QUALITY_KEYS
 
     return {key: float(np.mean([r[key] for r in rows])) for key in (*QUALITY_KEYS, "seconds")}
 
@@ -408,13 +406,13 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings = DEFAULT, fresh: bo
     Raises:
         OutputFolderError: for an ``out`` folder that the demo did not write.
     """
-    from pipeline.classical import get_denoiser, tune
-    from pipeline.cohort import CohortParameters, build_cohort, logistic_baseline
-    from pipeline.datasets import load_subjects_csv
-    from pipeline.infer import classify_scans, denoise_scans
-    from pipeline.report import volume_quality
-    from pipeline.seed import seed_everything
-    from pipeline.splits import SubjectSplits, save_splits
+    from pipeline.evaluation.classical import get_denoiser, tune
+    from pipeline.data.cohort import CohortParameters, build_cohort, logistic_baseline
+    from pipeline.data.datasets import load_subjects_csv
+    from pipeline.inference.infer import classify_scans, denoise_scans
+    from pipeline.evaluation.report import volume_quality
+    from pipeline.utils.seed import seed_everything
+    from pipeline.data.splits import SubjectSplits, save_splits
 
     out = Path(out).resolve()
     timer = StageTimer()
@@ -578,11 +576,11 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings = DEFAULT, fresh: bo
         parameters["resunet3d"] = "best validation epoch"
         record.note = f"{len(cases)} test volumes, parameters tuned on {len(tuning)} val volumes"
 
-    with timer.stage("logistic-regression floor (pipeline.cohort.logistic_baseline)"):
+    with timer.stage("logistic-regression floor (pipeline.data.cohort.logistic_baseline)"):
         floor = logistic_baseline(cohort_dir, seed=settings.seed)
 
     # ------------------------------------------------------------------ 6. report
-    from pipeline import report as rp
+    from pipeline.evaluation import report as rp
 
     classification = {init: _classification_scores(predictions[init], labels) for init in inits}
     curves = {name: rp.read_scalars(out / "runs" / name) for name in ("denoiser", *(f"classifier_{i}" for i in inits))}
@@ -680,7 +678,7 @@ def _write_report(
     denoised: Mapping[str, np.ndarray],
     timer: StageTimer,
 ) -> None:
-    from pipeline import report as rp
+    from pipeline.evaluation import report as rp
 
     settings = results["settings"]
     figures = out / "figures"
@@ -696,7 +694,7 @@ def _write_report(
     doc.heading("Data")
     parts = cohort["splits"]
     doc.paragraph(
-        f"{cohort['subjects']} synthetic subjects from nilearn's MNI152 template (`pipeline.cohort`), "
+        f"{cohort['subjects']} synthetic subjects from nilearn's MNI152 template (`pipeline.data.cohort`), "
         f"{'x'.join(map(str, cohort['shape']))} voxels at {cohort['spacing_mm']:g} mm, half with simulated atrophy "
         f"(label 1). Subject-level split from `subjects.csv`: {len(parts['train'])} train, {len(parts['val'])} val, "
         f"{len(parts['test'])} test. The denoiser trained on {len(cohort['denoiser_splits']['train'])} train "
@@ -776,7 +774,7 @@ def _write_report(
             "`inference_classifier.yaml` with each run's best-validation weights. Both networks: same split, "
             f"{settings['classifier_epochs']} epochs, "
             f"batch {settings['classifier_batch_size']}, AdamW lr {settings['classifier_learning_rate']:g}, same "
-            "augmentation. Floor: `pipeline.cohort.logistic_baseline`, logistic regression on 6 mm block averages "
+            "augmentation. Floor: `pipeline.data.cohort.logistic_baseline`, logistic regression on 6 mm block averages "
             "of the clean volumes, 5-fold cross-validated over all subjects (it has no AUC). With this few test "
             "subjects, one subject moves balanced accuracy by a large step: read the figures as a smoke test of "
             "the chain, not as a benchmark."
