@@ -194,7 +194,7 @@ def build_classify_trainer(
     loss_function: Callable,
     max_epochs: int,
     device: str | torch.device = "cpu",
-    precision: str = "fp32",
+    precision: str = "auto",
     train_handlers: Sequence[Any] | None = None,
 ) -> SupervisedTrainer:
     """A ``SupervisedTrainer`` for classification, tracking the training accuracy (``train_accuracy``).
@@ -206,7 +206,8 @@ def build_classify_trainer(
         loss_function: e.g. :class:`pipeline.losses.ClassificationLoss`.
         max_epochs: epochs (>= 1).
         device: the device.
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        precision: ``"auto"`` (bf16 where the hardware computes it natively, else fp32), ``"fp32"``, ``"bf16"`` or
+            ``"fp16"``.
         train_handlers: more handlers, attached in order.
 
     Raises:
@@ -237,7 +238,7 @@ def build_classify_evaluator(
     num_classes: int,
     device: str | torch.device = "cpu",
     key_metric: str = "balanced_accuracy",
-    precision: str = "fp32",
+    precision: str = "auto",
     val_handlers: Sequence[Any] | None = None,
 ) -> SupervisedEvaluator:
     """A ``SupervisedEvaluator`` computing accuracy, balanced accuracy, AUC and the confusion matrix.
@@ -248,7 +249,8 @@ def build_classify_evaluator(
         num_classes: K.
         device: the device.
         key_metric: ``"balanced_accuracy"``, ``"accuracy"`` or ``"auc"`` (tracks the best model).
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        precision: ``"auto"`` (bf16 where the hardware computes it natively, else fp32), ``"fp32"``, ``"bf16"`` or
+            ``"fp16"``.
         val_handlers: more handlers (e.g. :class:`PredictionsWriter`), attached in order.
 
     Raises:
@@ -341,7 +343,7 @@ def finetune_classifier(
     checkpoint_every: int = 10,
     keep_checkpoints: int | None = None,
     early_stop_patience: int | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
     seed: int = 0,
     num_workers: int = 0,
     device: str | torch.device | None = None,
@@ -383,7 +385,8 @@ def finetune_classifier(
         checkpoint_every: resumable checkpoint every N epochs (and at the end).
         keep_checkpoints: periodic checkpoints kept (``None``: all).
         early_stop_patience: validations without improvement before stopping.
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        precision: ``"auto"`` (bf16 where the hardware computes it natively, else fp32), ``"fp32"``, ``"bf16"`` or
+            ``"fp16"``.
         seed: the run seed.
         num_workers: data-loader workers.
         device: default CUDA when available.

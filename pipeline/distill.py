@@ -85,7 +85,7 @@ def build_distill_trainer(
     loss_function: DistillationLoss,
     max_epochs: int,
     device: str | torch.device = "cpu",
-    precision: str = "fp32",
+    precision: str = "auto",
     train_handlers: list[Any] | None = None,
 ) -> SupervisedTrainer:
     """A ``SupervisedTrainer`` whose network is a :class:`TeacherStudent` and whose loss is the distillation loss.
@@ -138,7 +138,7 @@ def distill(
     val_interval: int = 1,
     checkpoint_every: int = 10,
     early_stop_patience: int | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
     seed: int = 0,
     num_workers: int = 0,
     device: str | torch.device | None = None,
@@ -173,7 +173,8 @@ def distill(
         val_interval: validate every N epochs.
         checkpoint_every: resumable checkpoint every N epochs (and at the end).
         early_stop_patience: validations without improvement before stopping.
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        precision: ``"auto"`` (bf16 where the hardware computes it natively, else fp32), ``"fp32"``, ``"bf16"`` or
+            ``"fp16"``.
         seed: the run seed.
         num_workers: data-loader workers.
         device: default CUDA when available.
