@@ -107,9 +107,9 @@ class HardwareReport:
         if not found:
             return "the CPU has neither AVX512-BF16 nor AMX-BF16"
         if self.onednn_bf16 is False:
-            return f"the CPU has {'/'.join(found)} but oneDNN does not use it (ONEDNN_MAX_CPU_ISA?)"
+            return f"the CPU has {'/'.join(found)} but oneDNN does not use it (is ONEDNN_MAX_CPU_ISA set?)"
         if not self.cpu_kernels.upper().startswith("AVX512"):
-            return f"the CPU has {'/'.join(found)} but torch's kernels run {self.cpu_kernels} (ATEN_CPU_CAPABILITY?)"
+            return f"the CPU has {'/'.join(found)} but torch's kernels run {self.cpu_kernels} (is ATEN_CPU_CAPABILITY set?)"
         return f"the CPU has {'/'.join(found)}"
 
     def describe_cpu(self) -> str:
@@ -251,7 +251,7 @@ def resolve_precision(
             logger.info("precision auto -> %s on %s: %s", resolved, device.type, why)
         elif not native and device.type == "cpu":
             logger.warning(
-                "precision bf16 on a CPU without native bf16 (%s): autocast emulates it, which is slow - %s. "
+                "precision bf16 on a CPU without native bf16 - %s - so autocast emulates it, which is slow: %s. "
                 "Use precision 'auto' (or 'fp32') on this CPU.",
                 why,
                 BF16_SLOWDOWN,
