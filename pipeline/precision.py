@@ -109,7 +109,8 @@ class HardwareReport:
         if self.onednn_bf16 is False:
             return f"the CPU has {'/'.join(found)} but oneDNN does not use it (is ONEDNN_MAX_CPU_ISA set?)"
         if not self.cpu_kernels.upper().startswith("AVX512"):
-            return f"the CPU has {'/'.join(found)} but torch's kernels run {self.cpu_kernels} (is ATEN_CPU_CAPABILITY set?)"
+            kernels = self.cpu_kernels
+            return f"the CPU has {'/'.join(found)} but torch's kernels run {kernels} (is ATEN_CPU_CAPABILITY set?)"
         return f"the CPU has {'/'.join(found)}"
 
     def describe_cpu(self) -> str:
