@@ -133,7 +133,7 @@ def benchmark_precision(requested: str = "auto") -> tuple[str, str]:
     return resolved, f"{resolved} as asked ({why})"
 
 
-def expected_duration(native_bf16_s: float, avx2_s: float) -> str:
+def expected_duration(native_bf16_s: float, avx2_s: float, hardware: Any = None) -> str:
     """Roughly how long a run takes on this machine, from two measured references.
 
     The references were measured on the 2-core Intel Xeon (AVX-512, AVX512-BF16, AMX) these benchmarks were
@@ -145,13 +145,14 @@ def expected_duration(native_bf16_s: float, avx2_s: float) -> str:
     Args:
         native_bf16_s: seconds measured with native bf16.
         avx2_s: seconds measured with AVX2 only.
+        hardware: the :class:`pipeline.precision.HardwareReport` to estimate for (default: this machine's).
 
     Returns:
         E.g. ``"about 40 s here (measured: 25 s on 2 cores with native bf16, 40 s on 2 cores with AVX2 only)"``.
     """
     from pipeline.precision import detect_hardware
 
-    hardware = detect_hardware()
+    hardware = detect_hardware() if hardware is None else hardware
     reference = native_bf16_s if hardware.native_cpu_bf16 else avx2_s
     estimate = reference * 2 / max(1, min(hardware.logical_cpus, 16))
     return (

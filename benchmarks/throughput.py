@@ -203,7 +203,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--quick", action="store_true", help="a smoke run: small networks, 32^3 x 2 patches, 1 step, 8^3 ceiling input"
+        "--quick",
+        action="store_true",
+        help="a smoke run: small networks, 16^3 x 2 patches (32^3 for basicunet and flexibleunet), 1 step, 8^3 ceiling"
+        " input",
     )
     parser.add_argument("--patch", type=int, default=32, help="training patch edge (voxels; the demo's is 32)")
     parser.add_argument("--batch", type=int, default=4, help="patches per step (the demo's: 2 volumes x 2)")
@@ -230,7 +233,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from pipeline.demo import DemoSettings
 
         args.resunet = dict(DemoSettings().denoiser)
-    patch, batch, steps = (32, 2, 1) if args.quick else (args.patch, args.batch, args.steps)
+    # BasicUNet pools four times and FlexibleUNet's ResNet-18 five: they need 32^3
+    quick_patch = 32 if {"basicunet", "flexibleunet"} & set(args.networks) else 16
+    patch, batch, steps = (quick_patch, 2, 1) if args.quick else (args.patch, args.batch, args.steps)
     size = "small" if args.quick else "default"
     conv_size = 8 if args.quick else 48
     torch.manual_seed(0)
