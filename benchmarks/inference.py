@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--quick", action="store_true", help="a smoke run: a 32 x 40 x 32 volume, 16^3 tiles, small network"
+        "--quick", action="store_true", help="a smoke run: a 20 x 24 x 20 volume, 16^3 tiles, small network"
     )
     parser.add_argument("--scans", type=int, default=3, help="scans in the batch-of-scans run (0: none)")
     parser.add_argument(
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     elif "bf16" in args.knobs and auto != "bf16":
         note += "; the bf16 knob asked for: EMULATED on this CPU, about 40x slower than fp32"
     if args.quick:
-        base.update(size="small", shape=[32, 40, 32], roi=16)
+        base.update(size="small", shape=[20, 24, 20], roi=16)
         args.knobs = [k for k in args.knobs if k != "overlap0.25_roi96"]
     rows = []
     if "onnxruntime" in args.knobs and not _onnx_available():

@@ -189,7 +189,8 @@ def test_inference_quick_runs_the_bundle_path_in_a_subprocess(tmp_path):
 
 
 def test_inference_worker_direct_knobs():
-    cfg = dict(inference.BASELINE, size="small", shape=[20, 24, 20], roi=16, scans=2, channels_last=True, bf16=True)
+    # one window per scan: the knobs' wiring, not their speed (bf16 is emulated, and slow, on a CPU without it)
+    cfg = dict(inference.BASELINE, size="small", shape=[16, 16, 16], roi=16, scans=2, channels_last=True, bf16=True)
     res = inference.run_worker(cfg)
     assert len(res["seconds"]) == 2 and min(res["seconds"]) > 0
     assert res["peak_rss_gib"] >= res["rss_before_gib"] > 0.05
@@ -262,7 +263,7 @@ def test_gpu_script_runs_on_the_cpu_and_writes_out(tmp_path, monkeypatch, capsys
     assert all("error" not in row for row in data["training"])
     assert {row["precision"] for row in data["training"]} == {"fp32"}  # bf16 is not native here (conftest)
     assert {row["precision"] for row in data["conv3d_ceiling"]} == {"fp32"}
-    assert [r["roi"] for r in data["inference"]] == [16, 32]
+    assert [r["roi"] for r in data["inference"]] == [16, 24]
 
 
 def test_inference_worker_runs_the_network_through_onnxruntime():
