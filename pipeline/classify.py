@@ -40,6 +40,7 @@ from pipeline.handlers import GradualUnfreeze
 from pipeline.losses import ClassificationLoss, class_weights
 from pipeline.metrics import classification_metrics, logits_and_labels
 from pipeline.optim import build_optimizer, build_scheduler
+from pipeline.precision import resolve_precision
 from pipeline.runinfo import collect_subjects, read_run_info, write_run_info
 from pipeline.splits import LeakageError, check_no_overlap
 
@@ -413,6 +414,7 @@ def finetune_classifier(
     if denoiser_run is not None:
         check_denoiser_leakage(denoiser_run, groups["val"], groups.get("test", []))
     device = resolve_device(device)
+    precision = arguments["precision"] = resolve_precision(precision, device)  # "auto" -> what runs
     network = network.to(device)
     if freeze is not None:
         freeze_until(network, freeze)

@@ -34,6 +34,7 @@ from pipeline.engines import (
 from pipeline.losses import DistillationLoss, class_weights
 from pipeline.metrics import logits_and_labels
 from pipeline.optim import build_optimizer, build_scheduler
+from pipeline.precision import resolve_precision
 from pipeline.runinfo import collect_subjects
 from pipeline.splits import check_no_overlap
 
@@ -201,6 +202,7 @@ def distill(
         groups["test"] = collect_subjects(test_data)
     check_no_overlap(groups)
     device = resolve_device(device)
+    precision = arguments["precision"] = resolve_precision(precision, device)  # "auto" -> what runs
     weight = class_weights(labels_of(train_data), num_classes) if class_weighted else None
     loss_fn = DistillationLoss(alpha=alpha, temperature=temperature, class_weight=weight).to(device)
     pair = TeacherStudent(student, teacher).to(device)
