@@ -28,6 +28,7 @@ import numpy as np
 
 from benchmarks._common import (
     add_noise,
+    announce,
     center_crop,
     default_out,
     format_table,
@@ -164,6 +165,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default=str(default_out("classical")))
     args = parser.parse_args(argv)
     size = 32 if args.quick else args.size
+    methods = [m.name for m in METHODS if m.name not in args.skip]
+    slow = "bm4d" in methods and bm4d_available()
+    announce(
+        "benchmarks.classical",
+        f"{', '.join(methods)} on a {size}^3 crop of the MNI152 T1, Gaussian and Poisson noise, parameters tuned on"
+        " another crop; a line per method",
+        "seconds (the smoke run)"
+        if args.quick
+        else f"a few minutes on 2 cores at 128^3{', BM4D tens of minutes more' if slow else ''}, more for larger crops",
+    )
 
     t1, brain = load_template()
     center = [int(np.mean(ix)) for ix in np.nonzero(brain)]

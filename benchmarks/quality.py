@@ -25,18 +25,20 @@ minutes) so that other jobs on a shared machine do not shrink it; ``--clock wall
 instead, and both are reported.
 
 Training, the same for every network: Adam (peak lr 3e-3, ``--lr``) annealed to 0 over the budget by a cosine of the
-clock (``--schedule``), L1 loss, bf16 autocast (``--precision``; about 2.5x more steps per CPU minute on this
-avx512_bf16 CPU than float32), batches of 4 patches of 32^3 (``--batch``, ``--patch``), 4 cut from each noisy volume
-(``--samples``: the noise and augmentations are drawn on the whole volume, so sharing them keeps the loader ahead of
-the steps), from ``transforms.presets.denoise_transforms(stage="train", augment=True)`` (bias field, contrast,
-intensity scale, resolution (Gaussian blur), left-right flips); half the volumes get Gaussian noise of sigma uniform
-in [5, 30]/255 and half Poisson noise of 50-1000 photons; cached with ``CacheDataset`` and served by
-``ThreadDataLoader``. A network whose loss becomes non-finite is trained again from the start at a third of the
-learning rate, then in float32 at both (MONAI's UNet diverges in bf16 at 3e-3, 1e-3 and 3e-4, not in float32); the
-rows and tables give the learning rate and precision each run trained with. The cohort has no skull (the template is
+clock (``--schedule``), L1 loss, ``--precision auto`` (the project's rule, :mod:`pipeline.utils.precision`: bf16
+autocast on a
+CPU with native bf16, about 2.5x more steps per CPU minute than float32 on a 2-core AMD EPYC with AVX512-BF16; float32
+elsewhere, where bf16 is emulated and about 40x slower), batches of 4 patches of 32^3 (``--batch``, ``--patch``), 4 cut
+from each noisy volume (``--samples``: the noise and augmentations are drawn on the whole volume, so sharing them keeps
+the loader ahead of the steps), from ``transforms.presets.denoise_transforms(stage="train", augment=True)`` (bias field,
+contrast, intensity scale, resolution (Gaussian blur), left-right flips); half the volumes get Gaussian noise of sigma
+uniform in [5, 30]/255 and half Poisson noise of 50-1000 photons; cached with ``CacheDataset`` and served by
+``ThreadDataLoader``. A network whose loss becomes non-finite is trained again from the start at a third of the learning
+rate, then in float32 at both (MONAI's UNet diverges in bf16 at 3e-3, 1e-3 and 3e-4, not in float32); the rows and
+tables give the learning rate and precision each run trained with. The cohort has no skull (the template is
 skull-stripped), so "with and without skull" cannot be augmented from the shipped data. At each checkpoint
-(``--checkpoints`` minutes) every network denoises the test volumes as the bundle does (input scaled by its own
-99.5th percentile, sliding window of ``--patch`` tiles, 4 per pass, Gaussian blending, ``torch.inference_mode``, the
+(``--checkpoints`` minutes) every network denoises the test volumes as the bundle does (input scaled by its own 99.5th
+percentile, sliding window of ``--patch`` tiles, 4 per pass, Gaussian blending, ``torch.inference_mode``, the
 training precision) with overlap 0.25 (``--overlap``).
 
 The settings were chosen on ResUnet3D with 5-minute pilots on the same cohort (mean test PSNR, Gaussian 15, 1
@@ -62,9 +64,12 @@ import torch
 
 from benchmarks._common import (
     add_noise,
+    announce,
+    benchmark_precision,
     build_denoiser,
     bundle_resunet_config,
     default_out,
+    expected_duration,
     format_table,
     load_real_scan,
     machine_info,
@@ -377,7 +382,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from pipeline.data.cohort import CohortParameters, build_cohort
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="5 subjects at 3 mm, small networks, 32^3, 3 s each")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: 5 subjects at 4 mm, small networks, 32^3, 1.2 CPU s each"
+    )
     parser.add_argument("--minutes", type=float, default=5.0, help="training budget per network (see --clock)")
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="budget in process CPU or wall minutes")
     parser.add_argument(
@@ -407,7 +414,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--schedule", choices=("cosine", "constant"), default="cosine", help="learning rate over the budget"
     )
     parser.add_argument(
-        "--precision", choices=("fp32", "bf16"), default="bf16", help="training and inference precision (all nets)"
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="training and inference precision of every network (auto: bf16 on a CPU with native bf16, else fp32)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
@@ -420,10 +430,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
-        args.minutes, args.subjects, args.patch = 0.05, 5, 32
+        args.minutes, args.subjects, args.patch = 0.02, 5, 32
     checkpoints = sorted(args.checkpoints) if args.checkpoints else _default_checkpoints(args.minutes)
     size = "small" if args.quick else "default"
-    params = CohortParameters(spacing=3.0) if args.quick else CohortParameters()
+    params = CohortParameters(spacing=4.0) if args.quick else CohortParameters()
+    precision, note = benchmark_precision(args.precision)
+    runs = [(name, checkpoints) for name in args.networks]
+    if args.resunet_minutes and "resunet3d" in args.networks:
+        runs.append(("resunet3d", _default_checkpoints(args.resunet_minutes)))
+    budget = sum(max(marks) for _, marks in runs)
+    if args.quick:
+        expected = expected_duration(30, 35)
+    else:  # the training budget dominates; the classical filters take minutes, BM4D tens of minutes
+        threads = torch.get_num_threads() if args.clock == "cpu" else 1
+        extra = 20 if bm4d_available() and "bm4d" not in args.skip else 5
+        minutes = budget / threads + extra + len(runs) * 2
+        expected = (
+            f"about {minutes:.0f} min: {budget:g} training minutes ({args.clock} clock, {threads} thread(s)), the"
+            " cohort, the classical filters and the evaluations"
+        )
+    announce(
+        "benchmarks.quality",
+        f"a {args.subjects}-subject cohort at {params.spacing:g} mm, classical filters"
+        f"{' except ' + ', '.join(args.skip) if args.skip else ''}, then "
+        + ", ".join(f"{name} for {max(marks):g} min" for name, marks in runs)
+        + f" (scored at {', '.join(f'{m:g}' for m in checkpoints)} min)",
+        expected,
+        note,
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -437,12 +471,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         real_cases, real_info = _real_cases(args.seed)
         all_cases = cases + real_cases
         classical = evaluate_methods(all_cases, tuning, quick=args.quick, skip=tuple(args.skip))
-        runs = [(name, checkpoints) for name in args.networks]
-        if args.resunet_minutes and "resunet3d" in args.networks:
-            runs.append(("resunet3d", _default_checkpoints(args.resunet_minutes)))
         networks, diverged = [], []
-        for name, marks in runs:
-            for precision, lr in _attempts(args.precision, args.lr):
+        for index, (name, marks) in enumerate(runs, 1):
+            for attempt, lr in _attempts(precision, args.lr):
+                print(
+                    f"[{index}/{len(runs)}] training {name} for {max(marks):g} {args.clock} min ({attempt}, lr {lr:g})",
+                    flush=True,
+                )
                 try:
                     rows = train_with_checkpoints(
                         name,
@@ -456,19 +491,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         clock=args.clock,
                         resunet=args.resunet,
                         overlap=args.overlap,
-                        bf16=precision == "bf16",
+                        bf16=attempt == "bf16",
                         schedule=args.schedule,
                         lr=lr,
                         samples=args.samples,
                     )
                     break
                 except Diverged as error:
-                    print(f"{error}, {precision}: trained again from the start", flush=True)
-                    diverged.append(f"{error}, {precision}")
+                    print(f"{error}, {attempt}: trained again from the start", flush=True)
+                    diverged.append(f"{error}, {attempt}")
             else:
                 continue
             run = f"{name} ({max(marks):g} min)"
-            networks += [{"run": run, "lr": lr, "precision": precision, **row} for row in rows]
+            networks += [{"run": run, "lr": lr, "precision": attempt, **row} for row in rows]
 
     summary = [
         _summarise([r for r in classical if r["method"] == m], m) for m in dict.fromkeys(r["method"] for r in classical)
@@ -543,7 +578,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "samples_per_volume": args.samples,
             "lr": args.lr,
             "schedule": args.schedule,
-            "precision": args.precision,
+            "precision": precision,
+            "precision_note": note,
             "torch_threads": torch.get_num_threads(),
             "seed": args.seed,
             "real_scan": real_info,

@@ -14,7 +14,11 @@ demo's patch (32^3, 4 per step). FLOPs are counted once per step with ``torch.ut
 median step time.
 
 Speed knobs measured for every network: ``channels_last_3d`` (network and input), bf16 autocast on the CPU, both, and,
-with ``--compile``, ``torch.compile`` (its compile time is reported separately).
+with ``--compile``, ``torch.compile`` (its compile time is reported separately). By default the bf16 variants run only
+on a CPU with native bf16 (:mod:`pipeline.utils.precision`'s rule, the one ``precision: auto`` follows): elsewhere
+bf16 is
+emulated, about 40x slower, and ``--variants bf16`` still measures it. The run starts with what it will measure, the
+CPU and an estimate of its duration, and prints a line per measurement.
 """
 
 from __future__ import annotations
@@ -29,14 +33,18 @@ import numpy as np
 import torch
 
 from benchmarks._common import (
+    Progress,
+    announce,
+    benchmark_precision,
     build_denoiser,
     default_out,
+    expected_duration,
     format_table,
     machine_info,
     write_json,
 )
 
-__all__ = ["NETWORKS", "VARIANTS", "conv3d_ceiling", "count_flops", "main", "training_step_rate"]
+__all__ = ["NETWORKS", "VARIANTS", "conv3d_ceiling", "count_flops", "default_variants", "main", "training_step_rate"]
 
 NETWORKS = ("unet", "basicunet", "flexibleunet", "resunet3d")
 #: variant name -> (channels_last_3d, bf16 autocast, torch.compile)
@@ -48,6 +56,23 @@ VARIANTS = {
 }
 #: the conv3d ceiling each variant is measured against: (channels_last_3d, bf16) -> name
 CEILINGS = {(False, False): "ncdhw", (True, False): "channels_last_3d", (False, True): "bf16", (True, True): "bf16_cl"}
+#: seconds per training step (forward, loss, backward, Adam) of the default networks at 32^3 x 4, averaged over the
+#: variants auto runs (all four with native bf16, the two fp32 ones without), measured on the 2-core Intel Xeon with
+#: AMX natively and limited to AVX2 (see benchmarks._common.expected_duration), and of one ceiling convolution
+_STEP_S = {"native": 0.15, "avx2": 0.35}
+_CEILING_S = {"native": 0.05, "avx2": 0.15}
+
+
+def default_variants(precision: str) -> list[str]:
+    """The variants measured by default: all four where bf16 runs natively (``precision`` bf16), else fp32 ones.
+
+    Args:
+        precision: the resolved ``auto`` precision of this CPU (:func:`benchmarks._common.benchmark_precision`).
+
+    Returns:
+        Variant names of :data:`VARIANTS`.
+    """
+    return list(VARIANTS) if precision == "bf16" else [v for v, (_, bf16, _) in VARIANTS.items() if not bf16]
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
@@ -178,12 +203,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         The result dict that was written.
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small networks, 32^3 patches, 2 steps: seconds")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: small networks, 16^3 x 2 patches (32^3 for basicunet and flexibleunet), 1 step, 8^3 ceiling"
+        " input",
+    )
     parser.add_argument("--patch", type=int, default=32, help="training patch edge (voxels; the demo's is 32)")
     parser.add_argument("--batch", type=int, default=4, help="patches per step (the demo's: 2 volumes x 2)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration (median)")
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        choices=VARIANTS,
+        help="default: all four on a CPU with native bf16, fp32 and channels_last_3d elsewhere",
+    )
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile)")
     parser.add_argument(
         "--resunet",
@@ -198,18 +234,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from pipeline.demo.run import DemoSettings
 
         args.resunet = dict(DemoSettings().denoiser)
-    patch, batch, steps = (32, 2, 2) if args.quick else (args.patch, args.batch, args.steps)
+    # BasicUNet pools four times and FlexibleUNet's ResNet-18 five: they need 32^3
+    quick_patch = 32 if {"basicunet", "flexibleunet"} & set(args.networks) else 16
+    patch, batch, steps = (quick_patch, 2, 1) if args.quick else (args.patch, args.batch, args.steps)
     size = "small" if args.quick else "default"
-    conv_size = 16 if args.quick else 48
+    conv_size = 8 if args.quick else 48
     torch.manual_seed(0)
-
-    ceiling_before = {
-        name: conv3d_ceiling(conv_size, steps=steps, channels_last=cl, bf16=bf16)
-        for (cl, bf16), name in CEILINGS.items()
-    }
+    auto, note = benchmark_precision("auto")
+    if args.variants is None:
+        args.variants = default_variants(auto)
+        if auto != "bf16":
+            note += "; bf16 variants skipped (--variants bf16 bf16_channels_last_3d measures them anyway)"
+    emulated = any(VARIANTS[v][1] for v in args.variants) and auto != "bf16"
+    if emulated:
+        note += "; bf16 variants asked for: EMULATED on this CPU, about 40x slower than fp32"
     variants = [(v, *VARIANTS[v]) for v in args.variants]
     if args.compile:
         variants.append(("compile", False, False, True))
+    ceilings = {name: key for key, name in CEILINGS.items() if key in {v[1:3] for v in variants}}
+    scale = (patch / 32) ** 3 * batch / 4
+    step_units = len(args.networks) * len(variants) * (steps + 3)  # warm-up, FLOP count, steps; build
+    ceiling_units = 2 * len(ceilings) * (steps + 2) * (conv_size / 48) ** 3
+    reference = {k: step_units * _STEP_S[k] * scale + ceiling_units * _CEILING_S[k] for k in _STEP_S}
+    announce(
+        "benchmarks.throughput",
+        f"training steps of {', '.join(args.networks)} in {', '.join(v[0] for v in variants)} at {patch}^3 x {batch}"
+        f" ({steps} timed steps each), between conv3d ceilings ({', '.join(ceilings)}) at the start and the end",
+        expected_duration(reference["native"], reference["avx2"])
+        + ("; far longer here: the bf16 variants are emulated" if emulated else ""),
+        note,
+    )
+    progress = Progress(len(args.networks) * len(variants) + 2 * len(ceilings))
+
+    def measure_ceilings(when: str) -> dict[str, dict[str, float]]:
+        out = {}
+        for name, (cl, bf16) in ceilings.items():
+            out[name] = conv3d_ceiling(conv_size, steps=steps, channels_last=cl, bf16=bf16)
+            progress.step(f"conv3d ceiling {name} ({when}): {out[name]['gflops']:.1f} GFLOP/s")
+        return out
+
+    ceiling_before = measure_ceilings("start")
     rows = []
     for name in args.networks:
         for variant, channels_last, bf16, compile_model in variants:
@@ -217,11 +281,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             params = sum(p.numel() for p in model.parameters())
             rate = training_step_rate(model, patch, batch, steps, channels_last, bf16, compile_model)
             rows.append({"network": name, "variant": variant, "params_m": round(params / 1e6, 2), **rate})
-            print(f"{name:13s} {variant:17s} {rate['seconds']:.3f} s/step {rate['gflops']:.1f} GFLOP/s", flush=True)
-    ceiling_after = {
-        name: conv3d_ceiling(conv_size, steps=steps, channels_last=cl, bf16=bf16)
-        for (cl, bf16), name in CEILINGS.items()
-    }
+            progress.step(f"{name} {variant}: {rate['seconds']:.3f} s/step, {rate['gflops']:.1f} GFLOP/s")
+    ceiling_after = measure_ceilings("end")
     ceiling = {k: max(ceiling_before[k]["gflops"], ceiling_after[k]["gflops"]) for k in ceiling_before}
     best_ceiling = max(ceiling.values())
     for row in rows:
@@ -249,6 +310,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "patch": patch,
             "batch": batch,
             "steps": steps,
+            "precision_note": note,
+            "variants": [v[0] for v in variants],
             "conv_input": [2, 32, conv_size, conv_size, conv_size],
         },
         "ceiling_gflops": ceiling,

@@ -1,5 +1,10 @@
 """Shared pytest fixtures: tiny NIfTI volumes with a non-trivial affine, a paired noisy/clean dataset, a subjects CSV.
 
+``precision: auto`` (the default of the bundle and the Python API) resolves to float32 in every test, whatever the
+CPU: this module sets ``RESUNET3D_NATIVE_BF16=0`` for the session (its subprocesses included), so the suite computes
+the same on an AVX2-only and on an AMX machine. Tests of the bf16 path ask for it explicitly, and
+``tests/test_precision.py`` simulates both kinds of hardware.
+
 All volumes are small (24^3 by default), float32, deterministic (seeded) and written under pytest's ``tmp_path``.
 The affine is deliberately not the identity: anisotropic voxels, a rotation and an offset, so a test that drops
 or transposes the affine fails.
@@ -17,6 +22,7 @@ Fixtures:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +30,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from pipeline.utils.precision import NATIVE_BF16_ENV
+
 SHAPE = (24, 24, 24)
+# auto -> fp32 on every machine, in this process, pytest-xdist's workers and the subprocesses tests start
+os.environ[NATIVE_BF16_ENV] = "0"
 
 
 def _affine() -> np.ndarray:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -165,3 +166,42 @@ def test_output_folder_rules(tmp_path):
     assert not (out / "models").exists()
     marker = json.loads((out / "demo_run.json").read_text())
     assert marker["settings"] == other_settings.to_dict()
+
+
+def test_the_demo_announces_its_plan_and_duration_for_the_cpu_it_runs_on(caplog):
+    from pipeline.utils.precision import HardwareReport
+
+    avx2 = HardwareReport(cpu_model="AMD EPYC 7B12", cpu_kernels="AVX2", cpu_flags=frozenset({"avx2"}), logical_cpus=2)
+    with caplog.at_level(logging.INFO, logger="pipeline.demo"):
+        lines = demo.announce(demo.DEFAULT, hardware=avx2)
+    assert [r.getMessage() for r in caplog.records] == lines
+    assert lines[0].startswith("demo: build a 32-subject cohort at 2 mm, train the denoiser for 40 epochs")
+    assert lines[1].startswith("expected: about 17 min on this machine (2 logical CPUs, AVX2 only, no AVX-512)")
+    assert "8.6 min with AVX-512 + AVX512-BF16, 17.3 min with AVX2 only" in lines[1]
+    assert lines[2].startswith("CPU: AMD EPYC 7B12, 2 logical CPUs, AVX2, no AVX-512")
+    assert lines[3].startswith("precision: fp32")
+    avx512 = HardwareReport(cpu_kernels="AVX512", cpu_flags=frozenset({"avx2", "avx512f"}), logical_cpus=4)
+    expected = demo.announce(demo.DEFAULT, hardware=avx512)[1]
+    assert expected.startswith("expected: about 4 min on this machine (4 logical CPUs, AVX-512)")
+    assert "about a minute" in demo.announce(QUICK, quick=True, hardware=avx512)[1]
+
+
+def test_the_demo_runs_its_workflows_in_float32_whatever_auto_would_pick(monkeypatch):
+    import pipeline.bundle_run
+
+    seen: dict = {}
+
+    class Workflow:
+        def run(self) -> None:
+            pass
+
+        def finalize(self) -> None:
+            pass
+
+    def create_workflow(configs: list, **kwargs) -> Workflow:
+        seen.update(kwargs)
+        return Workflow()
+
+    monkeypatch.setattr(pipeline.bundle_run, "create_workflow", create_workflow)
+    demo._run_workflow(["common.yaml"], num_epochs=1)
+    assert seen["precision"] == "fp32" and seen["num_epochs"] == 1

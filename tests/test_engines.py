@@ -267,10 +267,22 @@ def test_bad_arguments_fail_before_training(tmp_path):
 
 KILL_SCRIPT = textwrap.dedent(
     """
-    import sys, torch
+    import sys, time, torch
     sys.path.insert(0, {root!r})
     sys.path.insert(0, {tests!r})
     from test_engines import _train
+
+    # from epoch 3 on (2 iterations an epoch), each optimiser step waits 0.5 s: the kill lands mid-epoch however
+    # fast the CPU (a fast one finished all 5 epochs within the test's 0.3 s); the numbers do not change
+    steps, sgd_step = [0], torch.optim.SGD.step
+
+    def paced_step(self, *args, **kwargs):
+        steps[0] += 1
+        if steps[0] > 4:
+            time.sleep(0.5)
+        return sgd_step(self, *args, **kwargs)
+
+    torch.optim.SGD.step = paced_step
     _train({run_dir!r}, 5)
     """
 )

@@ -24,6 +24,7 @@ from pipeline.inference import infer
 from pipeline.training.denoise import evaluate_denoiser, train_denoiser
 from pipeline.training.engines import check_precision, memory_format, precision_settings
 from pipeline.training.handlers import AutocastInferer, ChannelsLastInferer
+from pipeline.utils.precision import NATIVE_BF16_ENV
 from tests.test_bundle import FAST, INFER, INFER_CLASSIFIER, TINY_CLASSIFIER, TINY_UNET, TRAIN, cfg, write_paired
 from tests.test_engines import cubes
 
@@ -44,19 +45,41 @@ def psnr(reference: np.ndarray, other: np.ndarray) -> float:
 
 
 class Recorder:
-    """Forward hook: the dtype of every output and the memory layout of every input of a module.
+    """Hooks that see what the project controls: what it hands to the network, and the dtype autocast computes in.
 
-    A one-channel (B, 1, H, W, D) tensor is contiguous in both layouts, so hook a module with several input
-    channels (e.g. ``encoder.layer1``) to see the layout the network computes in.
+    ``watch_input`` (a forward pre-hook on the network) records the memory layout and dtype of every tensor the
+    project's inferer chain hands to the network; ``watch_output`` (a forward hook, e.g. on ``encoder.layer1``) the
+    dtype a module's output has under the autocast region. What a convolution kernel returns *inside* the network
+    (its output memory format) is the kernel's choice and differs between CPUs (oneDNN on AVX2 returns NCDHW where
+    AVX-512 keeps channels-last), so it is never asserted. A one-channel (B, 1, H, W, D) tensor is contiguous in both
+    layouts: a test of the conversion itself needs an input with several channels.
     """
 
     def __init__(self) -> None:
         self.output_dtypes: set[torch.dtype] = set()
+        self.input_dtypes: set[torch.dtype] = set()
         self.channels_last_inputs: list[bool] = []
 
-    def __call__(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
-        self.output_dtypes.add(output.dtype)
+    def watch_input(self, network: torch.nn.Module) -> Recorder:
+        network.register_forward_pre_hook(self._input)
+        return self
+
+    def watch_output(self, module: torch.nn.Module) -> Recorder:
+        module.register_forward_hook(self._output)
+        return self
+
+    def _input(self, module: torch.nn.Module, args: tuple) -> None:
+        self.input_dtypes.add(args[0].dtype)
         self.channels_last_inputs.append(args[0].is_contiguous(memory_format=torch.channels_last_3d))
+
+    def _output(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self.output_dtypes.add(output.dtype)
+
+
+def channels_last_weights(network: torch.nn.Module) -> bool:
+    """Whether every 5-D weight of ``network`` is laid out in ``channels_last_3d`` (what ``memory_format`` sets)."""
+    weights = [p for p in network.parameters() if p.dim() == 5]
+    return bool(weights) and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in weights)
 
 
 # ----------------------------------------------------------------------------------------------- engines
@@ -72,9 +95,9 @@ def test_precision_settings_compose_autocast_and_channels_last():
     amp, fp16 = precision_settings("fp16", cuda, base, training=False)  # evaluation: autocast, float32 out
     assert not amp and fp16.dtype == torch.float16 and fp16.device_type == "cuda"
     assert fp16.output_dtype == torch.float32
-    with pytest.raises(ValueError, match=r"needs a CUDA device, got cpu; use 'bf16' on the CPU"):
+    with pytest.raises(ValueError, match=r"needs a CUDA device, got cpu; use 'auto' on the CPU"):
         precision_settings("fp16", cpu, base, training=False)
-    with pytest.raises(ValueError, match=r"precision must be one of \['fp32', 'bf16', 'fp16'\], got 'fp8'"):
+    with pytest.raises(ValueError, match=r"precision must be one of \['auto', 'fp32', 'bf16', 'fp16'\], got 'fp8'"):
         check_precision("fp8", cpu)
     assert memory_format(True) == torch.channels_last_3d and memory_format(False) == torch.preserve_format
     with pytest.raises(ValueError, match=r"channels_last must be True or False, got 'false'"):
@@ -106,8 +129,7 @@ def test_autocast_output_is_float32_and_nested_outputs_are_cast():
 
 def test_channels_last_inferer_feeds_every_window_channels_last_and_changes_nothing_else():
     net = tiny_resunet(in_channels=2).eval()  # two input channels: the layouts differ from the input on
-    recorder = Recorder()
-    net.register_forward_hook(recorder)
+    recorder = Recorder().watch_input(net)
     x = torch.rand(1, 2, 24, 24, 20)
     windows = SlidingWindowInferer(roi_size=(16, 16, 16), sw_batch_size=2, overlap=0.25, mode="gaussian")
     with torch.inference_mode():
@@ -142,10 +164,18 @@ def test_channels_last_keeps_the_state_dict_so_checkpoints_load_either_way(tmp_p
     assert all(torch.equal(back.state_dict()[k], before[k]) for k in before)
 
 
-def test_python_api_trains_and_evaluates_in_bf16_channels_last(tmp_path):
+def test_python_api_trains_and_evaluates_in_bf16_channels_last(tmp_path, monkeypatch):
+    import pipeline.training.denoise
+
+    chains = []
+
+    def spy(*args, **kwargs):  # the (amp, inferer) the Python API builds its engines with
+        chains.append(precision_settings(*args, **kwargs))
+        return chains[-1]
+
+    monkeypatch.setattr(pipeline.training.denoise, "precision_settings", spy)
     net = tiny_resunet()
-    recorder = Recorder()
-    net.encoder.layer1.register_forward_hook(recorder)
+    recorder = Recorder().watch_input(net).watch_output(net.encoder.layer1)
     result = train_denoiser(
         cubes(2, seed=1),
         cubes(1, seed=2),
@@ -158,10 +188,17 @@ def test_python_api_trains_and_evaluates_in_bf16_channels_last(tmp_path):
         progress=False,
     )
     assert result.losses and all(np.isfinite(result.losses)) and result.best_metric is not None
-    assert recorder.output_dtypes == {torch.bfloat16} and all(recorder.channels_last_inputs)
-    assert net.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    # the project's part: the inferer chain, float32 channels-last inputs, channels-last weights, autocast in bf16
+    assert len(chains) == 2  # evaluator, trainer
+    for amp, inferer in chains:
+        assert not amp and isinstance(inferer, AutocastInferer) and inferer.dtype == torch.bfloat16
+        assert inferer.output_dtype == torch.float32 and isinstance(inferer.inferer, ChannelsLastInferer)
+    assert recorder.input_dtypes == {torch.float32} and recorder.channels_last_inputs
+    assert all(recorder.channels_last_inputs)
+    assert recorder.output_dtypes == {torch.bfloat16}
+    assert channels_last_weights(net)
     data = cubes(2, seed=5)
-    reference = evaluate_denoiser(tiny_resunet(seed=1), data, device="cpu")
+    reference = evaluate_denoiser(tiny_resunet(seed=1), data, device="cpu", precision="fp32")
     switched = evaluate_denoiser(tiny_resunet(seed=1), data, device="cpu", precision="bf16", channels_last=True)
     for key, value in reference.items():
         assert switched[key] == pytest.approx(value, abs=0.05), key
@@ -192,9 +229,8 @@ def bf16_run(paired3, tmp_path_factory) -> dict:
         **TINY_UNET,
     )
     try:
-        recorder = Recorder()
         network = workflow.parser.get_parsed_content("network")
-        network.encoder.layer1.register_forward_hook(recorder)
+        recorder = Recorder().watch_input(network).watch_output(network.encoder.layer1)
         workflow.run()
         trainer = workflow.parser.get_parsed_content("train::trainer")
         evaluator = workflow.parser.get_parsed_content("validate::evaluator")
@@ -216,9 +252,11 @@ def test_bundle_trains_one_epoch_in_bf16_with_channels_last(bf16_run):
         assert isinstance(engine.inferer, AutocastInferer) and engine.inferer.dtype == torch.bfloat16
         assert isinstance(engine.inferer.inferer, ChannelsLastInferer)
     assert isinstance(evaluator.inferer.inferer.inferer, SlidingWindowInferer)
-    # the network ran in bf16 on channels-last inputs, in training and in validation ...
-    assert recorder.output_dtypes == {torch.bfloat16} and recorder.channels_last_inputs
-    assert all(recorder.channels_last_inputs)
+    # the project handed float32 channels-last inputs to channels-last weights, in training and in validation, and
+    # autocast computed in bf16 (the layout a kernel returns inside the network is the CPU's business) ...
+    assert recorder.input_dtypes == {torch.float32} and len(recorder.channels_last_inputs) >= 2
+    assert all(recorder.channels_last_inputs) and channels_last_weights(bf16_run["network"])
+    assert recorder.output_dtypes == {torch.bfloat16}
     # ... while the loss and the metrics saw float32 predictions
     item = trainer.state.output[0]  # the trainer decollates its output: one dict per patch
     assert item["pred"].dtype == torch.float32 and np.isfinite(float(item["loss"]))
@@ -271,7 +309,7 @@ def test_bundle_configs_wire_the_switches_into_every_engine(paired3, tmp_path):
     assert inferer.inferer.inferer is workflow.parser.get_parsed_content("inferer")
     assert workflow.parser.get_parsed_content("evaluator").inferer is inferer
     network = workflow.parser.get_parsed_content("network")
-    assert all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in network.parameters() if p.dim() == 5)
+    assert channels_last_weights(network)
     classify = create_workflow(
         INFER_CLASSIFIER, "infer", logging_file=False, dataset_dir=os.fspath(paired3 / "FD"), **on, **TINY_CLASSIFIER
     )
@@ -304,7 +342,7 @@ def test_classifier_finetune_config_runs_its_engines_in_bf16(tmp_path):
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ({"precision": "fp16"}, "precision='fp16' needs a CUDA device, got cpu; use 'bf16' on the CPU."),
+        ({"precision": "fp16"}, "precision='fp16' needs a CUDA device, got cpu; use 'auto' on the CPU."),
         ({"channels_last": "false"}, "channels_last must be True or False, got 'false'"),
     ],
     ids=["fp16", "channels_last-string"],
@@ -324,7 +362,7 @@ def test_fp16_on_the_cpu_is_one_line_from_both_command_lines(paired3, tmp_path, 
     argv = ["denoise", scans, "--output", os.fspath(tmp_path / "o"), "--precision", "fp16", "--device", "cpu"]
     assert infer.main(argv) == 2
     err = capsys.readouterr().err
-    assert err.strip() == "error: precision='fp16' needs a CUDA device, got cpu; use 'bf16' on the CPU."
+    assert err.strip() == "error: precision='fp16' needs a CUDA device, got cpu; use 'auto' on the CPU."
     with pytest.raises(ValueError, match="needs a CUDA device"):
         infer.denoise_scans(scans, tmp_path / "o", device="cpu", precision="fp16")
     status = bundle_main(
@@ -389,3 +427,23 @@ def test_bundle_run_reads_lowercase_true_false_as_booleans(monkeypatch):
     status = bundle_main(["--config_file", str(TRAIN), "--channels_last", "false", "--overwrite", "TRUE", "--x", "f"])
     assert status == 0
     assert seen["channels_last"] is False and seen["overwrite"] is True and seen["x"] == "f"
+
+
+# ----------------------------------------------------------------------------------------------- precision: auto
+@pytest.mark.parametrize(("native", "autocast"), [("0", False), ("1", True)], ids=["no-native-bf16", "native-bf16"])
+def test_auto_precision_in_the_bundle_follows_the_hardware(native, autocast, paired3, monkeypatch):
+    monkeypatch.setenv(NATIVE_BF16_ENV, native)  # the hardware report's verdict, whatever this CPU is
+    scans = os.fspath(paired3 / "gaussian15")
+    workflow = create_workflow(INFER, "infer", logging_file=False, dataset_dir=scans, **FAST, **TINY_UNET)
+    assert workflow.parser.get_parsed_content("precision") == "auto"  # the bundle's default
+    inferer = workflow.parser.get_parsed_content("precision_inferer")
+    if autocast:
+        assert isinstance(inferer, AutocastInferer) and inferer.dtype == torch.bfloat16
+        assert inferer.output_dtype == torch.float32
+    else:
+        assert inferer is workflow.parser.get_parsed_content("inferer")
+
+
+def test_cli_accepts_auto_precision(captured):
+    assert infer.main(["denoise", "in/", "--output", "out/", "--precision", "auto"]) == 0
+    assert captured[-1][1]["precision"] == "auto"

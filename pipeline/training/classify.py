@@ -43,6 +43,7 @@ from pipeline.training.losses import ClassificationLoss, class_weights
 from pipeline.training.optim import build_optimizer, build_scheduler
 from pipeline.training.runinfo import collect_subjects, read_run_info, write_run_info
 from pipeline.utils.files import atomic_path
+from pipeline.utils.precision import resolve_precision
 
 __all__ = [
     "INITS",
@@ -195,7 +196,7 @@ def build_classify_trainer(
     loss_function: Callable,
     max_epochs: int,
     device: str | torch.device = "cpu",
-    precision: str = "fp32",
+    precision: str = "auto",
     train_handlers: Sequence[Any] | None = None,
 ) -> SupervisedTrainer:
     """A ``SupervisedTrainer`` for classification, tracking the training accuracy (``train_accuracy``).
@@ -207,7 +208,8 @@ def build_classify_trainer(
         loss_function: e.g. :class:`pipeline.training.losses.ClassificationLoss`.
         max_epochs: epochs (>= 1).
         device: the device.
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        precision: ``"auto"`` (bf16 where the hardware computes it natively, else fp32), ``"fp32"``, ``"bf16"`` or
+            ``"fp16"``.
         train_handlers: more handlers, attached in order.
 
     Raises:
@@ -238,7 +240,7 @@ def build_classify_evaluator(
     num_classes: int,
     device: str | torch.device = "cpu",
     key_metric: str = "balanced_accuracy",
-    precision: str = "fp32",
+    precision: str = "auto",
     val_handlers: Sequence[Any] | None = None,
 ) -> SupervisedEvaluator:
     """A ``SupervisedEvaluator`` computing accuracy, balanced accuracy, AUC and the confusion matrix.
@@ -249,7 +251,8 @@ def build_classify_evaluator(
         num_classes: K.
         device: the device.
         key_metric: ``"balanced_accuracy"``, ``"accuracy"`` or ``"auc"`` (tracks the best model).
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        precision: ``"auto"`` (bf16 where the hardware computes it natively, else fp32), ``"fp32"``, ``"bf16"`` or
+            ``"fp16"``.
         val_handlers: more handlers (e.g. :class:`PredictionsWriter`), attached in order.
 
     Raises:
@@ -342,7 +345,7 @@ def finetune_classifier(
     checkpoint_every: int = 10,
     keep_checkpoints: int | None = None,
     early_stop_patience: int | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
     seed: int = 0,
     num_workers: int = 0,
     device: str | torch.device | None = None,
@@ -385,7 +388,8 @@ def finetune_classifier(
         checkpoint_every: resumable checkpoint every N epochs (and at the end).
         keep_checkpoints: periodic checkpoints kept (``None``: all).
         early_stop_patience: validations without improvement before stopping.
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        precision: ``"auto"`` (bf16 where the hardware computes it natively, else fp32), ``"fp32"``, ``"bf16"`` or
+            ``"fp16"``.
         seed: the run seed.
         num_workers: data-loader workers.
         device: default CUDA when available.
@@ -412,6 +416,7 @@ def finetune_classifier(
     if denoiser_run is not None:
         check_denoiser_leakage(denoiser_run, groups["val"], groups.get("test", []))
     device = resolve_device(device)
+    precision = arguments["precision"] = resolve_precision(precision, device)  # "auto" -> what runs
     network = network.to(device)
     if freeze is not None:
         freeze_until(network, freeze)

@@ -46,7 +46,7 @@ def build_denoise_trainer(
     loss_function: Callable,
     max_epochs: int,
     device: str | torch.device = "cpu",
-    precision: str = "fp32",
+    precision: str = "auto",
     train_handlers: Sequence[Any] | None = None,
     channels_last: bool = False,
 ) -> SupervisedTrainer:
@@ -59,7 +59,8 @@ def build_denoise_trainer(
         loss_function: ``loss(pred, label) -> scalar`` (see :func:`pipeline.training.losses.build_loss`).
         max_epochs: epochs to train.
         device: the device.
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (see :func:`pipeline.training.engines.precision_settings`).
+        precision: ``"auto"`` (bf16 where the hardware computes it natively, else fp32), ``"fp32"``, ``"bf16"`` or
+            ``"fp16"`` (see :func:`pipeline.training.engines.precision_settings`).
         train_handlers: more handlers, attached in order.
         channels_last: convert the network (in place) and each batch to ``channels_last_3d``; the weights' names and
             values are unchanged.
@@ -101,7 +102,7 @@ def build_denoise_evaluator(
     data_range: float = 1.0,
     ssim_kernel_size: int = 7,
     include_noisy: bool = True,
-    precision: str = "fp32",
+    precision: str = "auto",
     val_handlers: Sequence[Any] | None = None,
     channels_last: bool = False,
 ) -> SupervisedEvaluator:
@@ -123,7 +124,8 @@ def build_denoise_evaluator(
         data_range: intensity range of the images.
         ssim_kernel_size: SSIM window.
         include_noisy: also report the noisy input's metrics.
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``; predictions reach the metrics in float32 either way.
+        precision: ``"auto"`` (bf16 where the hardware computes it natively, else fp32), ``"fp32"``, ``"bf16"`` or
+            ``"fp16"``; predictions reach the metrics in float32 either way.
         val_handlers: more handlers (e.g. :class:`pipeline.training.handlers.TensorBoardSlices`), attached in order.
         channels_last: convert the network (in place) and each window to ``channels_last_3d``.
 
@@ -188,7 +190,7 @@ def train_denoiser(
     keep_checkpoints: int | None = None,
     key_metric: str = "psnr_brain",
     early_stop_patience: int | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
     channels_last: bool = False,
     seed: int = 0,
     num_workers: int = 0,
@@ -234,8 +236,11 @@ def train_denoiser(
         keep_checkpoints: periodic checkpoints to keep (``None``: all).
         key_metric: metric for ``model.pt``, early stopping and plateau (``psnr_brain`` by default).
         early_stop_patience: validations without improvement before stopping (``None``: off).
-        precision: ``"fp32"``, ``"bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA). On an avx512_bf16 CPU bf16 ran the
-            ResUnet3D training step 1.9x faster (``benchmarks/README.md``).
+        precision: ``"auto"`` (default: bf16 where the CPU or GPU computes it natively, else fp32;
+            :func:`pipeline.utils.precision.resolve_precision`), ``"fp32"``, ``"bf16"`` (CPU or CUDA) or ``"fp16"``
+            (CUDA).
+            On an avx512_bf16 CPU bf16 ran the ResUnet3D training step 1.9x faster (``benchmarks/README.md``); on a
+            CPU without native bf16 it is emulated, about 40x slower than fp32.
         channels_last: train in the ``channels_last_3d`` memory layout (network and batches; 1.2x on that CPU);
             the checkpoints are the same either way.
         seed: the run seed.
@@ -259,7 +264,8 @@ def train_denoiser(
     """
     arguments = {k: v for k, v in locals().items() if k not in ("train_data", "val_data", "network", "config")}
     device = resolve_device(device)
-    check_precision(precision, device)  # refuse a bad precision before anything is written
+    precision = check_precision(precision, device)  # resolve "auto"; refuse a bad precision before any writing
+    arguments["precision"] = precision
     network = network.to(device, memory_format=memory_format(channels_last))
     loss_fn = (
         build_loss(
@@ -344,7 +350,7 @@ def evaluate_denoiser(
     data_range: float = 1.0,
     ssim_kernel_size: int = 7,
     device: str | torch.device | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
     channels_last: bool = False,
 ) -> dict[str, float]:
     """The denoising metrics of ``network`` on ``data`` (whole volumes), with the noisy input's as reference.
@@ -360,7 +366,8 @@ def evaluate_denoiser(
         data_range: intensity range.
         ssim_kernel_size: SSIM window.
         device: default CUDA when available, else CPU.
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (see :func:`build_denoise_evaluator`).
+        precision: ``"auto"`` (bf16 where the hardware computes it natively, else fp32), ``"fp32"``, ``"bf16"`` or
+            ``"fp16"`` (see :func:`build_denoise_evaluator`).
         channels_last: run in the ``channels_last_3d`` memory layout (the network is converted in place).
 
     Returns:

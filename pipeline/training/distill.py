@@ -37,6 +37,7 @@ from pipeline.training.engines import (
 from pipeline.training.losses import DistillationLoss, class_weights
 from pipeline.training.optim import build_optimizer, build_scheduler
 from pipeline.training.runinfo import collect_subjects
+from pipeline.utils.precision import resolve_precision
 
 __all__ = ["TeacherStudent", "build_distill_trainer", "distill"]
 
@@ -86,7 +87,7 @@ def build_distill_trainer(
     loss_function: DistillationLoss,
     max_epochs: int,
     device: str | torch.device = "cpu",
-    precision: str = "fp32",
+    precision: str = "auto",
     train_handlers: list[Any] | None = None,
 ) -> SupervisedTrainer:
     """A ``SupervisedTrainer`` whose network is a :class:`TeacherStudent` and whose loss is the distillation loss.
@@ -139,7 +140,7 @@ def distill(
     val_interval: int = 1,
     checkpoint_every: int = 10,
     early_stop_patience: int | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
     seed: int = 0,
     num_workers: int = 0,
     device: str | torch.device | None = None,
@@ -174,7 +175,8 @@ def distill(
         val_interval: validate every N epochs.
         checkpoint_every: resumable checkpoint every N epochs (and at the end).
         early_stop_patience: validations without improvement before stopping.
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        precision: ``"auto"`` (bf16 where the hardware computes it natively, else fp32), ``"fp32"``, ``"bf16"`` or
+            ``"fp16"``.
         seed: the run seed.
         num_workers: data-loader workers.
         device: default CUDA when available.
@@ -201,6 +203,7 @@ def distill(
         groups["test"] = collect_subjects(test_data)
     check_no_overlap(groups)
     device = resolve_device(device)
+    precision = arguments["precision"] = resolve_precision(precision, device)  # "auto" -> what runs
     weight = class_weights(labels_of(train_data), num_classes) if class_weighted else None
     loss_fn = DistillationLoss(alpha=alpha, temperature=temperature, class_weight=weight).to(device)
     pair = TeacherStudent(student, teacher).to(device)

@@ -56,6 +56,7 @@ from pipeline.training.handlers import (
 )
 from pipeline.training.optim import WarmupPlateau
 from pipeline.training.runinfo import collect_subjects, run_logging, write_run_info
+from pipeline.utils.precision import PRECISIONS, HardwareReport, resolve_precision
 from transforms.errors import InputError
 
 __all__ = [
@@ -72,7 +73,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 BEST_FILENAME = "model.pt"
 # How an InputError reads inside the formatted traceback that torch re-raises for a DataLoader worker process.
 _INPUT_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?InputError: (?P<path>.+?): (?P<problem>.+)$", re.MULTILINE)
@@ -112,25 +112,22 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device(device)
 
 
-def check_precision(precision: str, device: str | torch.device) -> str:
-    """Refuse a precision the device cannot run, before anything is built or written.
+def check_precision(precision: str, device: str | torch.device, hardware: HardwareReport | None = None) -> str:
+    """Resolve ``precision`` for ``device`` and refuse one it cannot run, before anything is built or written.
 
     Args:
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        precision: ``"auto"`` (the fastest correct choice for the hardware, see
+            :func:`pipeline.utils.precision.resolve_precision`), ``"fp32"``, ``"bf16"`` or ``"fp16"``.
         device: the device the network runs on.
+        hardware: the hardware ``"auto"`` decides for (default: this machine's).
 
     Returns:
-        ``precision``.
+        The precision to run: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
 
     Raises:
         ValueError: for an unknown precision, or fp16 on a device that is not CUDA.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}.")
-    device = torch.device(device)
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError(f"precision='fp16' needs a CUDA device, got {device}; use 'bf16' on the CPU.")
-    return precision
+    return resolve_precision(precision, device, hardware)
 
 
 def memory_format(channels_last: bool) -> torch.memory_format:
@@ -164,6 +161,7 @@ def precision_settings(
     *,
     channels_last: bool = False,
     training: bool = True,
+    hardware: HardwareReport | None = None,
 ) -> tuple[bool, Inferer]:
     """Translate the speed switches ``precision`` and ``channels_last`` into MONAI's ``amp`` flag and an inferer.
 
@@ -171,14 +169,17 @@ def precision_settings(
     ``amp`` autocasts the loss too), so losses, metrics, ``Invertd`` and NIfTI writers see full precision.
 
     Args:
-        precision: ``"fp32"``, ``"bf16"`` (autocast on the CPU or CUDA, no loss scaling) or ``"fp16"`` (CUDA only:
-            for training MONAI's ``amp=True`` with its gradient scaler, for evaluation and inference fp16 autocast).
+        precision: ``"auto"`` (bf16 where the CPU or GPU computes it natively, else fp32:
+            :func:`pipeline.utils.precision.resolve_precision`), ``"fp32"``, ``"bf16"`` (autocast on the CPU or CUDA, no
+            loss scaling) or ``"fp16"`` (CUDA only: for training MONAI's ``amp=True`` with its gradient scaler, for
+            evaluation and inference fp16 autocast).
         device: the device the network runs on.
         inferer: the task's inferer.
         channels_last: run the network's inputs in ``channels_last_3d``
             (:class:`~pipeline.training.handlers.ChannelsLastInferer`; convert the network with :func:`memory_format`
             too).
         training: ``True`` for a ``SupervisedTrainer``, ``False`` for an evaluator or inference.
+        hardware: the hardware ``"auto"`` decides for (default: this machine's).
 
     Returns:
         ``(amp, inferer)`` for ``SupervisedTrainer``/``SupervisedEvaluator`` (or ``inferer`` alone for
@@ -188,7 +189,7 @@ def precision_settings(
         ValueError: for an unknown precision, fp16 on a device that is not CUDA, or a ``channels_last`` that is not
             a bool.
     """
-    check_precision(precision, device)
+    precision = check_precision(precision, device, hardware)
     memory_format(channels_last)  # refuses a non-bool
     device = torch.device(device)
     if channels_last:
