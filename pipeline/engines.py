@@ -267,6 +267,7 @@ def run_training(
     train_data: Any = None,
     val_data: Any = None,
     run_info: Mapping[str, Any] | None = None,
+    model_card: Mapping[str, Any] | None = None,
 ) -> TrainingResult:
     """Attach the shared handlers to a task's trainer and evaluator, resume if asked, train, and report.
 
@@ -299,6 +300,8 @@ def run_training(
         train_data: the training data (its ``subject`` IDs are recorded).
         val_data: the validation data (ditto).
         run_info: more fields for ``run_info.json``.
+        model_card: :func:`pipeline.model_card.write_model_card` arguments (``task``, ``config``, ...): the card
+            ``model.json`` beside ``model.pt`` that lets inference rebuild the network from the weights alone.
 
     Returns:
         A :class:`TrainingResult`.
@@ -410,6 +413,10 @@ def run_training(
         if resumed_from is not None:
             info["resumed_from"] = resumed_from.name
         write_run_info(run_dir, **info)
+        if model_card is not None:
+            from pipeline.model_card import write_model_card
+
+            write_model_card(run_dir / BEST_FILENAME, network, **model_card)
         try:
             trainer.run()
         except Exception as error:
