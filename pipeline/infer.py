@@ -330,8 +330,8 @@ def _write_like(pred: Any, source: str, dest: Path) -> None:
         src = nib.load(source)
         if int(np.prod(src.shape)) != array.size:
             raise ValueError(f"prediction shape {array.shape} does not fit {source} (shape {src.shape}).")
-        header = src.header.copy()
-        header.set_data_dtype(np.float32)
+        header = src.header.copy() if src.header.endianness == "<" else src.header.as_byteswapped("<")
+        header.set_data_dtype(np.float32)  # little-endian float32, whatever the source's type and byte order
         header["cal_min"], header["cal_max"] = 0.0, 0.0
         out = type(src)(array.reshape(src.shape), None, header=header)
         out.header.set_slope_inter(None, None)
