@@ -794,12 +794,12 @@ _TASKS = {
     "denoise": (
         "write <scan>_denoised.nii.gz per scan, in the scan's own space and units",
         "output folder",
-        "{prog} scans/ --output denoised/ --weights runs/demo/models/denoiser/model.pt",
+        "{prog} scans/ --output denoised/ --weights demo/models/denoiser/model.pt",
     ),
     "classify": (
         "write one CSV row of class probabilities per scan",
         "output CSV file",
-        "{prog} scans/ --output predictions.csv --weights runs/demo/models/classifier_denoiser/classifier.pt",
+        "{prog} scans/ --output predictions.csv --weights demo/models/classifier_denoiser/classifier.pt",
     ),
 }
 _EPILOG = """example:
