@@ -1,18 +1,25 @@
 """Inference on new scans: denoised NIfTI in each scan's own space, class probabilities as CSV.
 
-Input is a file, a folder or a datalist JSON (or a list of them), in any orientation, voxel size and matrix size.
+Input is a file, a folder or a datalist JSON (or a list of them), in any orientation, voxel size and matrix size:
+NIfTI-1/2, Analyze, MGH/MGZ, MINC, NRRD, MetaImage and DICOM, any byte order and data type. A folder gives every
+medical image file in it and one item per DICOM series (:mod:`pipeline.scan_listing`); a file that cannot be read
+fails with its reason, and other files are listed as ignored. Weights trained by this project carry their
+configuration (``model.json`` beside ``model.pt``, :mod:`pipeline.model_card`), so ``--weights`` is enough.
 Each scan goes through the bundle's deterministic preprocessing (load and validate, reorient to RAS, optional
 resampling, robust percentile scaling, all invertible), then sliding-window inference under
 ``torch.inference_mode``; MONAI's ``Invertd`` undoes the preprocessing on the prediction, so the denoised volume
 is written on the scan's own voxel grid and in its own intensity units. For a NIfTI input the output keeps the
 input's header (qform and sform with their codes, voxel sizes, units, description) and shape; only the data type
-becomes float32 (scaling slope/intercept cleared). Other formats are written as NIfTI with the scan's affine.
+becomes little-endian float32 (scaling slope/intercept cleared). Other formats (DICOM series included) are
+written as NIfTI with the scan's affine.
 
 Batch behaviour (issue 7): a scan that cannot be processed (unreadable, truncated, 2-D or 4-D, NaN voxels...) is
 named with the reason and the others are still processed; every output is written to a temporary name and
 renamed into place when complete (:func:`pipeline.files.atomic_path`); outputs that already exist are skipped
-unless ``overwrite`` is set, so a killed run is simply repeated; :class:`InferenceSummary` reports what happened
-and the command line exits with status 1 when any scan failed.
+unless ``overwrite`` is set, so a killed run is simply repeated (the classifier keeps the rows of an existing
+CSV likewise); :class:`InferenceSummary` names every input not processed (failed, skipped, ignored) and the command
+line (``python -m pipeline.infer``, or the console scripts ``resunet3d-denoise`` / ``resunet3d-classify``) exits
+with status 1 when any scan failed.
 
 The bundle's ``inference.yaml`` and ``inference_classifier.yaml`` call :func:`denoise_items` and
 :func:`classify_items` with the objects they define; :func:`denoise_scans` and :func:`classify_scans` (and the
