@@ -30,6 +30,7 @@ from tests.scan_cases import (
     write_dicom_series,
     write_minc1,
 )
+from transforms.errors import InputError
 from transforms.formats import DicomSeries, image_suffix, is_dicom_file, unreadable_reason
 from transforms.io import LoadScan
 
@@ -167,3 +168,16 @@ def test_one_command_with_only_weights_processes_every_valid_volume(tmp_path, ca
     # run again: every finished output is skipped, and the summary says so loudly
     assert main([*args, "--device", "cpu", "--set", "show_progress=false", "--set", "num_workers=0"]) == 1
     assert "9 SKIPPED because their output exists" in capsys.readouterr().err
+
+
+def test_a_minc2_file_without_h5py_fails_with_what_to_install(tmp_path):
+    try:
+        import h5py  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("h5py is installed: MINC-2 is readable here")
+    path = tmp_path / "scan.mnc"
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(2000))  # the HDF5 signature of a MINC-2 file
+    with pytest.raises(InputError, match=r"needs the optional package h5py \(pip install h5py\)"):
+        LoadScan()(path)

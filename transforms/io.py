@@ -254,7 +254,21 @@ class LoadScan(Transform):
             array, meta = loader.get_data(loader.read(source))
         except InputError:
             raise
-        except (OSError, EOFError, ValueError, RuntimeError, ImageFileError, zlib.error, KeyError) as exc:
+        except ImportError as exc:  # e.g. MINC-2 (HDF5) needs h5py
+            raise InputError(
+                path, f"could not be read as {kind}: it needs the optional package {exc.name} (pip install {exc.name})"
+            ) from exc
+        except (
+            OSError,
+            EOFError,
+            ValueError,
+            RuntimeError,
+            ImageFileError,
+            zlib.error,
+            KeyError,
+            AttributeError,
+        ) as exc:
+            # AttributeError: nibabel's stand-in for a missing optional reader (h5py for MINC-2)
             raise InputError(path, f"could not be read as {kind}: {_reason(exc)}") from exc
         meta[Key.FILENAME_OR_OBJ] = str(path)
         try:  # native byte order (torch refuses big-endian arrays), then the requested dtype
