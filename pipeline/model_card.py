@@ -277,7 +277,7 @@ def apply_model_card(config_files: Sequence[str | os.PathLike], overrides: Mappi
 
     ``weights_config`` (a config section) names ``keys`` set from the card (an explicit override of one of them, or
     of a part such as ``network_def::model_depth``, must equal the card's value), ``defaults`` set from the card
-    unless overridden (e.g. the sliding-window ``patch_size``), and ``aliases`` (``{id: card id}``, e.g.
+    unless overridden, and ``aliases`` (``{id: card id}``, e.g.
     ``model_depth: network_def::model_depth``) checked like keys. With a TorchScript ``ckpt_path`` the network is
     the scripted module itself.
 
