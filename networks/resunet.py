@@ -432,7 +432,7 @@ class ResUnet3D(nn.Module):
         torch.Size([1, 1, 37, 45, 29])
     """
 
-    __jit_ignored_attributes__ = ["encoder_config"]
+    __jit_ignored_attributes__ = ["encoder_config", "init_config"]
     __jit_unused_properties__ = ["min_input_size"]
 
     def __init__(
@@ -462,6 +462,7 @@ class ResUnet3D(nn.Module):
         transformer_dim: int | None = None,
         transformer_layers: int = 1,
     ) -> None:
+        arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
         for name, value, allowed in (
             ("skip", skip, ("add", "cat")),
@@ -505,6 +506,8 @@ class ResUnet3D(nn.Module):
         if patch_size is not None and len(patch_size) != spatial_dims:
             raise ValueError(f"patch_size must have {spatial_dims} entries, got {patch_size!r}")
         self.levels = self._resolve_levels(levels, patch_size, strides)
+        # the MONAI config that rebuilds this network (levels resolved): trained weights carry it beside them
+        self.init_config: dict = {"_target_": "networks.ResUnet3D", **arguments, "levels": self.levels}
         self.spatial_dims = spatial_dims
         self.no_max_pool = no_max_pool
         self.residual_output = residual_output

@@ -36,6 +36,7 @@ from typing import Any
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle.utils import ID_SEP_KEY
 
+from pipeline.bundle_files import default_bundle_dir
 from pipeline.errors import CheckpointError, ConfigComponentError, ConfigOverrideError, InputError, ScanFailuresError
 
 __all__ = [
@@ -51,8 +52,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The bundle folder of this repository (``<repo>/bundle``).
-BUNDLE_DIR: Path = Path(__file__).resolve().parents[1] / "bundle"
+#: The bundle folder: ``<repo>/bundle`` in a checkout, the installed ``bundle`` package after ``pip install``.
+BUNDLE_DIR: Path = default_bundle_dir()
 
 _SEPARATORS = (ID_SEP_KEY, "#")
 _TARGET = "_target_"
@@ -245,6 +246,13 @@ def default_bundle_root(config_files: str | Sequence[str]) -> str:
     return os.fspath(first.parent if first.name == "configs" else first)
 
 
+def _with_model_card(files: Sequence[str], override: dict[str, Any]) -> dict[str, Any]:
+    """The overrides plus the configuration the weights carry (inference configs with ``weights_config`` only)."""
+    from pipeline.training.model_card import apply_model_card
+
+    return apply_model_card(files, override)
+
+
 def create_workflow(
     config_file: str | Sequence[str],
     workflow_type: str | None = "train",
@@ -272,6 +280,7 @@ def create_workflow(
     files = _as_list(config_file)
     check_overrides(files, override)
     override.setdefault("bundle_root", default_bundle_root(files))
+    override = _with_model_card(files, override)
     workflow = ConfigWorkflow(
         config_file=files,
         meta_file=meta_file,
@@ -322,6 +331,7 @@ def run(
         raise ValueError("config_file is required: --config_file \"['bundle/configs/common.yaml', '...']\"")
     check_overrides(files, override)
     override.setdefault("bundle_root", default_bundle_root(files))
+    override = _with_model_card(files, override)
     given = {
         "run_id": run_id,
         "init_id": init_id,

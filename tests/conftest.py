@@ -22,6 +22,7 @@ Fixtures:
 
 from __future__ import annotations
 
+import locale
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +55,14 @@ def blob_volume(shape: tuple[int, int, int] = SHAPE, seed: int = 0) -> np.ndarra
     texture = 0.6 + 0.2 * np.sin(3 * grid[0] + rng.uniform(0, 6)) * np.cos(2 * grid[1] + rng.uniform(0, 6))
     texture += 0.15 * grid[2] * rng.uniform(0.5, 1.5)
     return np.where(radius < 1.0, texture, 0.0).astype(np.float32) * rng.uniform(80, 120)
+
+
+@pytest.fixture(autouse=True)
+def _restore_locale():
+    """SimpleITK's DICOM writer switches the process locale to "C" (``open()`` then defaults to ASCII): undo it."""
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    locale.setlocale(locale.LC_ALL, saved)
 
 
 @pytest.fixture

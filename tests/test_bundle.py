@@ -388,14 +388,18 @@ def test_denoiser_train_resume_evaluate_infer(paired6, tmp_path, caplog):
     assert {"psnr_brain", "psnr_volume", "ssim_brain", "psnr_brain_noisy"} <= set(metrics)
     assert all(np.isfinite(float(v)) for v in metrics.values())
     out = tmp_path / "denoised"
-    results = run_workflow(
+    card = json.loads((models / "model.json").read_text())  # the weights carry their configuration
+    assert card["network_def"]["block_inplanes"] == [4, 8, 8, 8] and card["patch_size"] == [24, 24, 24]
+    assert card["model_card"]["noise"]["inputs"] == "gaussian15" and card["percentile_upper"] == 99.5
+    results = run_workflow(  # so inference needs the weights alone (no network or patch overrides)
         INFER,
         "infer",
         dataset_dir=os.fspath(paired6 / "gaussian15"),
         output_dir=os.fspath(out),
         ckpt_path=os.fspath(models / "model.pt"),
         show_progress=False,
-        **{k: v for k, v in common.items() if k not in ("dataset_dir", "ckpt_dir")},
+        num_workers=0,
+        device="cpu",
     )
     assert results[-1].count("done") == 6
     for source in sorted((paired6 / "gaussian15").iterdir()):
@@ -435,17 +439,18 @@ def test_classifier_finetune_distill_infer(paired6, subjects10, tmp_path):
     )
     assert (models / "student.pt").is_file()
     csv_path = tmp_path / "predictions.csv"
-    results = run_workflow(
+    card = json.loads((models / "student.json").read_text())  # the student carries its configuration
+    assert card["class_names"] == ["control", "patient"] and card["input_size"] == [24, 24, 24]
+    assert card["network_def"]["model_depth"] == 10 and card["model_card"]["training"]["init"] == "denoiser"
+    results = run_workflow(  # so inference needs the weights alone
         INFER_CLASSIFIER,
         "infer",
         dataset_dir=os.fspath(subjects10 / "scans"),
         output_csv=os.fspath(csv_path),
         ckpt_path=os.fspath(models / "student.pt"),
-        input_size=[24, 24, 24],
         show_progress=False,
         num_workers=0,
         device="cpu",
-        **TINY_CLASSIFIER,
     )
     rows = list(csv.DictReader(open(csv_path)))
     assert len(rows) == 10 and results[-1].count("done") == 10

@@ -61,6 +61,12 @@ def test_classifier_reaches_perfect_training_accuracy_and_writes_predictions(tmp
     assert info["class_weights"] == [1.0, 1.0] and info["test_subjects"] == [f"te{i:02d}" for i in range(4)]
     assert set(info["test_metrics"]) >= {"accuracy", "balanced_accuracy", "auc", "confusion_matrix"}
     assert (tmp_path / "predictions_val.csv").is_file()
+    from pipeline.inference.infer import load_weights
+    from pipeline.training.model_card import build_network, read_model_card
+
+    card = read_model_card(tmp_path / "model.pt")  # model.json: what inference needs, beside the weights
+    assert card["class_names"] == ["0", "1"] and card["model_card"]["task"] == "classify"
+    load_weights(build_network(card), tmp_path / "model.pt")  # rebuilds exactly the trained classifier
 
 
 def test_init_switch_copies_the_denoiser_encoder(tmp_path):

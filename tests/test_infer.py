@@ -226,3 +226,21 @@ def test_classifier_writes_one_row_per_readable_scan(scans, tmp_path, classifier
         scans, table, classifier_weights, device="cpu", show_progress=False, num_workers=0, **TINY_CLASSIFIER
     )
     assert table.read_bytes() == before  # deterministic: a re-run rewrites the same table
+
+
+def test_classify_skips_scans_the_table_holds_unless_overwrite(scans, tmp_path, classifier_weights, capsys):
+    table = tmp_path / "predictions.csv"
+    settings = {"device": "cpu", "show_progress": False, "num_workers": 0, **TINY_CLASSIFIER}
+    first = classify_scans(scans / "oblique.nii.gz", table, classifier_weights, **settings)
+    assert first.count("done") == 1
+    both = classify_scans(scans, table, classifier_weights, **settings)  # the oblique row is kept, plain is added
+    assert both.count("skipped") == 1 and both.count("done") == 1
+    assert "1 SKIPPED because their output exists" in both.report()
+    assert [r["subject"] for r in csv.DictReader(open(table))] == ["oblique", "plain"]
+    again = classify_scans(scans, table, classifier_weights, overwrite=True, **settings)
+    assert again.count("done") == 2 and [r["subject"] for r in csv.DictReader(open(table))] == ["oblique", "plain"]
+    with pytest.raises(ValueError, match="exists with the columns"):  # other classes: never mixed into one table
+        classify_scans(scans, table, classifier_weights, **settings, class_names=["a", "b"])
+    args = ["classify", os.fspath(scans), "--output", os.fspath(table), "--weights", os.fspath(classifier_weights)]
+    assert main([*args, "--overlap", "0.5"]) == 2
+    assert "--overlap sets the denoiser's sliding windows" in capsys.readouterr().err

@@ -408,9 +408,9 @@ def test_cli_flags_reach_the_config(captured, tmp_path):
         ["denoise", "in/", "--output", "o", "--precision", "fp8"],
         ["denoise", "in/", "--output", "o", "--overlap", "1.5"],
         ["denoise", "in/", "--output", "o", "--overlap", "half"],
-        ["classify", "in/", "--output", "p.csv", "--overlap", "0.25"],
+        ["classify", "in/", "--output", "p.csv", "--overlap", "2"],
     ],
-    ids=["unknown-precision", "overlap-out-of-range", "overlap-not-a-number", "overlap-for-the-classifier"],
+    ids=["unknown-precision", "overlap-out-of-range", "overlap-not-a-number", "classifier-overlap-out-of-range"],
 )
 def test_cli_rejects_bad_switches(argv, captured, capsys):
     with pytest.raises(SystemExit) as exited:

@@ -1,10 +1,13 @@
 """Load a scan from disk as a validated, channel-first MetaTensor, and make its orientation canonical.
 
-Formats: NIfTI (``.nii``, ``.nii.gz``) through nibabel (MONAI's ``NibabelReader``); MetaImage (``.mha``,
-``.mhd``), NRRD (``.nrrd``, ``.nhdr``) and a DICOM series folder through SimpleITK (:class:`SimpleITKReader`,
-since MONAI's ``ITKReader`` needs the ``itk`` package). Both give the array in voxel-index order ``(i, j, k)``
-and an affine in MONAI's convention (world coordinates RAS, ``meta["space"] == "RAS"``), so the same scan saved
-as ``.nii.gz`` and ``.mha`` loads to identical MetaTensors.
+Formats: NIfTI-1/2 (``.nii``, ``.nii.gz``) through nibabel (MONAI's ``NibabelReader``); Analyze / NIfTI pairs
+(``.hdr`` + ``.img``), MGH/MGZ and MINC-1 through nibabel (:class:`transforms.formats.NibabelVolumeReader`);
+MetaImage (``.mha``, ``.mhd``), NRRD (``.nrrd``, ``.nhdr``), DICOM files, a DICOM series folder and a
+:class:`transforms.formats.DicomSeries` (files grouped by series) through SimpleITK (:class:`SimpleITKReader`,
+since MONAI's ``ITKReader`` needs the ``itk`` package). All give the array in voxel-index order ``(i, j, k)``,
+in native byte order and with the file's scaling applied, and an affine in MONAI's convention (world coordinates
+RAS, ``meta["space"] == "RAS"``), so the same scan saved as ``.nii.gz`` and ``.mha`` loads to identical
+MetaTensors.
 
 Validation (each failure is an :class:`~transforms.errors.InputError` naming the file and the problem): the path
 exists; a folder holds exactly one DICOM series; a file is non-empty, has a known extension and can be read;
@@ -37,6 +40,16 @@ from monai.utils import MetaKeys, SpaceKeys, TransformBackends, ensure_tuple_rep
 from nibabel.filebasedimages import ImageFileError
 
 from transforms.errors import InputError
+from transforms.formats import (
+    DICOM_SUFFIXES,
+    NIBABEL_SUFFIXES,
+    DicomSeries,
+    NibabelVolumeReader,
+    image_suffix,
+    is_dicom_file,
+    native,
+    unreadable_reason,
+)
 
 __all__ = [
     "ITK_SUFFIXES",
@@ -53,6 +66,11 @@ logger = logging.getLogger(__name__)
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
 ITK_SUFFIXES: tuple[str, ...] = (".mha", ".mhd", ".nrrd", ".nhdr")
 _KNOWN = NIFTI_SUFFIXES + ITK_SUFFIXES
+_SITK_FILES = ITK_SUFFIXES + DICOM_SUFFIXES
+#: Every file suffix LoadScan reads (nibabel decompresses the ``.gz`` forms itself).
+_READABLE = _KNOWN + NIBABEL_SUFFIXES + (".hdr.gz", ".img.gz", ".mgh.gz", ".mnc.gz") + DICOM_SUFFIXES
+_KINDS = {".nii": "NIfTI", ".hdr": "Analyze/NIfTI pair", ".img": "Analyze/NIfTI pair", ".mgz": "MGH", ".mnc": "MINC"}
+_KINDS.update({suffix: "DICOM" for suffix in DICOM_SUFFIXES})
 
 
 def scan_suffix(path: str | os.PathLike) -> str:
@@ -68,7 +86,7 @@ def scan_suffix(path: str | os.PathLike) -> str:
     for suffix in sorted(_KNOWN, key=len, reverse=True):
         if name.endswith(suffix):
             return suffix
-    return Path(name).suffix
+    return image_suffix(name) or Path(name).suffix
 
 
 def _dicom_series(folder: Path) -> list[str]:
@@ -92,16 +110,22 @@ class SimpleITKReader(ImageReader):
     """
 
     def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
-        """Whether ``filename`` is a MetaImage/NRRD file or a folder (read as a DICOM series)."""
+        """Whether ``filename`` is a MetaImage/NRRD/DICOM file, a DICOM series or a folder (read as one)."""
         names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
-        return all(os.path.isdir(n) or scan_suffix(n) in ITK_SUFFIXES for n in names)
+        return all(isinstance(n, DicomSeries) or os.path.isdir(n) or scan_suffix(n) in _SITK_FILES for n in names)
 
     def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> sitk.Image:
-        """Read one file or DICOM series folder into a ``SimpleITK.Image``.
+        """Read one file, a :class:`~transforms.formats.DicomSeries` or a DICOM series folder into an image.
 
         Raises:
             InputError: a folder without exactly one DICOM series.
         """
+        if isinstance(data, DicomSeries):
+            if len(data.files) == 1:
+                return sitk.ReadImage(data.files[0])
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(list(data.files))
+            return reader.Execute()
         path = Path(os.fspath(data if isinstance(data, (str, os.PathLike)) else data[0]))
         if path.is_dir():
             reader = sitk.ImageSeriesReader()
@@ -111,7 +135,7 @@ class SimpleITKReader(ImageReader):
 
     def get_data(self, img: sitk.Image) -> tuple[np.ndarray, dict]:
         """Return the array in ``(i, j, k)`` order and MONAI-style metadata (``affine`` in RAS)."""
-        array = sitk.GetArrayFromImage(img)
+        array = native(sitk.GetArrayFromImage(img))
         spatial = img.GetDimension()
         array = np.transpose(array, tuple(range(spatial))[::-1] + tuple(range(spatial, array.ndim)))
         direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(spatial, spatial)
@@ -182,13 +206,15 @@ class LoadScan(Transform):
     def __init__(self, dtype: DtypeLike = np.float32) -> None:
         self.dtype = dtype
         self._nifti = NibabelReader()
+        self._nibabel = NibabelVolumeReader()
         self._itk = SimpleITKReader()
 
     def __call__(self, path: str | os.PathLike) -> MetaTensor:
         """Load and validate ``path``.
 
         Args:
-            path: a ``.nii``/``.nii.gz``/``.mha``/``.mhd``/``.nrrd``/``.nhdr`` file or a DICOM series folder.
+            path: a file of a format in the module docstring, a DICOM series folder, or a
+                :class:`~transforms.formats.DicomSeries`.
 
         Returns:
             MetaTensor of shape ``(1, H, W, D)``.
@@ -196,32 +222,68 @@ class LoadScan(Transform):
         Raises:
             InputError: the path is missing, empty, of unknown type, unreadable, not 3-D, degenerate or non-finite.
         """
+        series = path if isinstance(path, DicomSeries) else None
         path = Path(os.fspath(path))
-        if not path.exists():
+        source: Any = str(path)
+        if series is not None:
+            missing = [f for f in series.files if not os.path.isfile(f)]
+            if missing:
+                raise InputError(path, f"DICOM series {series.uid}: {len(missing)} file(s) missing ({missing[0]})")
+            loader, kind, source = self._itk, "a DICOM series", series
+        elif not path.exists():
             raise InputError(path, "does not exist")
-        if path.is_dir():
+        elif path.is_dir():
             _dicom_series(path)
             loader, kind = self._itk, "a DICOM series"
         else:
             suffix = scan_suffix(path)
-            if suffix not in _KNOWN:
+            cannot = unreadable_reason(image_suffix(path))
+            if cannot:
+                raise InputError(path, cannot)
+            if suffix == "" and is_dicom_file(path):
+                suffix = ".dcm"
+            elif suffix not in _READABLE:
                 raise InputError(
                     path,
-                    f"has an unknown extension {suffix or '(none)'!r}; expected one of {', '.join(_KNOWN)} "
+                    f"has an unknown extension {suffix or '(none)'!r}; expected one of {', '.join(_READABLE)} "
                     "or a DICOM series folder",
                 )
             _check_header(path, suffix)
-            loader, kind = (self._nifti, "NIfTI") if suffix in NIFTI_SUFFIXES else (self._itk, suffix[1:].upper())
+            loader, kind = self._loader(suffix)
         try:
-            array, meta = loader.get_data(loader.read(str(path)))
+            array, meta = loader.get_data(loader.read(source))
         except InputError:
             raise
-        except (OSError, EOFError, ValueError, RuntimeError, ImageFileError, zlib.error) as exc:
+        except ImportError as exc:  # e.g. MINC-2 (HDF5) needs h5py
+            raise InputError(
+                path, f"could not be read as {kind}: it needs the optional package {exc.name} (pip install {exc.name})"
+            ) from exc
+        except (
+            OSError,
+            EOFError,
+            ValueError,
+            RuntimeError,
+            ImageFileError,
+            zlib.error,
+            KeyError,
+            AttributeError,
+        ) as exc:
+            # AttributeError: nibabel's stand-in for a missing optional reader (h5py for MINC-2)
             raise InputError(path, f"could not be read as {kind}: {_reason(exc)}") from exc
         meta[Key.FILENAME_OR_OBJ] = str(path)
-        img = MetaTensor.ensure_torch_and_prune_meta(np.asarray(array), meta, simple_keys=False)
-        img = img.to(get_equivalent_dtype(self.dtype, torch.Tensor))
+        try:  # native byte order (torch refuses big-endian arrays), then the requested dtype
+            array = np.asarray(native(np.asarray(array)), dtype=get_equivalent_dtype(self.dtype, np.ndarray))
+        except (TypeError, ValueError) as exc:
+            raise InputError(path, f"has voxels of type {np.asarray(array).dtype} that are not intensities") from exc
+        img = MetaTensor.ensure_torch_and_prune_meta(array, meta, simple_keys=False)
         return self._validate(path, img)
+
+    def _loader(self, suffix: str) -> tuple[ImageReader, str]:
+        base = suffix.removesuffix(".gz")
+        kind = _KINDS.get(base, base[1:].upper())
+        if suffix in NIFTI_SUFFIXES:
+            return self._nifti, kind
+        return (self._nibabel, kind) if base in NIBABEL_SUFFIXES else (self._itk, kind)
 
     def _validate(self, path: Path, img: MetaTensor) -> MetaTensor:
         shape = tuple(img.shape)
@@ -276,7 +338,7 @@ class LoadScand(MapTransform):
         """
         d = dict(data)
         for key in self.key_iterator(d):
-            if isinstance(d[key], (str, os.PathLike)):
+            if isinstance(d[key], (str, os.PathLike)):  # a path, a DICOM folder or a DicomSeries
                 d[key] = self.loader(d[key])
         return d
 

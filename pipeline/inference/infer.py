@@ -1,18 +1,27 @@
 """Inference on new scans: denoised NIfTI in each scan's own space, class probabilities as CSV.
 
-Input is a file, a folder or a datalist JSON (or a list of them), in any orientation, voxel size and matrix size.
+Input is a file, a folder or a datalist JSON (or a list of them), in any orientation, voxel size and matrix size:
+NIfTI-1/2, Analyze, MGH/MGZ, MINC, NRRD, MetaImage and DICOM, any byte order and data type. A folder gives every
+medical image file in it and one item per DICOM series (:mod:`pipeline.inference.scan_listing`); a file that cannot be
+read
+fails with its reason, and other files are listed as ignored. Weights trained by this project carry their
+configuration (``model.json`` beside ``model.pt``, :mod:`pipeline.training.model_card`), so ``--weights`` is enough.
 Each scan goes through the bundle's deterministic preprocessing (load and validate, reorient to RAS, optional
 resampling, robust percentile scaling, all invertible), then sliding-window inference under
 ``torch.inference_mode``; MONAI's ``Invertd`` undoes the preprocessing on the prediction, so the denoised volume
 is written on the scan's own voxel grid and in its own intensity units. For a NIfTI input the output keeps the
 input's header (qform and sform with their codes, voxel sizes, units, description) and shape; only the data type
-becomes float32 (scaling slope/intercept cleared). Other formats are written as NIfTI with the scan's affine.
+becomes little-endian float32 (scaling slope/intercept cleared). Other formats (DICOM series included) are
+written as NIfTI with the scan's affine.
 
 Batch behaviour (issue 7): a scan that cannot be processed (unreadable, truncated, 2-D or 4-D, NaN voxels...) is
 named with the reason and the others are still processed; every output is written to a temporary name and
 renamed into place when complete (:func:`pipeline.utils.files.atomic_path`); outputs that already exist are skipped
-unless ``overwrite`` is set, so a killed run is simply repeated; :class:`InferenceSummary` reports what happened
-and the command line exits with status 1 when any scan failed.
+unless ``overwrite`` is set, so a killed run is simply repeated (the classifier keeps the rows of an existing
+CSV likewise); :class:`InferenceSummary` names every input not processed (failed, skipped, ignored) and the command
+line (``python -m pipeline.inference.infer``, or the console scripts ``resunet3d-denoise`` / ``resunet3d-classify``)
+exits
+with status 1 when any scan failed.
 
 The bundle's ``inference.yaml`` and ``inference_classifier.yaml`` call :func:`denoise_items` and
 :func:`classify_items` with the objects they define; :func:`denoise_scans` and :func:`classify_scans` (and the
@@ -45,12 +54,14 @@ from monai.inferers import Inferer, SimpleInferer
 from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
-from pipeline.data.datasets import SCAN_SUFFIXES, load_datalist, scan_id
+from pipeline.data.datasets import load_datalist
 from pipeline.errors import ScanFailuresError
+from pipeline.inference.scan_listing import ScanList, describe, list_folder, scan_name
 from pipeline.training.checkpoint import CheckpointError, load_checkpoint
 from pipeline.training.engines import PRECISIONS
 from pipeline.utils.files import atomic_path
 from transforms.errors import InputError
+from transforms.formats import DicomSeries, image_suffix
 
 __all__ = [
     "DENOISED_POSTFIX",
@@ -64,8 +75,11 @@ __all__ = [
     "denoise_scans",
     "check_weights_file",
     "load_weights",
+    "add_task_arguments",
     "main",
     "output_file",
+    "run_task",
+    "task_parser",
 ]
 
 logger = logging.getLogger(__name__)
@@ -102,11 +116,13 @@ class InferenceSummary:
         results: one :class:`ScanResult` per scan.
         rows: the classifier's CSV rows (empty for denoising).
         table: the classifier's CSV file (``None`` for denoising).
+        ignored: ``(path, reason)`` of the input folders' entries that are not scans (text, sidecars...).
     """
 
     results: list[ScanResult] = dataclasses.field(default_factory=list)
     rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     table: str | None = None
+    ignored: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def count(self, status: str) -> int:
         """Number of scans with a given status.
@@ -125,17 +141,27 @@ class InferenceSummary:
         return [result for result in self.results if result.status == "failed"]
 
     def report(self) -> str:
-        """The batch in words.
+        """The batch in words: every input that was not processed is named.
 
         Returns:
-            One ``FAILED <file>: <reason>`` line per failed scan, then
-            ``N scans: D done, S skipped (output exists), F failed``.
+            One ``FAILED <file>: <reason>`` line per failed scan, one ``IGNORED <file>: <reason>`` line per entry
+            that is not a scan, then ``N scans: D done, S skipped (output exists), F failed``; when scans were
+            skipped the line says so loudly (``S SKIPPED because their output exists ...``), and it ends with the
+            number of ignored files when there are any.
         """
         lines = [f"FAILED {result.source}: {result.reason}" for result in self.failed]
-        lines.append(
-            f"{len(self.results)} scans: {self.count('done')} done, {self.count('skipped')} skipped "
-            f"(output exists), {self.count('failed')} failed"
+        lines += [f"IGNORED {path}: {reason}" for path, reason in self.ignored]
+        skipped = self.count("skipped")
+        skip_text = (
+            f"{skipped} SKIPPED because their output exists (not recomputed; pass --overwrite / overwrite=True to "
+            "recompute)"
+            if skipped
+            else "0 skipped (output exists)"
         )
+        line = f"{len(self.results)} scans: {self.count('done')} done, {skip_text}, {self.count('failed')} failed"
+        if self.ignored:
+            line += f"; {len(self.ignored)} file(s) ignored (not scans)"
+        lines.append(line)
         return "\n".join(lines)
 
     def raise_if_failed(self) -> InferenceSummary:
@@ -152,59 +178,51 @@ class InferenceSummary:
         return self
 
 
-def _is_scan_name(path: Path) -> bool:
-    return path.name.lower().endswith(SCAN_SUFFIXES)
+def _item(image: Any, subject: Any = None) -> dict[str, Any]:
+    path = image if isinstance(image, DicomSeries) else os.fspath(image)
+    return {"image": path, "subject": str(subject) if subject not in (None, "") else scan_name(path)}
 
 
-def _is_dicom_folder(path: Path) -> bool:
-    return path.is_dir() and any(child.suffix.lower() == ".dcm" for child in path.iterdir())
-
-
-def _item(image: str | os.PathLike, subject: Any = None) -> dict[str, str]:
-    path = os.fspath(image)
-    return {"image": path, "subject": str(subject) if subject not in (None, "") else scan_id(path)}
-
-
-def collect_scans(source: str | os.PathLike | Sequence[Any], datalist_key: str = "testing") -> list[dict[str, str]]:
+def collect_scans(source: str | os.PathLike | Sequence[Any], datalist_key: str = "testing") -> ScanList:
     """List the scans to process as ``{"image": path, "subject": id}`` items, in a stable order.
 
     Args:
-        source: a scan file (processed even if it turns out unreadable: the failure is reported for it), a DICOM
-            series folder, a folder (its scan files, entries named like scans, and DICOM sub-folders; hidden and
-            other files are ignored), a datalist ``.json`` (Decathlon style, list ``datalist_key``), or a list
-            of any of these or of ``{"image": ..., "subject": ...}`` items.
+        source: a scan file (processed even if it turns out unreadable: the failure is reported for it), a folder
+            (:func:`pipeline.inference.scan_listing.list_folder`: every medical image file, one item per DICOM series,
+            the
+            other entries listed as ignored), a datalist ``.json`` (Decathlon style, list ``datalist_key``), or a
+            list of any of these or of ``{"image": ..., "subject": ...}`` items.
         datalist_key: which list of a datalist JSON to read.
 
     Returns:
-        The items; the subject defaults to the file name without its scan suffix.
+        The items (a :class:`~pipeline.inference.scan_listing.ScanList`, whose ``ignored`` names the entries left
+        out); the
+        subject defaults to the file name without its image suffix.
 
     Raises:
         InputError: a path that does not exist, a folder with no scan, or a datalist that cannot be used.
     """
     if isinstance(source, Mapping):
-        return [_item(source["image"], source.get("subject"))]
+        return ScanList([_item(source["image"], source.get("subject"))])
+    if isinstance(source, DicomSeries):
+        return ScanList([_item(source)])
     if not isinstance(source, (str, os.PathLike)):
-        items: list[dict[str, str]] = []
+        items = ScanList()
         for entry in source:
-            items.extend(collect_scans(entry, datalist_key))
+            items.extend_from(collect_scans(entry, datalist_key))
         return items
     path = Path(source)
     if path.is_file() and path.suffix.lower() == ".json":
-        return [_item(i["image"], i.get("subject")) for i in load_datalist(path, key=datalist_key)]
-    if path.is_dir() and not _is_scan_name(path):
-        if _is_dicom_folder(path):
-            return [_item(path)]
-        found = [
-            child
-            for child in sorted(path.iterdir())
-            if not child.name.startswith(".") and (_is_scan_name(child) or _is_dicom_folder(child))
-        ]
+        return ScanList(_item(i["image"], i.get("subject")) for i in load_datalist(path, key=datalist_key))
+    if path.is_dir() and not image_suffix(path.name):
+        found = list_folder(path)
         if not found:
-            raise InputError(path, f"holds no scan (expected files ending in {', '.join(SCAN_SUFFIXES)})")
-        return [_item(child) for child in found]
+            ignored = f"; ignored: {', '.join(Path(p).name for p, _ in found.ignored)}" if found.ignored else ""
+            raise InputError(path, f"holds no scan (no medical image file or DICOM series){ignored}")
+        return found
     if not path.exists():
         raise InputError(path, "does not exist")
-    return [_item(path)]
+    return ScanList([_item(path)])
 
 
 def output_file(source: str | os.PathLike, output_dir: str | os.PathLike, postfix: str = DENOISED_POSTFIX) -> Path:
@@ -218,7 +236,7 @@ def output_file(source: str | os.PathLike, output_dir: str | os.PathLike, postfi
     Returns:
         The path.
     """
-    return Path(output_dir) / f"{scan_id(source)}{postfix}.nii.gz"
+    return Path(output_dir) / f"{scan_name(source)}{postfix}.nii.gz"
 
 
 def _check_unique_outputs(items: Sequence[Mapping[str, Any]], output_dir: str | os.PathLike, postfix: str) -> None:
@@ -227,8 +245,8 @@ def _check_unique_outputs(items: Sequence[Mapping[str, Any]], output_dir: str | 
     for item in items:
         out = output_file(item["image"], output_dir, postfix)
         if out in seen:
-            clashes.append(f"{seen[out]} and {item['image']} -> {out.name}")
-        seen[out] = os.fspath(item["image"])
+            clashes.append(f"{seen[out]} and {describe(item['image'])} -> {out.name}")
+        seen[out] = describe(item["image"])
     if clashes:
         raise InputError(output_dir, f"several scans would write the same output: {'; '.join(clashes)}")
 
@@ -315,8 +333,8 @@ def _write_like(pred: Any, source: str, dest: Path) -> None:
         src = nib.load(source)
         if int(np.prod(src.shape)) != array.size:
             raise ValueError(f"prediction shape {array.shape} does not fit {source} (shape {src.shape}).")
-        header = src.header.copy()
-        header.set_data_dtype(np.float32)
+        header = src.header.copy() if src.header.endianness == "<" else src.header.as_byteswapped("<")
+        header.set_data_dtype(np.float32)  # little-endian float32, whatever the source's type and byte order
         header["cal_min"], header["cal_max"] = 0.0, 0.0
         out = type(src)(array.reshape(src.shape), None, header=header)
         out.header.set_slope_inter(None, None)
@@ -366,6 +384,8 @@ def load_weights(
         CheckpointError: the file is missing, unreadable, or its weights do not fit the network.
     """
     path = check_weights_file(path)
+    if isinstance(network, torch.jit.ScriptModule):  # a TorchScript file is its own network, weights included
+        return network
     state = load_checkpoint(path, map_location=map_location)
     if key in state and isinstance(state[key], Mapping):
         state = state[key]
@@ -373,9 +393,17 @@ def load_weights(
     try:
         target.load_state_dict(state, strict=True)
     except RuntimeError as error:
+        from pipeline.training.model_card import card_path
+
+        card = card_path(path)
+        hint = (
+            f"the weights' own configuration is in {card}: run through `python -m pipeline.inference.infer` or "
+            "`python -m pipeline.bundle_run`, which apply it, or pass its network_def"
+            if card.is_file()
+            else "use the config the weights were trained with"
+        )
         raise CheckpointError(
-            f"weights {path} do not fit the configured network ({str(error).splitlines()[0]}); "
-            "use the config the weights were trained with."
+            f"weights {path} do not fit the configured network ({str(error).splitlines()[0]}); {hint}."
         ) from error
     return network
 
@@ -457,10 +485,10 @@ def denoise_items(
     _remove_stale_partials(Path(output_dir), output_postfix)
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     network.eval()
-    summary = InferenceSummary()
+    summary = InferenceSummary(ignored=list(getattr(items, "ignored", [])))
     for item in _progress(items, "denoising", progress):
-        source = os.fspath(item[image_key])
-        dest = output_file(source, output_dir, output_postfix)
+        source = describe(item[image_key])
+        dest = output_file(item[image_key], output_dir, output_postfix)
         if dest.exists() and not overwrite:
             summary.results.append(ScanResult(source, "skipped", os.fspath(dest)))
             logger.info("skipping %s: %s exists", source, dest)
@@ -487,8 +515,14 @@ def denoise_items(
         seconds = time.perf_counter() - start
         summary.results.append(ScanResult(source, "done", os.fspath(dest), "", seconds))
         logger.info("denoised %s -> %s (%.1f s)", source, dest, seconds)
-    logger.info("%s", summary.report())
+    _log_summary(summary)
     return summary
+
+
+def _log_summary(summary: InferenceSummary) -> None:
+    """The summary at INFO, or at WARNING when a scan was skipped or failed (so it is not lost among the lines)."""
+    quiet = not summary.failed and not summary.count("skipped")
+    logger.log(logging.INFO if quiet else logging.WARNING, "%s", summary.report())
 
 
 def classify_items(
@@ -501,12 +535,15 @@ def classify_items(
     inferer: Inferer | None = None,
     progress: bool = True,
     image_key: str = "image",
+    overwrite: bool = False,
 ) -> InferenceSummary:
     """Classify each scan and write one CSV row per scan that could be read (``file, subject, prob_*, prediction``).
 
     The probabilities are the softmax of the network's logits over ``class_names``; ``prediction`` is the most
     probable class name. The CSV is written atomically once every scan has been tried (the same inputs and
-    weights give the same file, so a re-run rewrites it identically).
+    weights give the same file, so a re-run rewrites it identically). When ``output_csv`` exists and
+    ``overwrite`` is off, its rows are kept and the scans it already holds are skipped (reported as skipped
+    because their output exists), as the denoiser skips finished outputs.
 
     Args:
         items: ``{"image": path, "subject": id}`` items (:func:`collect_scans`).
@@ -518,21 +555,28 @@ def classify_items(
         inferer: how to run the network (default ``SimpleInferer``).
         progress: show a progress bar over the scans.
         image_key: the input key.
+        overwrite: classify every scan again and replace the CSV (default: keep its rows, skip their scans).
 
     Returns:
         The summary, with ``rows`` and ``table`` set.
 
     Raises:
-        ValueError: if ``class_names`` is empty or does not match the network's outputs.
+        ValueError: if ``class_names`` is empty or does not match the network's outputs, or an existing CSV has
+            other columns (without ``overwrite``).
     """
     if not class_names:
         raise ValueError("class_names must name at least one class.")
     inferer = SimpleInferer() if inferer is None else inferer
     network.eval()
-    summary = InferenceSummary(table=os.fspath(output_csv))
+    summary = InferenceSummary(table=os.fspath(output_csv), ignored=list(getattr(items, "ignored", [])))
     fields = ["file", "subject", *(f"prob_{name}" for name in class_names), "prediction"]
+    done = {} if overwrite else _existing_rows(output_csv, fields)
+    summary.rows.extend(done.values())
     for item in _progress(items, "classifying", progress):
-        source = os.fspath(item[image_key])
+        source = describe(item[image_key])
+        if source in done:
+            summary.results.append(ScanResult(source, "skipped", os.fspath(output_csv)))
+            continue
         start = time.perf_counter()
         try:
             data = preprocessing(dict(item))
@@ -547,7 +591,7 @@ def classify_items(
             raise ValueError(
                 f"class_names has {len(class_names)} names but the network gives {probs.shape[0]} outputs."
             )
-        row: dict[str, Any] = {"file": source, "subject": item.get("subject", scan_id(source))}
+        row: dict[str, Any] = {"file": source, "subject": item.get("subject", scan_name(item[image_key]))}
         row.update({f"prob_{name}": f"{p:.6f}" for name, p in zip(class_names, probs)})
         row["prediction"] = class_names[int(np.argmax(probs))]
         summary.rows.append(row)
@@ -558,8 +602,26 @@ def classify_items(
     writer.writerows(summary.rows)
     with atomic_path(output_csv) as tmp:
         tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    logger.info("wrote %d rows to %s; %s", len(summary.rows), output_csv, summary.report())
+    logger.info("wrote %d rows to %s", len(summary.rows), output_csv)
+    _log_summary(summary)
     return summary
+
+
+def _existing_rows(output_csv: str | os.PathLike, fields: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The rows of an earlier run's CSV by file, or ``{}`` without one; other columns are refused."""
+    path = Path(output_csv)
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+        columns = list(reader.fieldnames or [])
+    if columns != list(fields):
+        raise ValueError(
+            f"{path} exists with the columns {columns}, but this classifier writes {list(fields)}; pass "
+            "--overwrite (overwrite=True) to replace it, or choose another output file."
+        )
+    return {row["file"]: row for row in rows}
 
 
 def _run_config(configs: Sequence[str], overrides: Mapping[str, Any], workflow_type: str = "infer") -> InferenceSummary:
@@ -589,10 +651,10 @@ def _run_config(configs: Sequence[str], overrides: Mapping[str, Any], workflow_t
     return summaries[-1]
 
 
-def _bundle_configs(name: str) -> list[str]:
-    from pipeline.bundle_run import BUNDLE_DIR
+def _bundle_configs(name: str, bundle_dir: str | os.PathLike | None = None) -> list[str]:
+    from pipeline.bundle_files import bundle_configs
 
-    return [os.fspath(BUNDLE_DIR / "configs" / "common.yaml"), os.fspath(BUNDLE_DIR / "configs" / name)]
+    return bundle_configs(name, bundle_dir=bundle_dir)
 
 
 def _common_settings(
@@ -628,9 +690,14 @@ def denoise_scans(
     precision: str | None = None,
     channels_last: bool | None = None,
     overlap: float | None = None,
+    bundle_dir: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> InferenceSummary:
     """Denoise scans with the bundle's ``inference.yaml`` (see :func:`denoise_items` for what happens per scan).
+
+    Weights with a model card (``model.json`` beside ``model.pt``, written by training; or a TorchScript file with
+    the card embedded) bring their network, tile size and intensity convention (:mod:`pipeline.training.model_card`):
+    ``weights`` alone is enough, and an override that contradicts the card is refused.
 
     Args:
         inputs: file(s), folder(s) or datalist JSON (:func:`collect_scans`).
@@ -643,6 +710,7 @@ def denoise_scans(
             ``precision``, ``auto`` (bf16 where the CPU or GPU computes it natively, else fp32).
         channels_last: run the network in the ``channels_last_3d`` memory layout; default: the config's.
         overlap: the sliding windows' overlap in [0, 1); default: the config's ``sw_overlap``.
+        bundle_dir: the bundle folder whose configs run (default: the checkout's or the installed one).
         **overrides: further config overrides, e.g. ``{"network_def::model_depth": 34, "patch_size": [48] * 3}``.
 
     Returns:
@@ -651,6 +719,7 @@ def denoise_scans(
     Raises:
         ValueError: an unknown precision, fp16 without CUDA, or an overlap outside [0, 1).
         ConfigOverrideError: an override names a key the configs do not have.
+        pipeline.training.model_card.ModelConfigMismatchError: an override contradicts the weights' own configuration.
         CheckpointError: the weights are missing or do not fit the network.
         InputError: an input path does not exist or holds no scan.
     """
@@ -658,7 +727,8 @@ def denoise_scans(
     if overlap is not None:
         settings["sw_overlap"] = _check_overlap(overlap)
     settings.update(_common_settings(weights, device, precision, channels_last))
-    return _run_config(config_files or _bundle_configs("inference.yaml"), {**settings, **overrides})
+    configs = config_files or _bundle_configs("inference.yaml", bundle_dir)
+    return _run_config(configs, {**settings, **overrides})
 
 
 def classify_scans(
@@ -668,11 +738,16 @@ def classify_scans(
     device: str | None = None,
     config_files: Sequence[str] | None = None,
     *,
+    overwrite: bool = False,
     precision: str | None = None,
     channels_last: bool | None = None,
+    bundle_dir: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> InferenceSummary:
     """Classify scans with the bundle's ``inference_classifier.yaml`` (see :func:`classify_items`).
+
+    Weights with a model card (``classifier.json`` beside ``classifier.pt``, written by training) bring their
+    network, class names and input size (:mod:`pipeline.training.model_card`): ``weights`` alone is enough.
 
     Args:
         inputs: file(s), folder(s) or datalist JSON (:func:`collect_scans`).
@@ -680,9 +755,11 @@ def classify_scans(
         weights: the trained classifier (default: the config's ``ckpt_path``, ``bundle/models/classifier.pt``).
         device: ``"cpu"``, ``"cuda:0"``...; default: CUDA when available.
         config_files: the configs to run (default ``common.yaml`` + ``inference_classifier.yaml`` of the bundle).
+        overwrite: classify again the scans ``output_csv`` already holds (default: keep their rows, skip them).
         precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (CUDA only); default: the config's
             ``precision``, ``auto`` (bf16 where the CPU or GPU computes it natively, else fp32).
         channels_last: run the network in the ``channels_last_3d`` memory layout; default: the config's.
+        bundle_dir: the bundle folder whose configs run (default: the checkout's or the installed one).
         **overrides: further config overrides, e.g. ``{"class_names": ["CN", "AD"]}``.
 
     Returns:
@@ -691,12 +768,14 @@ def classify_scans(
     Raises:
         ValueError: an unknown precision or fp16 without CUDA.
         ConfigOverrideError: an override names a key the configs do not have.
+        pipeline.training.model_card.ModelConfigMismatchError: an override contradicts the weights' own configuration.
         CheckpointError: the weights are missing or do not fit the network.
         InputError: an input path does not exist or holds no scan.
     """
-    settings: dict[str, Any] = {"dataset_dir": inputs, "output_csv": os.fspath(output_csv)}
+    settings: dict[str, Any] = {"dataset_dir": inputs, "output_csv": os.fspath(output_csv), "overwrite": overwrite}
     settings.update(_common_settings(weights, device, precision, channels_last))
-    return _run_config(config_files or _bundle_configs("inference_classifier.yaml"), {**settings, **overrides})
+    configs = config_files or _bundle_configs("inference_classifier.yaml", bundle_dir)
+    return _run_config(configs, {**settings, **overrides})
 
 
 def _parse_overlap(text: str) -> float:
@@ -715,11 +794,169 @@ def _parse_override(text: str) -> tuple[str, Any]:
     return key.lstrip("-"), yaml.safe_load(value)
 
 
+#: What each task writes, and an example for its ``--help``.
+_TASKS = {
+    "denoise": (
+        "write <scan>_denoised.nii.gz per scan, in the scan's own space and units",
+        "output folder",
+        "{prog} scans/ --output denoised/ --weights demo/models/denoiser/model.pt",
+    ),
+    "classify": (
+        "write one CSV row of class probabilities per scan",
+        "output CSV file",
+        "{prog} scans/ --output predictions.csv --weights demo/models/classifier_denoiser/classifier.pt",
+    ),
+}
+_EPILOG = """example:
+  {example}
+
+Inputs: scan files (NIfTI-1/2, Analyze, MGH/MGZ, MINC, NRRD, MetaImage, DICOM), folders (every medical image in
+them, DICOM files grouped by series; other files are listed as ignored) or datalist .json files. Weights trained by
+this project carry their configuration (model.json beside model.pt): --weights is all a trained model needs.
+Exit status: 0 when every scan was processed (or skipped because its output exists), 1 when any failed or an input
+cannot be used, 2 for a bad setting."""
+
+
+def add_task_arguments(parser: argparse.ArgumentParser, task: str) -> argparse.ArgumentParser:
+    """Add the arguments of ``denoise`` or ``classify`` to a parser (the module's and the console scripts').
+
+    Args:
+        parser: the (sub)parser.
+        task: ``"denoise"`` or ``"classify"``.
+
+    Returns:
+        ``parser``.
+    """
+    _, output_help, _ = _TASKS[task]
+    parser.add_argument("inputs", nargs="+", help="scan files, folders or datalist .json files")
+    parser.add_argument("--output", required=True, help=output_help)
+    parser.add_argument(
+        "--weights", default=None, help="trained weights, .pt or .ts (default: the bundle's models/ file)"
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda:0, ... (default: CUDA when available)")
+    parser.add_argument(
+        "--precision",
+        default=None,
+        choices=PRECISIONS,
+        help="auto (the bundle's default): bf16 where the CPU (AVX512-BF16/AMX) or GPU has it natively, else fp32;"
+        " bf16: autocast on the CPU or CUDA (about 40x slower than fp32 on a CPU without native bf16); fp16: CUDA"
+        " only; outputs are float32",
+    )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        default=None,
+        help="run the network in the channels_last_3d memory layout (same weights)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="recompute outputs that already exist (denoise) / scans the CSV already holds (classify)",
+    )
+    parser.add_argument(
+        "--overlap",
+        type=_parse_overlap,
+        default=None,
+        help="sliding-window overlap in [0, 1) (default: the bundle's sw_overlap); denoise only: the classifier "
+        "sees each scan once, cropped to its input size",
+    )
+    parser.add_argument(
+        "--bundle-dir", default=None, help="bundle folder whose configs/ run (default: the installed bundle)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        type=_parse_override,
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. --set network_def::model_depth=34 (repeatable)",
+    )
+    return parser
+
+
+def task_parser(task: str, prog: str) -> argparse.ArgumentParser:
+    """The parser of one task, as the console scripts (``resunet3d-denoise``, ``resunet3d-classify``) use it.
+
+    Args:
+        task: ``"denoise"`` or ``"classify"``.
+        prog: the program name shown in the usage and the example.
+
+    Returns:
+        The parser; its ``--help`` ends with an example.
+    """
+    description, _, example = _TASKS[task]
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=f"{description.capitalize()}.",
+        epilog=_EPILOG.format(example=example.format(prog=prog)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return add_task_arguments(parser, task)
+
+
+def run_task(task: str, args: argparse.Namespace) -> int:
+    """Run parsed arguments of ``denoise`` or ``classify``; print the summary to standard error.
+
+    Args:
+        task: ``"denoise"`` or ``"classify"``.
+        args: from :func:`task_parser` or the module's parser.
+
+    Returns:
+        0 when every scan was processed or skipped, 1 when any failed or an input cannot be used, 2 for a bad
+        config key or value (e.g. ``--precision fp16`` without CUDA, an override contradicting the weights).
+    """
+    from pipeline.bundle_run import ConfigOverrideError
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    overrides = dict(args.overrides)
+    for key, value in (("precision", args.precision), ("channels_last", args.channels_last)):
+        if value is not None:  # a flag wins over --set; absent, the --set value or the bundle's default stands
+            overrides[key] = value
+    inputs = args.inputs[0] if len(args.inputs) == 1 else args.inputs
+    try:
+        if task == "denoise":
+            summary = denoise_scans(
+                inputs,
+                args.output,
+                args.weights,
+                args.device,
+                args.overwrite,
+                overlap=args.overlap,
+                bundle_dir=args.bundle_dir,
+                **overrides,
+            )
+        else:
+            if args.overlap is not None:
+                raise ValueError(
+                    "--overlap sets the denoiser's sliding windows; the classifier sees each scan once, cropped "
+                    "to its input size, so there is no overlap to set"
+                )
+            summary = classify_scans(
+                inputs,
+                args.output,
+                args.weights,
+                args.device,
+                overwrite=args.overwrite,
+                bundle_dir=args.bundle_dir,
+                **overrides,
+            )
+    except (ConfigOverrideError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (InputError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(summary.report(), file=sys.stderr)  # every file not processed, and the counts, at the end
+    return 1 if summary.failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m pipeline.inference.infer {denoise,classify} INPUT... --output ... [--weights ...]``.
 
-    The counts are logged at the end; when a scan failed, the failed scans with their reasons and the counts are
-    printed to standard error.
+    The summary (failed and ignored files with their reasons, then the counts) is printed to standard error at the
+    end.
 
     Args:
         argv: arguments (default ``sys.argv[1:]``).
@@ -730,72 +967,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(prog="python -m pipeline.inference.infer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="task", required=True)
-    for task, help_text in (("denoise", "write <scan>_denoised.nii.gz per scan"), ("classify", "write a CSV")):
-        p = sub.add_parser(task, help=help_text)
-        p.add_argument("inputs", nargs="+", help="scan files, folders or datalist .json files")
-        p.add_argument(
-            "--output",
-            required=True,
-            help="output folder (denoise) or CSV file (classify)",
+    for task, (help_text, _, example) in _TASKS.items():
+        prog = f"python -m pipeline.inference.infer {task}"
+        add_task_arguments(
+            sub.add_parser(
+                task,
+                help=help_text,
+                description=f"{help_text.capitalize()}.",
+                epilog=_EPILOG.format(example=example.format(prog=prog)),
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+            ),
+            task,
         )
-        p.add_argument("--weights", default=None, help="trained weights (default: the bundle's models/ file)")
-        p.add_argument("--device", default=None, help="cpu, cuda:0, ... (default: CUDA when available)")
-        p.add_argument(
-            "--precision",
-            default=None,
-            choices=PRECISIONS,
-            help="auto (the bundle's default): bf16 where the CPU (AVX512-BF16/AMX) or GPU has it natively, else fp32;"
-            " bf16: autocast on the CPU or CUDA (about 40x slower than fp32 on a CPU without native bf16); fp16: CUDA"
-            " only; outputs are float32",
-        )
-        p.add_argument(
-            "--channels-last",
-            action="store_true",
-            default=None,
-            help="run the network in the channels_last_3d memory layout (same weights)",
-        )
-        p.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            type=_parse_override,
-            default=[],
-            metavar="KEY=VALUE",
-            help="config override, e.g. --set network_def::model_depth=34 (repeatable)",
-        )
-        if task == "denoise":
-            p.add_argument("--overwrite", action="store_true", help="recompute outputs that already exist")
-            p.add_argument(
-                "--overlap",
-                type=_parse_overlap,
-                default=None,
-                help="sliding-window overlap in [0, 1) (default: the bundle's sw_overlap)",
-            )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from pipeline.bundle_run import ConfigOverrideError
-
-    overrides = dict(args.overrides)
-    for key, value in (("precision", args.precision), ("channels_last", args.channels_last)):
-        if value is not None:  # a flag wins over --set; absent, the --set value or the bundle's default stands
-            overrides[key] = value
-    inputs = args.inputs[0] if len(args.inputs) == 1 else args.inputs
-    try:
-        if args.task == "denoise":
-            summary = denoise_scans(
-                inputs, args.output, args.weights, args.device, args.overwrite, overlap=args.overlap, **overrides
-            )
-        else:
-            summary = classify_scans(inputs, args.output, args.weights, args.device, **overrides)
-    except (ConfigOverrideError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except (InputError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    if summary.failed:  # the counts were logged; repeat the failures together at the end
-        print(summary.report(), file=sys.stderr)
-    return 1 if summary.failed else 0
+    return run_task(args.task, args)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ __all__ = [
     "build_classify_evaluator",
     "build_classify_trainer",
     "check_denoiser_leakage",
+    "classifier_card",
     "finetune_classifier",
     "labels_of",
     "predict_classifier",
@@ -103,12 +104,27 @@ def build_classifier(
             denoiser.load_state_dict(load_network_state(path), strict=True)
         if not isinstance(denoiser, ResUnet3D):
             raise ValueError(f"init='denoiser' needs a ResUnet3D, got {type(denoiser).__name__}.")
-        return encoder_to_classifier(denoiser, num_classes)
+        net = encoder_to_classifier(denoiser, num_classes)
+        encoder = dict(denoiser.encoder_config)
+        model_depth = encoder.pop("model_depth")
+        return _describe(net, num_classes, model_depth, encoder)
     net = get_network("resnet", model_depth=model_depth, num_classes=num_classes, **resnet_kwargs)
     if init == "pretrained":
         if path is None:
             raise ValueError("init='pretrained' needs `path` to the pretrained weights.")
         load_pretrained(net, path)
+    return _describe(net, num_classes, model_depth, resnet_kwargs)
+
+
+def _describe(net: nn.Module, num_classes: int, model_depth: int, resnet_kwargs: Mapping[str, Any]) -> nn.Module:
+    """Attach the MONAI config that rebuilds ``net``'s architecture (random weights): trained weights carry it."""
+    net.init_config = {  # type: ignore[assignment]
+        "_target_": "pipeline.training.classify.build_classifier",
+        "init": "scratch",
+        "num_classes": num_classes,
+        "model_depth": model_depth,
+        **resnet_kwargs,
+    }
     return net
 
 
@@ -277,6 +293,25 @@ def build_classify_evaluator(
     )
 
 
+def classifier_card(num_classes: int, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The model-card arguments of a classifier (:func:`pipeline.training.model_card.write_model_card`).
+
+    Args:
+        num_classes: K.
+        class_names: K names in index order (default ``"0" .. "K-1"``).
+
+    Returns:
+        ``{"task": "classify", "config": {"class_names": [...]}}``.
+
+    Raises:
+        ValueError: if ``class_names`` does not hold K names.
+    """
+    names = [str(i) for i in range(num_classes)] if class_names is None else [str(n) for n in class_names]
+    if len(names) != num_classes:
+        raise ValueError(f"class_names must hold num_classes={num_classes} names, got {names}.")
+    return {"task": "classify", "config": {"class_names": names}}
+
+
 def labels_of(data: Any) -> list[int]:
     """The ``label`` of every item of a list of dicts (or of a dataset's ``.data``).
 
@@ -354,6 +389,7 @@ def finetune_classifier(
     resume: bool = True,
     progress: bool = True,
     config: Mapping[str, Any] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> TrainingResult:
     """Fine-tune a classifier; write ``model.pt`` (best ``key_metric``) and predictions CSVs for val and test.
 
@@ -398,6 +434,8 @@ def finetune_classifier(
         resume: continue from the newest checkpoint in ``run_dir``.
         progress: progress bars and console summaries.
         config: configuration to record in ``run_info.json``.
+        class_names: the class names in index order, for the model card ``model.json`` beside ``model.pt``
+            (default ``"0" .. "K-1"``).
 
     Returns:
         A :class:`pipeline.training.engines.TrainingResult`.
@@ -471,6 +509,7 @@ def finetune_classifier(
             "test_subjects": groups.get("test", []),
             "denoiser_run": None if denoiser_run is None else os.fspath(denoiser_run),
         },
+        model_card=classifier_card(num_classes, class_names),
     )
     best = run_dir / BEST_FILENAME
     if best.is_file():

@@ -203,6 +203,7 @@ def train_denoiser(
     resume: bool = True,
     progress: bool = True,
     config: Mapping[str, Any] | None = None,
+    model_card: Mapping[str, Any] | None = None,
 ) -> TrainingResult:
     """Train a denoiser, validate it on whole volumes, checkpoint, log to TensorBoard; resume when interrupted.
 
@@ -254,6 +255,10 @@ def train_denoiser(
         resume: continue from the newest checkpoint in ``run_dir``.
         progress: progress bars and console epoch summaries.
         config: the resolved configuration to record in ``run_info.json`` (the arguments are recorded too).
+        model_card: what inference needs beyond the network, for the card ``model.json`` beside ``model.pt``
+            (:mod:`pipeline.training.model_card`): ``config`` (bundle ids such as ``patch_size``, ``spacing``,
+            ``percentile_upper``; default ``patch_size`` = ``roi_size``) and facts such as ``noise`` and
+            ``intensity``, as the caller's transforms define them.
 
     Returns:
         A :class:`pipeline.training.engines.TrainingResult`.
@@ -333,9 +338,18 @@ def train_denoiser(
             train_data=train_data,
             val_data=val_data,
             run_info={"task": "denoise", "network": type(network).__name__},
+            model_card=_denoise_card(roi_size, model_card),
         )
     finally:
         writer.close()
+
+
+def _denoise_card(roi_size: Sequence[int] | int | None, given: Mapping[str, Any] | None) -> dict[str, Any]:
+    card = dict(given or {})
+    config = dict(card.pop("config", {}) or {})
+    if roi_size is not None:
+        config.setdefault("patch_size", [roi_size] * 3 if isinstance(roi_size, int) else list(roi_size))
+    return {"task": "denoise", "config": config, **card}
 
 
 def evaluate_denoiser(

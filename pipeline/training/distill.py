@@ -11,7 +11,7 @@ statistics and dropout are those of inference), even though the engine calls ``t
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from torch.optim import Optimizer
 from pipeline.data.splits import check_no_overlap
 from pipeline.evaluation.metrics import logits_and_labels
 from pipeline.training.checkpoint import load_network_state
-from pipeline.training.classify import build_classify_evaluator, labels_of, predict_classifier
+from pipeline.training.classify import build_classify_evaluator, classifier_card, labels_of, predict_classifier
 from pipeline.training.engines import (
     BEST_FILENAME,
     TrainingResult,
@@ -149,6 +149,7 @@ def distill(
     resume: bool = True,
     progress: bool = True,
     config: Mapping[str, Any] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> TrainingResult:
     """Distil ``teacher`` into ``student``; validate the student; write ``model.pt`` (student) and predictions CSVs.
 
@@ -185,6 +186,8 @@ def distill(
         resume: continue from the newest checkpoint in ``run_dir``.
         progress: progress bars and console summaries.
         config: configuration to record in ``run_info.json``.
+        class_names: the class names in index order, for the student's model card ``model.json``
+            (default ``"0" .. "K-1"``).
 
     Returns:
         A :class:`pipeline.training.engines.TrainingResult`.
@@ -240,6 +243,7 @@ def distill(
         train_data=train_data,
         val_data=val_data,
         run_info={"task": "distill", "student": type(student).__name__, "teacher": type(teacher).__name__},
+        model_card=classifier_card(num_classes, class_names),
     )
     best = run_dir / BEST_FILENAME
     if best.is_file():

@@ -275,6 +275,7 @@ def run_training(
     train_data: Any = None,
     val_data: Any = None,
     run_info: Mapping[str, Any] | None = None,
+    model_card: Mapping[str, Any] | None = None,
 ) -> TrainingResult:
     """Attach the shared handlers to a task's trainer and evaluator, resume if asked, train, and report.
 
@@ -308,6 +309,9 @@ def run_training(
         train_data: the training data (its ``subject`` IDs are recorded).
         val_data: the validation data (ditto).
         run_info: more fields for ``run_info.json``.
+        model_card: :func:`pipeline.training.model_card.write_model_card` arguments (``task``, ``config``, ...): the
+        card
+            ``model.json`` beside ``model.pt`` that lets inference rebuild the network from the weights alone.
 
     Returns:
         A :class:`TrainingResult`.
@@ -419,6 +423,10 @@ def run_training(
         if resumed_from is not None:
             info["resumed_from"] = resumed_from.name
         write_run_info(run_dir, **info)
+        if model_card is not None:
+            from pipeline.training.model_card import write_model_card
+
+            write_model_card(run_dir / BEST_FILENAME, network, **model_card)
         try:
             trainer.run()
         except Exception as error:
