@@ -22,7 +22,7 @@ Stages, each timed (wall clock and CPU time of this process), with progress bars
 
 Scores: every volume (noisy input, each method's output, clean reference) is divided by the clean scan's robust
 maximum (99.5th percentile of its non-zero voxels, the reference of the cohort's noise level), so the data range is 1
-and PSNR/SSIM are comparable across methods (:func:`pipeline.evaluation.report.volume_quality`).
+and PSNR/SSIM are comparable across methods (:func:`pipeline.evaluation.metrics.volume_quality`).
 
 Running again into the same ``--out`` with the same settings reuses the cohort and resumes (or skips) training from
 the checkpoints; other settings, or ``--fresh``, start over (only folders this demo made are removed).
@@ -52,6 +52,7 @@ import numpy as np
 from pipeline.utils.files import atomic_path
 
 from pipeline.errors import OutputFolderError
+from transforms.intensity import robust_max
 
 __all__ = ["DEFAULT", "QUICK", "DemoSettings", "OutputFolderError", "StageTimer", "check_out", "main", "run_demo"]
 
@@ -334,13 +335,6 @@ def _prepare_out(out: Path, settings: DemoSettings, fresh: bool) -> bool:
     return resume
 
 
-def _robust_max(volume: np.ndarray) -> float:
-    positive = volume[volume > 0]
-    if positive.size == 0:
-        raise ValueError("the clean volume has no positive voxel")
-    return float(np.percentile(positive, 99.5))
-
-
 def _load(path: str | os.PathLike) -> np.ndarray:
     return np.asarray(nib.load(os.fspath(path)).get_fdata(dtype=np.float32))
 
@@ -349,7 +343,7 @@ def _case(cohort_dir: Path, noise_dir: str, subject: str) -> dict[str, Any]:
     """Noisy, clean and mask volumes of one subject on the clean scan's robust-maximum scale."""
     name = f"{subject}.nii.gz"
     clean = _load(cohort_dir / "clean" / name)
-    reference = _robust_max(clean)
+    reference = robust_max(clean)
     return {
         "subject": subject,
         "reference": reference,
@@ -360,7 +354,7 @@ def _case(cohort_dir: Path, noise_dir: str, subject: str) -> dict[str, Any]:
 
 
 def _mean_quality(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    from pipeline.evaluation.report import QUALITY_KEYS
+    from pipeline.evaluation.metrics import QUALITY_KEYS
 
     return {key: float(np.mean([r[key] for r in rows])) for key in (*QUALITY_KEYS, "seconds")}
 
@@ -410,7 +404,7 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings = DEFAULT, fresh: bo
     from pipeline.data.cohort import CohortParameters, build_cohort, logistic_baseline
     from pipeline.data.datasets import load_subjects_csv
     from pipeline.inference.infer import classify_scans, denoise_scans
-    from pipeline.evaluation.report import volume_quality
+    from pipeline.evaluation.metrics import volume_quality
     from pipeline.utils.seed import seed_everything
     from pipeline.data.splits import SubjectSplits, save_splits
 
