@@ -368,7 +368,7 @@ def test_denoiser_train_resume_evaluate_infer(paired6, tmp_path, caplog):
     common = {"dataset_dir": os.fspath(paired6), "ckpt_dir": os.fspath(models), **FAST, **TINY_UNET}
     run_workflow(TRAIN, output_dir=os.fspath(run), num_epochs=1, ckpt_interval=1, **common)
     assert (models / "model.pt").is_file() and (models / "checkpoint_epoch=1.pt").is_file()
-    assert {"splits.json", "run_info.json", "log.txt"} <= {p.name for p in run.iterdir()}
+    assert {"splits.json", "run_info.json", "train.log"} <= {p.name for p in run.iterdir()}
     assert any(p.name.startswith("events.out.tfevents") for p in run.iterdir())
     # re-running with more epochs resumes from epoch 1 (network, optimiser, scheduler, trainer state)
     state = torch.load(models / "checkpoint_epoch=1.pt", weights_only=True)["trainer"]

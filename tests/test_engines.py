@@ -174,7 +174,7 @@ def test_tensorboard_has_losses_metrics_learning_rate_and_slices(tmp_path):
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    expected = {"train/loss", "train/lr"} | {
+    expected = {"train/loss", "train/lr/group_0"} | {
         f"{m}_{r}{s}" for m in ("psnr", "ssim") for r in ("brain", "volume") for s in ("", "_noisy")
     }
     assert expected <= scalars
@@ -302,3 +302,29 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     for key, tensor in a["network"].items():
         assert torch.equal(tensor, b["network"][key]), key
     assert not list(killed.glob(".*.part.pt"))
+
+
+def test_run_logging_records_what_monai_logfilehandler_misses(tmp_path):
+    """Why a run logs through ``run_logging`` and not MONAI's ``LogfileHandler``: the latter records only its engine's
+    own logger. If this test fails, ``LogfileHandler`` records the whole run and can replace ``run_logging``."""
+    import logging
+
+    from ignite.engine import Engine
+    from monai.handlers import LogfileHandler
+
+    from pipeline.training.runinfo import run_logged
+
+    def step(engine, batch):
+        engine.logger.warning("from the engine")
+        logging.getLogger("pipeline.training").warning("from the pipeline")
+
+    engine = Engine(step)
+    LogfileHandler(output_dir=str(tmp_path / "monai")).attach(engine)
+    engine.run([0], max_epochs=1)
+    monai_log = (tmp_path / "monai" / "log.txt").read_text()
+    assert "from the engine" in monai_log and "from the pipeline" not in monai_log
+
+    run_logged(tmp_path / "ours", lambda: Engine(step).run([0], max_epochs=1))
+    ours = (tmp_path / "ours" / "train.log").read_text()
+    assert "from the engine" in ours and ours.count("from the pipeline") == 1
+    assert run_logged(None, lambda: 7) == 7 and not (tmp_path / "none").exists()

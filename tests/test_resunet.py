@@ -305,3 +305,17 @@ def test_readme_parameter_table_is_the_generated_one():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert parameter_table() in readme
+
+
+def test_monai_resnet_still_gives_norm_and_act_to_the_stem_only():
+    """Still broken upstream? MONAI 1.6.1's ``ResNet(norm=..., act=...)`` never passes them to ``_make_layer``, so the
+    residual blocks keep batch norm and ReLU. If this test fails, MONAI fixed it and ``build_resnet``'s replacement
+    of the block norms can be dropped."""
+    kwargs = {"block": "basic", "layers": (1, 1, 1, 1), "block_inplanes": (4, 8, 8, 8), "n_input_channels": 1}
+    norm, act = ("instance", {"affine": True}), ("leakyrelu", {"negative_slope": 0.1})
+    monai_net = ResNet(spatial_dims=3, norm=norm, act=act, **kwargs)
+    assert isinstance(monai_net.bn1, nn.InstanceNorm3d)  # the stem gets it ...
+    assert isinstance(monai_net.layer1[0].bn1, nn.BatchNorm3d)  # ... the blocks do not
+    assert isinstance(monai_net.layer1[0].act, nn.ReLU)
+    ours = build_resnet(10, block_inplanes=(4, 8, 8, 8), norm="instance")
+    assert not any(isinstance(m, nn.BatchNorm3d) for m in ours.modules())

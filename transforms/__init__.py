@@ -21,8 +21,8 @@ from transforms.noise import (
 )
 from transforms.presets import STAGES, classify_transforms, denoise_transforms, intensity_augmentation
 from transforms.spatial import (
-    ForegroundMask,
-    ForegroundMaskd,
+    HeadMask,
+    HeadMaskd,
     center_crop,
     divisible_pad,
     foreground_crop,
@@ -33,8 +33,8 @@ __all__ = [
     "NOISE_NAMES",
     "ROBUST_PERCENTILE",
     "STAGES",
-    "ForegroundMask",
-    "ForegroundMaskd",
+    "HeadMask",
+    "HeadMaskd",
     "InputError",
     "LoadScan",
     "LoadScand",
