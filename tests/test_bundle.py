@@ -170,8 +170,19 @@ def test_metadata_pins_match_constraints():
         assert {"type", "format", "num_channels", "spatial_shape", "dtype", "value_range"} <= set(fmt[part][key])
 
 
-def test_logging_conf_is_accepted_by_monai():
-    _apply_logging_file(os.fspath(CONFIGS / "logging.conf"))
+def test_logging_conf_is_accepted_by_monai_and_logs_info_to_stdout(capsys):
+    root = logging.getLogger()
+    saved = (root.level, root.handlers[:])
+    try:
+        _apply_logging_file(os.fspath(CONFIGS / "logging.conf"))
+        assert root.level == logging.INFO
+        logging.getLogger("pipeline.training").info("epoch summary")
+        logging.getLogger("pipeline.training").debug("detail")
+        out = capsys.readouterr().out
+        assert " - pipeline.training - INFO - epoch summary" in out and "detail" not in out
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
 
 
 def test_configs_use_the_zoo_ids_relative_paths_and_map_location():

@@ -173,10 +173,37 @@ def test_bad_arguments_name_the_parameter(kwargs, match):
     ],
     ids=str,
 )
-def test_every_option_changes_the_module_graph(change):
-    base = ResUnet3D(**TINY)
-    other = ResUnet3D(**{**TINY, **change})
-    assert repr(base) != repr(other)
+def test_every_option_changes_what_forward_computes(change):
+    """Each option must change the output of ``forward``, not only the module tree.
+
+    The changed network gets every parameter of the default one that it shares by name and shape, so what is left
+    to tell the two outputs apart is the option itself: a module built but never called in ``forward``, or an
+    argument stored and ignored, gives the same output and fails.
+    """
+    torch.manual_seed(0)
+    base = ResUnet3D(**TINY).eval()
+    torch.manual_seed(0)
+    other = ResUnet3D(**{**TINY, **change}).eval()
+    shared = {
+        k: v for k, v in base.state_dict().items() if k in other.state_dict() and other.state_dict()[k].shape == v.shape
+    }
+    other.load_state_dict(shared, strict=False)
+    x = torch.randn(1, 1, 33, 17, 17, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y_base, y_other = base(x), other(x)
+    assert y_other.shape[2:] == x.shape[2:]
+    if y_other.shape == y_base.shape:
+        assert not torch.allclose(y_base, y_other, atol=1e-6), f"{change} leaves the output unchanged"
+
+
+def test_options_that_resize_the_network_change_its_parameters():
+    count = {name: sum(p.numel() for p in ResUnet3D(**{**TINY, **opts}).parameters()) for name, opts in (
+        ("default", {}), ("levels3", {"levels": 3}), ("wide", {"widen_factor": 2.0}), ("depth10", {"model_depth": 10}),
+        ("cat", {"skip": "cat"}), ("nonorm", {"norm": "none"}), ("shortcutA", {"shortcut_type": "A"}),
+    )}  # fmt: skip
+    assert count["levels3"] < count["default"] < count["wide"]
+    assert count["depth10"] < count["default"] < count["cat"]  # fewer blocks; concatenation widens the decoder
+    assert count["nonorm"] < count["default"] and count["shortcutA"] < count["default"]  # no norm / 1x1 conv weights
 
 
 def test_residual_output_subtracts_the_predicted_noise():
