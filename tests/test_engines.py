@@ -22,23 +22,10 @@ from pipeline.training.denoise import build_denoise_evaluator, evaluate_denoiser
 from pipeline.training.engines import make_loader
 from pipeline.training.handlers import AutocastInferer, NonFiniteLossError
 from pipeline.utils.seed import seed_everything
+from tests.faults.train import cubes
 from transforms.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cubes(n: int, seed: int, sigma: float = 0.25, size: int = 16) -> list[dict]:
-    """Piecewise-constant 'brains' (two nested boxes) plus Gaussian noise; mask = the outer box."""
-    g = torch.Generator().manual_seed(seed)
-    items = []
-    for i in range(n):
-        clean = torch.zeros(1, size, size, size)
-        lo = int(torch.randint(2, 6, (1,), generator=g))
-        clean[:, lo : lo + 8, 3:13, 4:12] = 0.8
-        clean[:, lo + 2 : lo + 5, 5:9, 5:9] = 0.4
-        noisy = clean + sigma * torch.randn(clean.shape, generator=g)
-        items.append({"image": noisy, "label": clean, "mask": (clean > 0).float(), "subject": f"sub-{seed}{i:02d}"})
-    return items
 
 
 def tiny_unet(seed: int = 0) -> torch.nn.Module:

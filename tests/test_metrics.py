@@ -21,6 +21,7 @@ from pipeline.evaluation.metrics import (
     masked_ssim,
     volume_quality,
 )
+from tests.conftest import smooth_volume
 
 
 def pair(seed=0, shape=(2, 1, 16, 16, 16)):
@@ -64,14 +65,6 @@ def test_masked_ssim_averages_the_map_inside_the_mask():
     assert good.item() == pytest.approx(1.0, abs=1e-4)
     assert bad.item() < whole.item() < good.item()
     assert metric(pred, y, mask=torch.ones_like(y)).item() == pytest.approx(whole.item(), abs=1e-6)
-
-
-def smooth_volume(shape=(24, 28, 20), seed=0):
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
-    inside = (grid**2).sum(0) < 0.8
-    texture = 0.6 + 0.3 * np.sin(3 * grid[0] + rng.uniform(0, 6)) * np.cos(2 * grid[1])
-    return np.where(inside, texture, 0.0).astype(np.float32), inside.astype(np.float32)
 
 
 # ---------------------------------------------------------------- one volume: masked_psnr, masked_ssim, volume_quality

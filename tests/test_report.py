@@ -11,16 +11,9 @@ from pipeline.evaluation.report import (
     read_scalars,
     triplanar_figure,
 )
+from tests.conftest import smooth_volume
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def smooth_volume(shape=(24, 28, 20), seed=0):
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
-    inside = (grid**2).sum(0) < 0.8
-    texture = 0.6 + 0.3 * np.sin(3 * grid[0] + rng.uniform(0, 6)) * np.cos(2 * grid[1])
-    return np.where(inside, texture, 0.0).astype(np.float32), inside.astype(np.float32)
 
 
 def read_png(path):

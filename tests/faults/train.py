@@ -15,8 +15,11 @@ from transforms.errors import InputError
 __all__ = ["CASES", "cubes", "matches_uninterrupted", "tiny_unet", "train_tiny"]
 
 
-def cubes(n: int, seed: int, size: int = 16) -> list[dict[str, Any]]:
-    """Tiny in-memory training pairs: two nested boxes plus Gaussian noise; mask = the outer box."""
+def cubes(n: int, seed: int, sigma: float = 0.25, size: int = 16) -> list[dict[str, Any]]:
+    """Tiny in-memory training pairs: two nested boxes plus Gaussian noise of ``sigma``; mask = the outer box.
+
+    Also the engines' tests' data (``tests/test_engines.py``).
+    """
     generator = torch.Generator().manual_seed(seed)
     items = []
     for i in range(n):
@@ -24,7 +27,7 @@ def cubes(n: int, seed: int, size: int = 16) -> list[dict[str, Any]]:
         lo = int(torch.randint(2, 6, (1,), generator=generator))
         clean[:, lo : lo + 8, 3:13, 4:12] = 0.8
         clean[:, lo + 2 : lo + 5, 5:9, 5:9] = 0.4
-        noisy = clean + 0.25 * torch.randn(clean.shape, generator=generator)
+        noisy = clean + sigma * torch.randn(clean.shape, generator=generator)
         items.append({"image": noisy, "label": clean, "mask": (clean > 0).float(), "subject": f"sub-{seed}{i:02d}"})
     return items
 
