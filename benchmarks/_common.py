@@ -1,7 +1,11 @@
-"""Helpers every benchmark script shares: machine facts, timing, masked image metrics, tables and JSON output.
+"""Helpers every benchmark script shares: machine facts, timing, test volumes, networks, tables and JSON output.
 
 Nothing here downloads anything: the MNI152 template and brain mask come from files inside the installed nilearn
 package, and the "real scan of another person" is the T1 volume that ships inside nibabel's test data.
+
+Nothing here is a second copy of the pipeline: the benchmarks score with ``pipeline.evaluation.metrics``, noise
+volumes with ``transforms.noise``, read the template with ``pipeline.data.cohort`` and build networks with
+``networks.get_network``; this module only adapts them to the benchmarks' [0, 1] test volumes.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import numpy as np
 __all__ = [
     "REAL_SCAN",
     "Progress",
-    "add_noise",
     "announce",
     "benchmark_precision",
     "build_denoiser",
@@ -35,8 +38,8 @@ __all__ = [
     "load_real_scan",
     "load_template",
     "machine_info",
-    "masked_psnr_ssim",
     "median_seconds",
+    "noisy_copy",
     "poisson_scale",
     "write_json",
 ]
@@ -252,42 +255,6 @@ def median_seconds(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> 
     return float(np.median(times))
 
 
-def masked_psnr_ssim(
-    pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, data_range: float = 1.0
-) -> tuple[float, float]:
-    """PSNR and SSIM of a 3-D volume restricted to a mask.
-
-    PSNR = 10 log10(data_range^2 / MSE) with the MSE averaged over the mask's voxels only. SSIM is scikit-image's
-    ``structural_similarity`` (7^3 uniform window, ``data_range`` given) computed over the whole volume with
-    ``full=True``; its per-voxel map is then averaged over the mask.
-
-    Args:
-        pred: the denoised volume (H, W, D), on the same scale as ``ref``.
-        ref: the reference (clean) volume (H, W, D).
-        mask: boolean or 0/1 volume (H, W, D); at least one voxel set.
-        data_range: the intensity range of the scale (1.0 for volumes scaled to [0, 1]).
-
-    Returns:
-        ``(psnr_db, ssim)``.
-
-    Raises:
-        ValueError: if the shapes differ or the mask is empty.
-    """
-    from skimage.metrics import structural_similarity
-
-    if pred.shape != ref.shape or ref.shape != mask.shape:
-        raise ValueError(f"pred, ref and mask must have one shape, got {pred.shape}, {ref.shape}, {mask.shape}")
-    mask = mask.astype(bool)
-    if not mask.any():
-        raise ValueError("mask is empty")
-    pred = np.asarray(pred, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    mse = float(np.mean((pred[mask] - ref[mask]) ** 2))
-    psnr = float("inf") if mse == 0 else 10.0 * np.log10(data_range**2 / mse)
-    _, ssim_map = structural_similarity(ref, pred, data_range=data_range, full=True, win_size=7)
-    return psnr, float(ssim_map[mask].mean())
-
-
 def center_crop(volume: np.ndarray, size: int, center: Sequence[int] | None = None) -> tuple[slice, ...]:
     """Slices of a ``size``^3 cube inside ``volume`` around ``center`` (default: the volume's centre), clipped in.
 
@@ -310,25 +277,27 @@ def center_crop(volume: np.ndarray, size: int, center: Sequence[int] | None = No
 
 
 def load_template() -> tuple[np.ndarray, np.ndarray]:
-    """Load nilearn's MNI152 2009 T1 template (1 mm, 197 x 233 x 189, skull-stripped, [0, 1]) and its brain mask.
+    """The MNI152 2009 T1 template of nilearn (1 mm, 197 x 233 x 189, skull-stripped, [0, 1]) and its brain mask.
+
+    Read by the cohort's loader (:func:`pipeline.data.cohort.load_template`, uncropped), so the benchmarks and the
+    demo cohort start from the same arrays.
 
     Returns:
-        ``(t1, mask)``: float32 volume scaled to [0, 1] by its maximum, and a boolean brain mask (nilearn's
-        ``load_mni152_brain_mask``, grey + white matter probability > 0.2).
+        ``(t1, mask)``: the float32 T1 volume on [0, 1] and the boolean brain mask (nilearn's
+        ``load_mni152_brain_mask``).
     """
-    from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
+    from pipeline.data.cohort import load_template as cohort_template
 
-    t1 = np.asarray(load_mni152_template(resolution=1).get_fdata(), dtype=np.float32)
-    t1 /= float(t1.max())
-    mask = np.asarray(load_mni152_brain_mask(resolution=1).get_fdata()) > 0.5
-    return t1, mask
+    template = cohort_template(margin=None)
+    return np.array(template.t1), template.mask > 0.5
 
 
 def load_real_scan() -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Load the real T1 scan of a person that ships with nibabel's test data, scaled to [0, 1], with a head mask.
 
     The volume (``nibabel/tests/data/anatomical.nii``: 33 x 41 x 25 voxels of 2 mm, not skull-stripped) is scaled
-    by its 0.5th and 99.5th percentiles and clipped to [0, 1]; the evaluation mask is the Otsu foreground (head),
+    by the 0.5th and 99.5th percentiles of all its voxels and clipped to [0, 1] (``transforms.intensity``'s
+    ``ScalePercentile(nonzero=False, clip=True)``); the evaluation mask is the Otsu foreground (head),
     with holes filled, since the scan has no brain mask. Its own noise level is estimated with scikit-image's
     ``estimate_sigma`` (wavelet MAD) on that scale and reported on the 0-255 scale.
 
@@ -340,11 +309,12 @@ def load_real_scan() -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     from skimage.filters import threshold_otsu
     from skimage.restoration import estimate_sigma
 
+    from transforms.intensity import ScalePercentile
+
     path = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
     image = nib.load(path)
     data = np.asarray(image.get_fdata(), dtype=np.float32)
-    lo, hi = np.percentile(data, [0.5, 99.5])
-    volume = np.clip((data - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    volume = np.asarray(ScalePercentile(lower=0.5, nonzero=False, clip=True)(data[None])[0], dtype=np.float32)
     mask = ndimage.binary_fill_holes(volume > threshold_otsu(volume))
     sigma = float(estimate_sigma(volume))
     info = {
@@ -357,29 +327,29 @@ def load_real_scan() -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     return volume, mask, info
 
 
-def add_noise(clean: np.ndarray, kind: str, seed: int, level: float = 15.0) -> np.ndarray:
-    """Add seeded noise to a [0, 1] volume.
+def noisy_copy(clean: np.ndarray, kind: str, seed: int, level: float = 15.0) -> np.ndarray:
+    """A seeded noisy copy of a [0, 1] volume, made by the project's noise transforms (``transforms.noise``).
 
     Args:
-        clean: the clean volume on the [0, 1] scale.
-        kind: ``"gaussian"`` (zero-mean normal, sigma = ``level`` / 255 of the [0, 1] range) or ``"poisson"``
-            (``Poisson(clean * s) / s`` with ``s`` = :func:`poisson_scale`, so variance = mean / s).
-        seed: seed of the NumPy generator.
+        clean: the clean volume on the [0, 1] scale (the reference intensity is 1).
+        kind: ``"gaussian"`` (``RandGaussianNoise255``: sigma = ``level`` / 255 of the [0, 1] range) or
+            ``"poisson"`` (``RandPoissonNoise``: ``Poisson(clean * s) / s`` with ``s`` = :func:`poisson_scale`, so
+            variance = mean / s).
+        seed: seed of the transform's random state.
         level: Gaussian sigma on the 0-255 scale (ignored for Poisson).
 
     Returns:
         The noisy float32 volume (not clipped).
 
     Raises:
-        ValueError: if ``kind`` is not one of the two names.
+        ValueError: if ``kind`` is not one of the two names, or the volume does not suit the model.
     """
-    rng = np.random.default_rng(seed)
-    if kind == "gaussian":
-        return (clean + rng.normal(0.0, level / 255.0, clean.shape)).astype(np.float32)
-    if kind == "poisson":
-        scale = poisson_scale()
-        return (rng.poisson(np.clip(clean, 0, None) * scale) / scale).astype(np.float32)
-    raise ValueError(f"kind must be 'gaussian' or 'poisson', got {kind!r}")
+    from transforms.noise import make_noise
+
+    if kind not in ("gaussian", "poisson"):
+        raise ValueError(f"kind must be 'gaussian' or 'poisson', got {kind!r}")
+    noise = make_noise(kind, level if kind == "gaussian" else poisson_scale(), keys=None).set_random_state(seed)
+    return np.asarray(noise(np.asarray(clean, dtype=np.float32)[None])[0], dtype=np.float32)
 
 
 def bundle_resunet_config() -> dict[str, Any]:
@@ -406,14 +376,23 @@ def bundle_resunet_config() -> dict[str, Any]:
     return kwargs
 
 
+#: The smaller versions of the compared networks for ``--quick`` runs (``networks.get_network`` arguments).
+_SMALL = {
+    "resunet3d": {"model_depth": 10, "levels": 3},
+    "unet": {"channels": (8, 16, 32, 64), "strides": (2, 2, 2)},
+    "basicunet": {"features": (8, 8, 16, 32, 64, 8)},
+    "flexibleunet": {"decoder_channels": (64, 32, 16, 8, 4)},
+}
+
+
 def build_denoiser(name: str, size: str = "default", **overrides: Any) -> Any:
     """Build one of the compared 3-D denoisers (1 input channel, 1 output channel, random weights).
 
-    The MONAI configurations are the ones a user would pick first (and ``networks.get_network``'s defaults):
-    ``UNet`` with channels (16, 32, 64, 128, 256), strides 2 and two residual units; ``BasicUNet`` with its default
-    features (32, 32, 64, 128, 256, 32); ``FlexibleUNet`` with a ResNet-18 backbone (``pretrained=False``).
-    ResUnet3D is configured as the bundle ships it (:func:`bundle_resunet_config`); ``size="small"`` gives depth 10,
-    levels 3 for the quick smoke runs.
+    Built by the project's registry (``networks.get_network``), whose defaults are the configurations a user would
+    pick first: ``UNet`` with channels (16, 32, 64, 128, 256), strides 2 and two residual units; ``BasicUNet`` with
+    its default features (32, 32, 64, 128, 256, 32); ``FlexibleUNet`` with a ResNet-18 backbone
+    (``pretrained=False``). ResUnet3D is configured as the bundle ships it (:func:`bundle_resunet_config`);
+    ``size="small"`` gives smaller versions of all four for the quick smoke runs.
 
     Args:
         name: ``"resunet3d"``, ``"unet"``, ``"basicunet"`` or ``"flexibleunet"``.
@@ -426,29 +405,16 @@ def build_denoiser(name: str, size: str = "default", **overrides: Any) -> Any:
     Raises:
         ValueError: if ``name`` or ``size`` is unknown, or ``overrides`` are given for a MONAI network.
     """
-    from monai.networks.nets import BasicUNet, FlexibleUNet, UNet
+    from networks import get_network
 
     if size not in ("default", "small"):
         raise ValueError(f"size must be 'default' or 'small', got {size!r}")
-    small = size == "small"
-    if name == "resunet3d":
-        from networks import ResUnet3D
-
-        kwargs = {"model_depth": 10, "levels": 3} if small else bundle_resunet_config()
-        kwargs.update(spatial_dims=3, in_channels=1, out_channels=1)
-        return ResUnet3D(**{**kwargs, **overrides})
-    if overrides:
+    if name not in _SMALL:
+        raise ValueError(f"name must be one of {sorted(_SMALL)}, got {name!r}")
+    if overrides and name != "resunet3d":
         raise ValueError(f"overrides apply to resunet3d only, got {sorted(overrides)} for {name!r}")
-    if name == "unet":
-        channels = (8, 16, 32, 64) if small else (16, 32, 64, 128, 256)
-        return UNet(3, 1, 1, channels=channels, strides=(2,) * (len(channels) - 1), num_res_units=2)
-    if name == "basicunet":
-        features = (8, 8, 16, 32, 64, 8) if small else (32, 32, 64, 128, 256, 32)
-        return BasicUNet(spatial_dims=3, in_channels=1, out_channels=1, features=features)
-    if name == "flexibleunet":
-        decoder = (64, 32, 16, 8, 4) if small else (256, 128, 64, 32, 16)
-        return FlexibleUNet(1, 1, backbone="resnet18", pretrained=False, spatial_dims=3, decoder_channels=decoder)
-    raise ValueError(f"name must be one of 'resunet3d', 'unet', 'basicunet', 'flexibleunet', got {name!r}")
+    kwargs = dict(_SMALL[name]) if size == "small" else bundle_resunet_config() if name == "resunet3d" else {}
+    return get_network(name, **{**kwargs, **overrides})
 
 
 def format_table(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:

@@ -20,72 +20,41 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from benchmarks._common import (
-    add_noise,
     announce,
     center_crop,
     default_out,
     format_table,
     load_template,
     machine_info,
-    masked_psnr_ssim,
+    noisy_copy,
     write_json,
 )
-from pipeline.evaluation.classical import CLASSICAL_DENOISERS, bm4d_available
+from pipeline.evaluation.classical import CLASSICAL_DENOISERS, bm4d_available, tune
+from pipeline.evaluation.metrics import masked_psnr, masked_ssim
 
-__all__ = ["METHODS", "Method", "bm4d_available", "chosen_text", "evaluate_methods", "main", "tune"]
+__all__ = ["METHODS", "bm4d_available", "chosen_text", "evaluate_methods", "main"]
 
-
-@dataclass(frozen=True)
-class Method:
-    """A classical denoiser with one free parameter.
-
-    Attributes:
-        name: table name.
-        fn: ``fn(noisy, param) -> denoised`` on (H, W, D) float arrays of the [0, 1] scale.
-        grid: candidate parameter values; one value means no tuning.
-        param: what the parameter is.
-        quick_grid: the grid used by ``--quick`` runs.
-    """
-
-    name: str
-    fn: Callable[[np.ndarray, Any], np.ndarray]
-    grid: tuple[Any, ...]
-    param: str
-    quick_grid: tuple[Any, ...] = field(default=())
+#: The compared methods, in table order: the noisy input, then the library's classical denoisers
+#: (:data:`pipeline.evaluation.classical.CLASSICAL_DENOISERS`, with their grids and tuning), so the demo and the
+#: benchmark agree.
+METHODS: tuple[str, ...] = ("noisy", *CLASSICAL_DENOISERS)
 
 
-# The filters and their grids are the library's (pipeline.evaluation.classical), so the demo and the benchmark agree.
-METHODS: tuple[Method, ...] = (
-    Method("noisy", lambda x, _p: x, (None,), "-"),
-    *(Method(d.name, d, d.grid, d.param, d.quick_grid) for d in CLASSICAL_DENOISERS.values()),
-)
+def _choose(name: str, volumes: tuple[np.ndarray, np.ndarray, np.ndarray], quick: bool) -> Any:
+    """The parameter of ``name`` tuned on one ``(noisy, clean, mask)`` volume (``None`` for the noisy input)."""
+    if name == "noisy":
+        return None
+    noisy, clean, mask = volumes
+    return tune(name, [{"noisy": noisy, "clean": clean, "mask": mask}], quick=quick)[0]
 
 
-def tune(method: Method, noisy: np.ndarray, clean: np.ndarray, mask: np.ndarray, quick: bool = False) -> Any:
-    """Pick the parameter with the best masked PSNR on a tuning volume.
-
-    Args:
-        method: the denoiser.
-        noisy: tuning volume with noise (H, W, D).
-        clean: its clean reference.
-        mask: evaluation mask.
-        quick: use ``method.quick_grid`` when it is set.
-
-    Returns:
-        The chosen parameter value.
-    """
-    grid = method.quick_grid if quick and method.quick_grid else method.grid
-    if len(grid) == 1:
-        return grid[0]
-    scores = [masked_psnr_ssim(method.fn(noisy, p), clean, mask)[0] for p in grid]
-    return grid[int(np.argmax(scores))]
+def _run(name: str, noisy: np.ndarray, param: Any) -> np.ndarray:
+    return noisy if name == "noisy" else CLASSICAL_DENOISERS[name](noisy, param)
 
 
 def evaluate_methods(
@@ -94,7 +63,10 @@ def evaluate_methods(
     quick: bool = False,
     skip: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
-    """Tune each method per noise kind, then score it on every case.
+    """Tune each method per noise kind (:func:`pipeline.evaluation.classical.tune`), then score it on every case.
+
+    Scores are the pipeline's (:func:`pipeline.evaluation.metrics.masked_psnr` and ``masked_ssim``: Gaussian
+    7^3 window) inside each case's mask, on the [0, 1] scale.
 
     Args:
         cases: dicts with ``noise`` (kind name), ``volume`` (case name), ``noisy``, ``clean`` and ``mask`` arrays.
@@ -107,32 +79,31 @@ def evaluate_methods(
         (wall) and ``cpu_seconds`` (this process's CPU time, all threads).
     """
     rows = []
-    for method in METHODS:
-        if method.name in skip:
+    for name in METHODS:
+        if name in skip:
             continue
-        if method.name == "bm4d" and not bm4d_available():
+        if name == "bm4d" and not bm4d_available():
             print("bm4d: skipped - the optional 'bm4d' package is not installed (pip install -e '.[bm4d]')")
             continue
-        chosen = {kind: tune(method, *vols, quick=quick) for kind, vols in tuning.items()}
+        chosen = {kind: _choose(name, volumes, quick) for kind, volumes in tuning.items()}
         for case in cases:
             param = chosen[case["noise"]]
             start, cpu_start = time.perf_counter(), time.process_time()
-            out = method.fn(case["noisy"], param)
+            out = _run(name, case["noisy"], param)
             seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-            psnr, ssim = masked_psnr_ssim(np.asarray(out), case["clean"], case["mask"])
             rows.append(
                 {
-                    "method": method.name,
+                    "method": name,
                     "noise": case["noise"],
                     "volume": case["volume"],
-                    "param": None if param is None else f"{method.param}={param}",
-                    "psnr": round(psnr, 2),
-                    "ssim": round(ssim, 4),
+                    "param": None if param is None else f"{CLASSICAL_DENOISERS[name].param}={param}",
+                    "psnr": round(masked_psnr(out, case["clean"], case["mask"]), 2),
+                    "ssim": round(masked_ssim(out, case["clean"], case["mask"]), 4),
                     "seconds": round(seconds, 3),
                     "cpu_seconds": round(cpu_seconds, 3),
                 }
             )
-        print(f"{method.name}: scored {len(cases)} volumes ({chosen_text(chosen)})", flush=True)
+        print(f"{name}: scored {len(cases)} volumes ({chosen_text(chosen)})", flush=True)
     return rows
 
 
@@ -188,13 +159,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             {
                 "noise": kind,
                 "volume": f"mni152_{size}",
-                "noisy": add_noise(clean, kind, args.seed + i),
+                "noisy": noisy_copy(clean, kind, args.seed + i),
                 "clean": clean,
                 "mask": mask,
             }
         )
         tclean = t1[tune_sl]
-        tuning[kind] = (add_noise(tclean, kind, args.seed + 100 + i), tclean, brain[tune_sl])
+        tuning[kind] = (noisy_copy(tclean, kind, args.seed + 100 + i), tclean, brain[tune_sl])
 
     rows = evaluate_methods(cases, tuning, quick=args.quick, skip=tuple(args.skip))
     print(format_table(rows, ["method", "noise", "param", "psnr", "ssim", "seconds", "cpu_seconds"]))

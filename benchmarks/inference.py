@@ -98,7 +98,7 @@ def run_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from benchmarks._common import add_noise, build_denoiser, load_template
+    from benchmarks._common import build_denoiser, load_template, noisy_copy
 
     torch.manual_seed(0)
     start = time.perf_counter()
@@ -106,7 +106,7 @@ def run_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     t1, _ = load_template()
     h, w, d = cfg["shape"]
     t1 = np.pad(t1, [(0, max(0, n - s)) for n, s in zip((h, w, d), t1.shape)])[:h, :w, :d]
-    noisy = add_noise(np.ascontiguousarray(t1), "gaussian", seed=0)
+    noisy = noisy_copy(np.ascontiguousarray(t1), "gaussian", seed=0)
     if cfg["mode"] == "pipeline":
         return _run_pipeline(cfg, model, noisy)
     from monai.inferers import sliding_window_inference

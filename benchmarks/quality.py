@@ -63,7 +63,6 @@ import numpy as np
 import torch
 
 from benchmarks._common import (
-    add_noise,
     announce,
     benchmark_precision,
     build_denoiser,
@@ -73,10 +72,12 @@ from benchmarks._common import (
     format_table,
     load_real_scan,
     machine_info,
-    masked_psnr_ssim,
+    noisy_copy,
     write_json,
 )
 from benchmarks.classical import bm4d_available, evaluate_methods
+from pipeline.evaluation.metrics import masked_psnr, masked_ssim
+from transforms.intensity import robust_max
 
 __all__ = ["NETWORKS", "Diverged", "denoise_with_network", "main", "train_with_checkpoints"]
 
@@ -85,13 +86,6 @@ NETWORKS = ("unet", "basicunet", "flexibleunet", "resunet3d")
 
 class Diverged(RuntimeError):
     """A network's training loss became non-finite (it is trained again at a lower learning rate)."""
-
-
-def _robust_max(volume: np.ndarray) -> float:
-    """The 99.5th percentile of the non-zero voxels (``ScalePercentile(lower=None, upper=99.5, nonzero=True)``)."""
-    from transforms.intensity import percentile_stats
-
-    return percentile_stats(volume[None], lower=None, upper=99.5, nonzero=True)[1][0]
 
 
 def denoise_with_network(
@@ -116,7 +110,7 @@ def denoise_with_network(
     from monai.inferers import sliding_window_inference
 
     model.eval()
-    scale = _robust_max(noisy)
+    scale = robust_max(noisy)
     x = torch.from_numpy(np.ascontiguousarray(noisy / scale, dtype=np.float32))[None, None]
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         out = sliding_window_inference(x, patch, 4, model, overlap=overlap, mode="gaussian").float()
@@ -141,7 +135,7 @@ def _cohort_cases(cohort: Any) -> tuple[list[dict[str, Any]], dict[str, tuple], 
 
     def case(subject: str, kind: str) -> dict[str, Any]:
         clean = load(folders["clean"], subject)
-        ref = _robust_max(clean)
+        ref = robust_max(clean)
         mask = load(folders["masks"], subject) > 0.5
         return {
             "noise": kind,
@@ -169,7 +163,7 @@ def _real_cases(seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         {
             "noise": kind,
             "volume": "real_scan",
-            "noisy": add_noise(volume, kind, seed + i),
+            "noisy": noisy_copy(volume, kind, seed + i),
             "clean": volume,
             "mask": mask,
         }
@@ -222,7 +216,7 @@ def _score(
         start, cpu_start = time.perf_counter(), time.process_time()
         out = denoise_with_network(model, case["noisy"], patch, overlap, bf16)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-        psnr, ssim = masked_psnr_ssim(out, case["clean"], case["mask"])
+        psnr, ssim = masked_psnr(out, case["clean"], case["mask"]), masked_ssim(out, case["clean"], case["mask"])
         rows.append(
             {"noise": case["noise"], "volume": case["volume"], "psnr": round(psnr, 2), "ssim": round(ssim, 4)}
             | {"seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3)}

@@ -65,6 +65,15 @@ def _restore_locale():
     locale.setlocale(locale.LC_ALL, saved)
 
 
+def smooth_volume(shape: tuple[int, int, int] = (24, 28, 20), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth textured ellipsoid on a zero background and its mask (both float32), for image-quality tests."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    inside = (grid**2).sum(0) < 0.8
+    texture = 0.6 + 0.3 * np.sin(3 * grid[0] + rng.uniform(0, 6)) * np.cos(2 * grid[1])
+    return np.where(inside, texture, 0.0).astype(np.float32), inside.astype(np.float32)
+
+
 @pytest.fixture
 def test_affine() -> np.ndarray:
     return _affine()

@@ -170,8 +170,19 @@ def test_metadata_pins_match_constraints():
         assert {"type", "format", "num_channels", "spatial_shape", "dtype", "value_range"} <= set(fmt[part][key])
 
 
-def test_logging_conf_is_accepted_by_monai():
-    _apply_logging_file(os.fspath(CONFIGS / "logging.conf"))
+def test_logging_conf_is_accepted_by_monai_and_logs_info_to_stdout(capsys):
+    root = logging.getLogger()
+    saved = (root.level, root.handlers[:])
+    try:
+        _apply_logging_file(os.fspath(CONFIGS / "logging.conf"))
+        assert root.level == logging.INFO
+        logging.getLogger("pipeline.training").info("epoch summary")
+        logging.getLogger("pipeline.training").debug("detail")
+        out = capsys.readouterr().out
+        assert " - pipeline.training - INFO - epoch summary" in out and "detail" not in out
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
 
 
 def test_configs_use_the_zoo_ids_relative_paths_and_map_location():
@@ -368,7 +379,7 @@ def test_denoiser_train_resume_evaluate_infer(paired6, tmp_path, caplog):
     common = {"dataset_dir": os.fspath(paired6), "ckpt_dir": os.fspath(models), **FAST, **TINY_UNET}
     run_workflow(TRAIN, output_dir=os.fspath(run), num_epochs=1, ckpt_interval=1, **common)
     assert (models / "model.pt").is_file() and (models / "checkpoint_epoch=1.pt").is_file()
-    assert {"splits.json", "run_info.json", "log.txt"} <= {p.name for p in run.iterdir()}
+    assert {"splits.json", "run_info.json", "train.log"} <= {p.name for p in run.iterdir()}
     assert any(p.name.startswith("events.out.tfevents") for p in run.iterdir())
     # re-running with more epochs resumes from epoch 1 (network, optimiser, scheduler, trainer state)
     state = torch.load(models / "checkpoint_epoch=1.pt", weights_only=True)["trainer"]

@@ -144,3 +144,25 @@ def test_load_refuses_truncated_files_and_pickled_code(tmp_path):
         load_checkpoint(evil)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nothing.pt")
+
+
+def test_stock_savers_still_lose_every_checkpoint_on_a_full_disk(tmp_path, monkeypatch):
+    """Still broken upstream? MONAI 1.6.1's ``CheckpointSaver`` writes in place (``DiskSaver(atomic=False)``) and
+    ignite's ``Checkpoint`` deletes the old file before writing the new one. If this test fails, MONAI/ignite fixed
+    both and :class:`AtomicDiskSaver` can be dropped."""
+    from monai.handlers import CheckpointSaver
+
+    net = torch.nn.Linear(2, 2)
+    engine = Engine(lambda e, b: None)
+    CheckpointSaver(
+        save_dir=str(tmp_path), save_dict={"network": net, "trainer": engine}, save_interval=1, n_saved=1
+    ).attach(engine)
+    engine.add_event_handler(Events.EPOCH_COMPLETED(once=2), lambda e: monkeypatch.setattr(
+        torch, "save", half_then_disk_full(torch.save)))  # fmt: skip
+    with pytest.raises(OSError, match="No space left"):
+        engine.run([0, 1], max_epochs=4)
+    monkeypatch.undo()
+    left = sorted(tmp_path.iterdir())
+    assert [p.name for p in left] == ["checkpoint_epoch=3.pt"]  # epoch 2 was deleted before the failing write
+    with pytest.raises(CheckpointError):
+        load_checkpoint(left[0])  # ... which left a truncated file under the final name

@@ -22,23 +22,10 @@ from pipeline.training.denoise import build_denoise_evaluator, evaluate_denoiser
 from pipeline.training.engines import make_loader
 from pipeline.training.handlers import AutocastInferer, NonFiniteLossError
 from pipeline.utils.seed import seed_everything
+from tests.faults.train import cubes
 from transforms.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cubes(n: int, seed: int, sigma: float = 0.25, size: int = 16) -> list[dict]:
-    """Piecewise-constant 'brains' (two nested boxes) plus Gaussian noise; mask = the outer box."""
-    g = torch.Generator().manual_seed(seed)
-    items = []
-    for i in range(n):
-        clean = torch.zeros(1, size, size, size)
-        lo = int(torch.randint(2, 6, (1,), generator=g))
-        clean[:, lo : lo + 8, 3:13, 4:12] = 0.8
-        clean[:, lo + 2 : lo + 5, 5:9, 5:9] = 0.4
-        noisy = clean + sigma * torch.randn(clean.shape, generator=g)
-        items.append({"image": noisy, "label": clean, "mask": (clean > 0).float(), "subject": f"sub-{seed}{i:02d}"})
-    return items
 
 
 def tiny_unet(seed: int = 0) -> torch.nn.Module:
@@ -174,7 +161,7 @@ def test_tensorboard_has_losses_metrics_learning_rate_and_slices(tmp_path):
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    expected = {"train/loss", "train/lr"} | {
+    expected = {"train/loss", "train/lr/group_0"} | {
         f"{m}_{r}{s}" for m in ("psnr", "ssim") for r in ("brain", "volume") for s in ("", "_noisy")
     }
     assert expected <= scalars
@@ -314,3 +301,29 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     for key, tensor in a["network"].items():
         assert torch.equal(tensor, b["network"][key]), key
     assert not list(killed.glob(".*.part.pt"))
+
+
+def test_run_logging_records_what_monai_logfilehandler_misses(tmp_path):
+    """Why a run logs through ``run_logging`` and not MONAI's ``LogfileHandler``: the latter records only its engine's
+    own logger. If this test fails, ``LogfileHandler`` records the whole run and can replace ``run_logging``."""
+    import logging
+
+    from ignite.engine import Engine
+    from monai.handlers import LogfileHandler
+
+    from pipeline.training.runinfo import run_logged
+
+    def step(engine, batch):
+        engine.logger.warning("from the engine")
+        logging.getLogger("pipeline.training").warning("from the pipeline")
+
+    engine = Engine(step)
+    LogfileHandler(output_dir=str(tmp_path / "monai")).attach(engine)
+    engine.run([0], max_epochs=1)
+    monai_log = (tmp_path / "monai" / "log.txt").read_text()
+    assert "from the engine" in monai_log and "from the pipeline" not in monai_log
+
+    run_logged(tmp_path / "ours", lambda: Engine(step).run([0], max_epochs=1))
+    ours = (tmp_path / "ours" / "train.log").read_text()
+    assert "from the engine" in ours and ours.count("from the pipeline") == 1
+    assert run_logged(None, lambda: 7) == 7 and not (tmp_path / "none").exists()

@@ -36,6 +36,10 @@ from tests.faults import (
     run_case,
     run_cli,
 )
+from tests.faults.harness import check_nifti_outputs, disk_full
+from tests.faults.infer import tiny_weights
+from tests.faults.train import cubes
+from tests.faults.unsafe import unsafe_file
 from transforms.errors import InputError
 
 #: Cases that currently fail because of code owned by other helpers; each is reported to its owner and is added
@@ -101,7 +105,7 @@ def test_unreadable_file_is_unreadable_for_real_and_privileges_come_back():
 def test_disk_full_writes_half_the_file_then_fails_and_restores_the_writer(tmp_path):
     real = nib.save
     image = nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4))
-    with faults._disk_full(nib, "save", "victim"):
+    with disk_full(nib, "save", "victim"):
         nib.save(image, tmp_path / "other.nii")
         with pytest.raises(OSError, match="No space left"):
             nib.save(image, tmp_path / "victim.nii")
@@ -112,7 +116,7 @@ def test_disk_full_writes_half_the_file_then_fails_and_restores_the_writer(tmp_p
 
 
 def test_unsafe_file_would_run_code_if_unpickled_without_weights_only(tmp_path):
-    path, marker = faults._unsafe_file(tmp_path)
+    path, marker = unsafe_file(tmp_path)
     loaded = torch.load(path, weights_only=False)  # what weights_only=True prevents
     assert marker.exists()
     for handle in loaded.values():
@@ -159,11 +163,11 @@ def test_file_snapshot_detects_a_changed_and_a_lost_file(tmp_path):
 
 def test_partial_nifti_under_a_final_name_counts_as_lost(tmp_path):
     good = faults.write_scan(tmp_path / "good.nii.gz")
-    assert faults._check_nifti_outputs([good]) == 1
+    assert check_nifti_outputs([good]) == 1
     cut = tmp_path / "cut.nii.gz"
     cut.write_bytes(good.read_bytes()[:200])
     with pytest.raises(FileLoss, match="cut.nii.gz is under its final name but does not load"):
-        faults._check_nifti_outputs([cut])
+        check_nifti_outputs([cut])
 
 
 def test_run_case_turns_every_failure_into_crash_or_loss(tmp_path):
@@ -244,8 +248,8 @@ def test_command_line_exits_non_zero_when_a_case_crashes_or_loses_a_file(capfd, 
 
 
 def test_kill_children_and_infer_batch_inputs_are_deterministic(tmp_path):
-    a, b = faults._cubes(2, seed=1), faults._cubes(2, seed=1)
+    a, b = cubes(2, seed=1), cubes(2, seed=1)
     assert all(torch.equal(x["image"], y["image"]) for x, y in zip(a, b))
-    first = torch.load(faults._tiny_weights(tmp_path / "a.pt"), weights_only=True)
-    second = torch.load(faults._tiny_weights(tmp_path / "b.pt"), weights_only=True)
+    first = torch.load(tiny_weights(tmp_path / "a.pt"), weights_only=True)
+    second = torch.load(tiny_weights(tmp_path / "b.pt"), weights_only=True)
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)

@@ -1,4 +1,4 @@
-"""ScalePercentile and ZScoreInMask: the documented statistic, exact inverse, metadata kept, input untouched."""
+"""robust_max and ScalePercentile: the documented statistic, exact inverse, metadata kept, input untouched."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from transforms.intensity import ScalePercentile, ScalePercentiled, ZScoreInMask, ZScoreInMaskd, percentile_stats
+from transforms.intensity import ScalePercentile, ScalePercentiled, percentile_stats, robust_max
 
 AFFINE = torch.diag(torch.tensor([1.5, -2.0, 3.0, 1.0], dtype=torch.float64))
 KINDS = ("numpy", "torch", "metatensor")
@@ -100,34 +100,19 @@ def test_scale_validation(kwargs, match):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_zscore_inside_the_mask(kind, head):
-    mask = np.zeros_like(head)
-    mask[0, 4:16, 4:16, 4:16] = 1  # includes some zero background
+def test_robust_max_is_the_995th_percentile_of_the_nonzero_voxels(kind, head):
     img = as_kind(head, kind)
-    out = ZScoreInMask()(img, mask)
-    inside = out.numpy()[mask > 0]
-    assert abs(inside.mean()) < 1e-5 and abs(inside.std() - 1) < 1e-5
-    assert (out.numpy()[mask == 0] == 0).all()
+    assert robust_max(img) == pytest.approx(np.percentile(head[head != 0], 99.5))
+    assert robust_max(img) == percentile_stats(head, lower=None)[1][0]  # the value ScalePercentile maps to 1
+    negative = head.copy()
+    negative[0, 0, 0, 0] = -5.0  # a negative voxel (noise) counts: non-zero, not positive
+    assert robust_max(negative, percentile=0) == -5.0
     np.testing.assert_array_equal(snapshot(img), head)
-    if kind == "metatensor":
-        assert torch.equal(out.affine, AFFINE)
-        ref = head[mask > 0]
-        assert out.meta["zscore_in_mask"]["means"] == pytest.approx([ref.mean()], rel=1e-5)
 
 
-def test_zscore_without_mask_uses_nonzero_voxels_and_keeps_outside_when_asked(head):
-    out = ZScoreInMask(outside=None)(head)
-    inside = out.numpy()[head != 0]
-    assert abs(inside.mean()) < 1e-5 and abs(inside.std() - 1) < 1e-5
-    assert (out.numpy()[head == 0] < 0).all()
-
-
-def test_zscore_errors(head):
-    with pytest.raises(ValueError, match="mask shape"):
-        ZScoreInMask()(head, np.ones((1, 5, 5, 5)))
-    with pytest.raises(ValueError, match="mask_key"):
-        ZScoreInMaskd(keys="image")({"image": head})
-    with pytest.raises(ValueError, match="outside"):
-        ZScoreInMask(outside=float("nan"))
-    out = ZScoreInMaskd(keys="image")({"image": head, "mask": (head > 500).astype(np.float32)})
-    assert abs(out["image"].numpy()[head > 500].mean()) < 1e-5
+def test_robust_max_of_an_empty_image():
+    with pytest.raises(ValueError, match="no non-zero voxel"):
+        robust_max(np.zeros((4, 4, 4)))
+    assert robust_max(np.zeros((4, 4, 4)), default=1.0) == 1.0
+    with pytest.raises(ValueError, match="percentile"):
+        robust_max(np.ones(3), percentile=101)

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
 from monai.metrics import PSNRMetric, SSIMMetric
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
 
-from pipeline.evaluation.metrics import MaskedPSNRMetric, MaskedSSIMMetric, balanced_accuracy, classification_metrics
+from pipeline.evaluation.metrics import (
+    QUALITY_KEYS,
+    MaskedPSNRMetric,
+    MaskedSSIMMetric,
+    balanced_accuracy,
+    classification_metrics,
+    masked_psnr,
+    masked_ssim,
+    volume_quality,
+)
+from tests.conftest import smooth_volume
 
 
 def pair(seed=0, shape=(2, 1, 16, 16, 16)):
@@ -54,6 +65,66 @@ def test_masked_ssim_averages_the_map_inside_the_mask():
     assert good.item() == pytest.approx(1.0, abs=1e-4)
     assert bad.item() < whole.item() < good.item()
     assert metric(pred, y, mask=torch.ones_like(y)).item() == pytest.approx(whole.item(), abs=1e-6)
+
+
+# ---------------------------------------------------------------- one volume: masked_psnr, masked_ssim, volume_quality
+
+
+def test_volume_quality_identical_is_perfect():
+    clean, mask = smooth_volume()
+    scores = volume_quality(clean, clean, mask)
+    assert set(scores) == set(QUALITY_KEYS)
+    assert math.isinf(scores["psnr_brain"]) and math.isinf(scores["psnr_volume"])
+    assert scores["ssim_brain"] == pytest.approx(1.0, abs=1e-5)
+    assert scores["ssim_volume"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_volume_quality_psnr_matches_the_noise_level():
+    clean, mask = smooth_volume()
+    sigma = 0.05
+    noisy = clean + sigma * np.random.default_rng(1).standard_normal(clean.shape).astype(np.float32)
+    scores = volume_quality(noisy, clean, mask)
+    expected = 20 * math.log10(1.0 / sigma)  # 26.02 dB
+    assert scores["psnr_volume"] == pytest.approx(expected, abs=0.2)
+    assert scores["psnr_brain"] == pytest.approx(expected, abs=0.3)
+    assert 0 < scores["ssim_brain"] < 1 and 0 < scores["ssim_volume"] < 1
+    # channel-first (1, H, W, D) inputs give the same figures
+    assert volume_quality(noisy[None], clean[None], mask[None]) == pytest.approx(scores)
+
+
+def test_volume_quality_brain_ignores_errors_outside_the_mask():
+    clean, mask = smooth_volume()
+    damaged = clean.copy()
+    damaged[mask == 0] += 0.3
+    scores = volume_quality(damaged, clean, mask)
+    assert math.isinf(scores["psnr_brain"])
+    assert scores["psnr_volume"] < 20
+
+
+def test_volume_quality_rejects_bad_inputs():
+    clean, mask = smooth_volume()
+    with pytest.raises(ValueError, match="one shape"):
+        volume_quality(clean[:-1], clean, mask)
+    with pytest.raises(ValueError, match="empty"):
+        volume_quality(clean, clean, np.zeros_like(mask))
+    with pytest.raises(ValueError, match="3-D"):
+        volume_quality(clean[0], clean[0], mask[0])
+
+
+def test_volume_functions_are_the_metric_classes_on_one_volume():
+    clean, mask = smooth_volume()
+    noisy = clean + 0.05 * np.random.default_rng(2).standard_normal(clean.shape).astype(np.float32)
+    as_batch = [torch.from_numpy(v)[None, None] for v in (noisy, clean, mask)]
+    psnr = MaskedPSNRMetric()(*as_batch[:2], mask=as_batch[2]).item()
+    ssim = MaskedSSIMMetric(kernel_size=7)(*as_batch[:2], mask=as_batch[2]).item()
+    assert masked_psnr(noisy, clean, mask) == psnr  # the same computation, not a re-implementation
+    assert masked_ssim(noisy, clean, mask) == ssim
+    assert masked_psnr(torch.from_numpy(noisy), clean) == MaskedPSNRMetric()(*as_batch[:2]).item()
+    mse = np.mean((noisy[mask > 0] - clean[mask > 0]) ** 2)
+    assert masked_psnr(noisy, clean, mask) == pytest.approx(10 * math.log10(1 / mse), rel=1e-5)
+    assert masked_psnr(noisy * 2, clean * 2, mask, data_range=2.0) == pytest.approx(psnr, abs=1e-4)
+    with pytest.raises(ValueError, match="window"):
+        masked_ssim(noisy[:6, :6, :6], clean[:6, :6, :6])
 
 
 def test_aggregate_is_the_mean_over_items_and_resets():

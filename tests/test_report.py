@@ -1,30 +1,19 @@
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
 from pipeline.evaluation.report import (
-    QUALITY_KEYS,
     Report,
     curves_figure,
     format_number,
     markdown_table,
     read_scalars,
     triplanar_figure,
-    volume_quality,
 )
+from tests.conftest import smooth_volume
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def smooth_volume(shape=(24, 28, 20), seed=0):
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
-    inside = (grid**2).sum(0) < 0.8
-    texture = 0.6 + 0.3 * np.sin(3 * grid[0] + rng.uniform(0, 6)) * np.cos(2 * grid[1])
-    return np.where(inside, texture, 0.0).astype(np.float32), inside.astype(np.float32)
 
 
 def read_png(path):
@@ -75,50 +64,6 @@ def test_markdown_table_layout_digits_and_alignment():
 def test_markdown_table_rejects_bad_shapes(headers, rows, kwargs, message):
     with pytest.raises(ValueError, match=message):
         markdown_table(headers, rows, **kwargs)
-
-
-# ---------------------------------------------------------------- image quality
-
-
-def test_volume_quality_identical_is_perfect():
-    clean, mask = smooth_volume()
-    scores = volume_quality(clean, clean, mask)
-    assert set(scores) == set(QUALITY_KEYS)
-    assert math.isinf(scores["psnr_brain"]) and math.isinf(scores["psnr_volume"])
-    assert scores["ssim_brain"] == pytest.approx(1.0, abs=1e-5)
-    assert scores["ssim_volume"] == pytest.approx(1.0, abs=1e-5)
-
-
-def test_volume_quality_psnr_matches_the_noise_level():
-    clean, mask = smooth_volume()
-    sigma = 0.05
-    noisy = clean + sigma * np.random.default_rng(1).standard_normal(clean.shape).astype(np.float32)
-    scores = volume_quality(noisy, clean, mask)
-    expected = 20 * math.log10(1.0 / sigma)  # 26.02 dB
-    assert scores["psnr_volume"] == pytest.approx(expected, abs=0.2)
-    assert scores["psnr_brain"] == pytest.approx(expected, abs=0.3)
-    assert 0 < scores["ssim_brain"] < 1 and 0 < scores["ssim_volume"] < 1
-    # channel-first (1, H, W, D) inputs give the same figures
-    assert volume_quality(noisy[None], clean[None], mask[None]) == pytest.approx(scores)
-
-
-def test_volume_quality_brain_ignores_errors_outside_the_mask():
-    clean, mask = smooth_volume()
-    damaged = clean.copy()
-    damaged[mask == 0] += 0.3
-    scores = volume_quality(damaged, clean, mask)
-    assert math.isinf(scores["psnr_brain"])
-    assert scores["psnr_volume"] < 20
-
-
-def test_volume_quality_rejects_bad_inputs():
-    clean, mask = smooth_volume()
-    with pytest.raises(ValueError, match="one shape"):
-        volume_quality(clean[:-1], clean, mask)
-    with pytest.raises(ValueError, match="empty"):
-        volume_quality(clean, clean, np.zeros_like(mask))
-    with pytest.raises(ValueError, match="3-D"):
-        volume_quality(clean[0], clean[0], mask[0])
 
 
 # ---------------------------------------------------------------- figures

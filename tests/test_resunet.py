@@ -173,10 +173,37 @@ def test_bad_arguments_name_the_parameter(kwargs, match):
     ],
     ids=str,
 )
-def test_every_option_changes_the_module_graph(change):
-    base = ResUnet3D(**TINY)
-    other = ResUnet3D(**{**TINY, **change})
-    assert repr(base) != repr(other)
+def test_every_option_changes_what_forward_computes(change):
+    """Each option must change the output of ``forward``, not only the module tree.
+
+    The changed network gets every parameter of the default one that it shares by name and shape, so what is left
+    to tell the two outputs apart is the option itself: a module built but never called in ``forward``, or an
+    argument stored and ignored, gives the same output and fails.
+    """
+    torch.manual_seed(0)
+    base = ResUnet3D(**TINY).eval()
+    torch.manual_seed(0)
+    other = ResUnet3D(**{**TINY, **change}).eval()
+    shared = {
+        k: v for k, v in base.state_dict().items() if k in other.state_dict() and other.state_dict()[k].shape == v.shape
+    }
+    other.load_state_dict(shared, strict=False)
+    x = torch.randn(1, 1, 33, 17, 17, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y_base, y_other = base(x), other(x)
+    assert y_other.shape[2:] == x.shape[2:]
+    if y_other.shape == y_base.shape:
+        assert not torch.allclose(y_base, y_other, atol=1e-6), f"{change} leaves the output unchanged"
+
+
+def test_options_that_resize_the_network_change_its_parameters():
+    count = {name: sum(p.numel() for p in ResUnet3D(**{**TINY, **opts}).parameters()) for name, opts in (
+        ("default", {}), ("levels3", {"levels": 3}), ("wide", {"widen_factor": 2.0}), ("depth10", {"model_depth": 10}),
+        ("cat", {"skip": "cat"}), ("nonorm", {"norm": "none"}), ("shortcutA", {"shortcut_type": "A"}),
+    )}  # fmt: skip
+    assert count["levels3"] < count["default"] < count["wide"]
+    assert count["depth10"] < count["default"] < count["cat"]  # fewer blocks; concatenation widens the decoder
+    assert count["nonorm"] < count["default"] and count["shortcutA"] < count["default"]  # no norm / 1x1 conv weights
 
 
 def test_residual_output_subtracts_the_predicted_noise():
@@ -305,3 +332,17 @@ def test_readme_parameter_table_is_the_generated_one():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert parameter_table() in readme
+
+
+def test_monai_resnet_still_gives_norm_and_act_to_the_stem_only():
+    """Still broken upstream? MONAI 1.6.1's ``ResNet(norm=..., act=...)`` never passes them to ``_make_layer``, so the
+    residual blocks keep batch norm and ReLU. If this test fails, MONAI fixed it and ``build_resnet``'s replacement
+    of the block norms can be dropped."""
+    kwargs = {"block": "basic", "layers": (1, 1, 1, 1), "block_inplanes": (4, 8, 8, 8), "n_input_channels": 1}
+    norm, act = ("instance", {"affine": True}), ("leakyrelu", {"negative_slope": 0.1})
+    monai_net = ResNet(spatial_dims=3, norm=norm, act=act, **kwargs)
+    assert isinstance(monai_net.bn1, nn.InstanceNorm3d)  # the stem gets it ...
+    assert isinstance(monai_net.layer1[0].bn1, nn.BatchNorm3d)  # ... the blocks do not
+    assert isinstance(monai_net.layer1[0].act, nn.ReLU)
+    ours = build_resnet(10, block_inplanes=(4, 8, 8, 8), norm="instance")
+    assert not any(isinstance(m, nn.BatchNorm3d) for m in ours.modules())

@@ -1,4 +1,4 @@
-"""ForegroundMask and the crop/pad helpers: the mask is the filled head, patches sample the brain, all invert."""
+"""HeadMask and the crop/pad helpers: the mask is the filled head, patches sample the brain, all invert."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from monai.data import MetaTensor
 from monai.transforms import Compose
 
 from transforms.spatial import (
-    ForegroundMask,
-    ForegroundMaskd,
+    HeadMask,
+    HeadMaskd,
     center_crop,
     divisible_pad,
     foreground_crop,
@@ -43,7 +43,7 @@ def test_mask_is_the_filled_largest_component(head, kind):
     img, brain = head
     inputs = {"numpy": img.copy(), "torch": torch.as_tensor(img.copy())}
     inputs["metatensor"] = MetaTensor(torch.as_tensor(img.copy()), affine=AFFINE)
-    mask = ForegroundMask()(inputs[kind])
+    mask = HeadMask()(inputs[kind])
     assert mask.shape == img.shape and mask.dtype == torch.float32
     np.testing.assert_array_equal(mask[0].numpy().astype(bool), brain)  # ventricle filled, speck dropped
     np.testing.assert_array_equal(np.asarray(inputs[kind]), img)
@@ -53,17 +53,17 @@ def test_mask_is_the_filled_largest_component(head, kind):
 
 def test_mask_options(head):
     img, brain = head
-    plain = ForegroundMask(threshold=50.0, fill_holes=False, largest_component=False)(img)[0].numpy().astype(bool)
+    plain = HeadMask(threshold=50.0, fill_holes=False, largest_component=False)(img)[0].numpy().astype(bool)
     assert plain[1, 1, 1] and not plain[14, 12, 10]
-    dilated = ForegroundMask(dilate=1)(img)[0].numpy().astype(bool)
+    dilated = HeadMask(dilate=1)(img)[0].numpy().astype(bool)
     assert dilated.sum() > brain.sum() and (dilated | ~brain).all()
-    assert not ForegroundMask()(np.zeros((1, 6, 6, 6), dtype=np.float32)).any()
+    assert not HeadMask()(np.zeros((1, 6, 6, 6), dtype=np.float32)).any()
     for kwargs, match in [({"threshold": "mean"}, "threshold"), ({"dilate": -1}, "dilate")]:
         with pytest.raises(ValueError, match=match):
-            ForegroundMask(**kwargs)
+            HeadMask(**kwargs)
     with pytest.raises(ValueError, match="exactly one"):
-        ForegroundMaskd(keys=("image", "label"))
-    d = ForegroundMaskd(keys="image", mask_key="brain")({"image": img})
+        HeadMaskd(keys=("image", "label"))
+    d = HeadMaskd(keys="image", mask_key="brain")({"image": img})
     assert set(d) == {"image", "brain"}
 
 
@@ -94,7 +94,7 @@ def test_crop_pad_chain_keeps_and_restores_the_affine_exactly(head):
     data = {"image": MetaTensor(torch.as_tensor(img), affine=AFFINE, meta={"filename_or_obj": "sub-01.nii.gz"})}
     chain = Compose(
         [
-            ForegroundMaskd(keys="image"),
+            HeadMaskd(keys="image"),
             foreground_crop(["image", "mask"], margin=1),
             divisible_pad(["image", "mask"], k=16),
         ]

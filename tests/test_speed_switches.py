@@ -447,3 +447,28 @@ def test_auto_precision_in_the_bundle_follows_the_hardware(native, autocast, pai
 def test_cli_accepts_auto_precision(captured):
     assert infer.main(["denoise", "in/", "--output", "out/", "--precision", "auto"]) == 0
     assert captured[-1][1]["precision"] == "auto"
+
+
+def test_monai_amp_still_ignores_the_cpu():
+    """Still broken upstream? MONAI 1.6.1's ``amp=True`` autocasts only on CUDA, so a CPU network runs in float32. If
+    this test fails, MONAI autocasts on the CPU and :class:`AutocastInferer` can be dropped for ``amp``."""
+    from monai.engines import SupervisedEvaluator
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv3d(1, 1, 1)
+
+        def forward(self, x):
+            seen.append(torch.is_autocast_enabled("cpu"))
+            return self.conv(x)
+
+    x = torch.rand(1, 1, 4, 4, 4)
+    batches = [{"image": x, "label": x}]
+    with pytest.warns(UserWarning, match="CUDA is not available"):
+        SupervisedEvaluator(device="cpu", val_data_loader=batches, network=Probe(), amp=True).run()
+    assert seen == [False]
+    AutocastInferer(SimpleInferer(), "cpu", torch.bfloat16)(x, Probe())
+    assert seen == [False, True]  # the project's inferer does autocast on the CPU

@@ -135,6 +135,11 @@ def test_train_pipeline_caches_in_monai_datasets(scans, tmp_path):
     assert any((tmp_path / "cache").iterdir())
 
 
+def _first(out):
+    """The first item of a transform chain's output (a list when it cuts several patches)."""
+    return out[0] if isinstance(out, list) else out
+
+
 @pytest.mark.parametrize("stage", ["train", "val", "infer"])
 def test_classify_transforms_shape_range_and_label(scans, stage):
     paths, _, _ = scans
@@ -150,10 +155,19 @@ def test_classify_transforms_shape_range_and_label(scans, stage):
 @pytest.mark.parametrize("stage", ["train", "val", "infer"])
 def test_chains_pickle_for_spawned_workers(scans, stage):
     paths, _, _ = scans
-    chain = pickle.loads(pickle.dumps(denoise_transforms(stage, patch_size=16, noise="rician", level=(5, 15))))
-    out = chain({"image": str(paths["clean"])})
-    assert (out[0] if isinstance(out, list) else out)["image"].ndim == 4
-    pickle.loads(pickle.dumps(classify_transforms(stage)))
+    original = denoise_transforms(stage, patch_size=16, noise="rician", level=(5, 15))
+    chain = pickle.loads(pickle.dumps(original))
+    out = _first(chain.set_random_state(3)({"image": str(paths["clean"])}))
+    expected = _first(original.set_random_state(3)({"image": str(paths["clean"])}))
+    assert out["image"].ndim == 4
+    for key in sorted(set(out) & {"image", "label"}):  # the worker's copy draws what the original draws
+        torch.testing.assert_close(out[key].as_tensor(), expected[key].as_tensor())
+    classifier = classify_transforms(stage)
+    copy = pickle.loads(pickle.dumps(classifier)).set_random_state(3)
+    torch.testing.assert_close(
+        copy({"image": str(paths["clean"]), "label": 0})["image"].as_tensor(),
+        classifier.set_random_state(3)({"image": str(paths["clean"]), "label": 0})["image"].as_tensor(),
+    )
 
 
 def test_preset_validation():

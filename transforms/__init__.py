@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from transforms.errors import InputError
-from transforms.intensity import ScalePercentile, ScalePercentiled, ZScoreInMask, ZScoreInMaskd, percentile_stats
+from transforms.intensity import ROBUST_PERCENTILE, ScalePercentile, ScalePercentiled, percentile_stats, robust_max
 from transforms.io import LoadScan, LoadScand, SimpleITKReader, canonical_transforms, scan_suffix
 from transforms.noise import (
     NOISE_NAMES,
@@ -21,8 +21,8 @@ from transforms.noise import (
 )
 from transforms.presets import STAGES, classify_transforms, denoise_transforms, intensity_augmentation
 from transforms.spatial import (
-    ForegroundMask,
-    ForegroundMaskd,
+    HeadMask,
+    HeadMaskd,
     center_crop,
     divisible_pad,
     foreground_crop,
@@ -31,9 +31,10 @@ from transforms.spatial import (
 
 __all__ = [
     "NOISE_NAMES",
+    "ROBUST_PERCENTILE",
     "STAGES",
-    "ForegroundMask",
-    "ForegroundMaskd",
+    "HeadMask",
+    "HeadMaskd",
     "InputError",
     "LoadScan",
     "LoadScand",
@@ -48,8 +49,6 @@ __all__ = [
     "ScalePercentile",
     "ScalePercentiled",
     "SimpleITKReader",
-    "ZScoreInMask",
-    "ZScoreInMaskd",
     "canonical_transforms",
     "center_crop",
     "classify_transforms",
@@ -62,5 +61,6 @@ __all__ = [
     "parse_noise_name",
     "percentile_stats",
     "random_patches",
+    "robust_max",
     "scan_suffix",
 ]

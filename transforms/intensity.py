@@ -1,4 +1,4 @@
-"""Intensity normalisation: robust percentile scaling (invertible) and z-scoring inside a mask.
+"""Intensity normalisation: the robust maximum and robust percentile scaling (invertible).
 
 :class:`ScalePercentile` maps ``x`` to ``(x - lo) / (hi - lo)`` where ``hi`` is the ``upper`` percentile (99.5th
 by default) and ``lo`` the ``lower`` percentile (0.5th) of the **non-zero voxels** of each channel (all voxels
@@ -7,8 +7,9 @@ that keeps intensities proportional to the signal, which Poisson and low-dose no
 are recorded in ``meta["scale_percentile"]`` and in ``applied_operations``, so MONAI's ``Invertd`` maps a
 prediction back to the scan's own intensity units (exactly, for voxels that were not clipped).
 
-:class:`ZScoreInMask` maps ``x`` to ``(x - mean) / std`` with the mean and the population standard deviation of
-the voxels where the mask is non-zero (the non-zero voxels of the image when no mask is given).
+:func:`robust_max` is the 99.5th percentile of the non-zero voxels: the intensity that ``ScalePercentile(lower=None)``
+maps to 1 and that the noise levels (``transforms.noise``, ``reference="robust"``) and every image-quality score of
+the project are stated against.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from monai.data import MetaTensor, get_track_meta
 from monai.transforms import InvertibleTransform, MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
-__all__ = ["ScalePercentile", "ScalePercentiled", "ZScoreInMask", "ZScoreInMaskd", "percentile_stats"]
+__all__ = ["ROBUST_PERCENTILE", "ScalePercentile", "ScalePercentiled", "percentile_stats", "robust_max"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,45 @@ def _check_percentile(value: float | None, name: str, allow_none: bool) -> float
     return float(value)
 
 
+ROBUST_PERCENTILE = 99.5
+"""The percentile of the non-zero voxels that :func:`robust_max` returns and ``ScalePercentile`` maps to 1."""
+
+
+def _nonzero_values(values: np.ndarray) -> np.ndarray:
+    """The non-zero entries of a flat array (the head of a zero-background scan)."""
+    return values[values != 0]
+
+
+def robust_max(img: NdarrayOrTensor, percentile: float = ROBUST_PERCENTILE, default: float | None = None) -> float:
+    """The robust maximum of an image: the ``percentile`` (99.5th) percentile of its non-zero voxels.
+
+    The one definition of the scale every part of the project puts intensities on: ``ScalePercentile(lower=None)``
+    maps it to 1, the noise models state their levels against it (``reference="robust"``), and the demo, the
+    classical tuning and the benchmarks score on it. Percentiles interpolate linearly (``numpy.percentile``).
+
+    Args:
+        img: image of any shape (numpy, torch or MetaTensor), all channels pooled.
+        percentile: the percentile in ``[0, 100]``.
+        default: returned when the image has no non-zero voxel; ``None`` raises instead.
+
+    Returns:
+        The robust maximum, in the image's own intensity units.
+
+    Raises:
+        ValueError: for a percentile outside ``[0, 100]``, or an image without a non-zero voxel and no ``default``.
+    """
+    percentile = _check_percentile(percentile, "percentile", allow_none=False)
+    array = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+    values = _nonzero_values(array.reshape(-1))
+    if values.size == 0:
+        if default is None:
+            raise ValueError("the image has no non-zero voxel, so its robust maximum is undefined.")
+        return float(default)
+    return float(np.percentile(values, percentile))
+
+
 def percentile_stats(
-    img: NdarrayOrTensor, lower: float | None = 0.5, upper: float = 99.5, nonzero: bool = True
+    img: NdarrayOrTensor, lower: float | None = 0.5, upper: float = ROBUST_PERCENTILE, nonzero: bool = True
 ) -> tuple[list[float], list[float]]:
     """Per-channel offset ``lo`` and width ``hi - lo`` used by :class:`ScalePercentile`.
 
@@ -57,7 +95,7 @@ def percentile_stats(
     array = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
     offsets, widths = [], []
     for channel in array.reshape(array.shape[0], -1):
-        values = channel[channel != 0] if nonzero else channel
+        values = _nonzero_values(channel) if nonzero else channel
         if values.size == 0:
             values = channel
         if values.size == 0:
@@ -116,7 +154,7 @@ class ScalePercentile(InvertibleTransform, Transform):
     def __init__(
         self,
         lower: float | None = 0.5,
-        upper: float = 99.5,
+        upper: float = ROBUST_PERCENTILE,
         nonzero: bool = True,
         clip: bool = True,
         dtype: DtypeLike = np.float32,
@@ -198,7 +236,7 @@ class ScalePercentiled(InvertibleTransform, MapTransform):
         keys: KeysCollection,
         stats_key: str | None = None,
         lower: float | None = 0.5,
-        upper: float = 99.5,
+        upper: float = ROBUST_PERCENTILE,
         nonzero: bool = True,
         clip: bool = True,
         dtype: DtypeLike = np.float32,
@@ -225,104 +263,4 @@ class ScalePercentiled(InvertibleTransform, MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.scaler.inverse(d[key])
-        return d
-
-
-class ZScoreInMask(Transform):
-    """Z-score inside a mask: ``(x - mean) / std`` with the statistics of the voxels where ``mask != 0``.
-
-    Mean and population standard deviation are taken per channel over the mask (the image's non-zero voxels
-    when no mask is given); voxels outside the mask are set to ``outside`` unless it is ``None``.
-    The statistics are recorded in ``meta["zscore_in_mask"]``.
-
-    Args:
-        outside: value for voxels outside the mask, or ``None`` to z-score them too.
-        dtype: output dtype.
-    """
-
-    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
-
-    def __init__(self, outside: float | None = 0.0, dtype: DtypeLike = np.float32) -> None:
-        if outside is not None and (isinstance(outside, bool) or not np.isfinite(outside)):
-            raise ValueError(f"outside must be a finite number or None, got {outside!r}.")
-        self.outside = outside
-        self.dtype = dtype
-
-    def __call__(self, img: NdarrayOrTensor, mask: NdarrayOrTensor | None = None) -> NdarrayOrTensor:
-        """Normalise ``img`` ``(C, H, W, D)`` with a mask ``(1 or C, H, W, D)``; the input is not modified.
-
-        Raises:
-            ValueError: the mask's spatial shape differs from the image's.
-        """
-        img_t = convert_to_tensor(img, track_meta=get_track_meta())
-        plain = img_t.as_tensor() if isinstance(img_t, MetaTensor) else img_t
-        work = plain.to(torch.float64 if plain.dtype == torch.float64 else torch.float32)
-        if mask is None:
-            inside = work != 0
-        else:
-            m = convert_to_tensor(mask, track_meta=False).to(work.device)
-            if m.ndim == work.ndim - 1:
-                m = m[None]
-            if tuple(m.shape[1:]) != tuple(work.shape[1:]):
-                raise ValueError(f"mask shape {tuple(m.shape)} does not match image shape {tuple(work.shape)}.")
-            inside = (m != 0).expand_as(work)
-        means, stds, channels = [], [], []
-        for c in range(work.shape[0]):
-            values = work[c][inside[c]]
-            if values.numel() == 0:
-                logger.warning("ZScoreInMask: channel %d has an empty mask; leaving it unscaled", c)
-                mean, std = 0.0, 1.0
-            else:
-                mean = float(values.mean())
-                std = float(values.std(unbiased=False)) if values.numel() > 1 else 0.0
-                std = std if std > 0 else 1.0
-            out_c = (work[c] - mean) / std
-            if self.outside is not None:
-                out_c = torch.where(inside[c], out_c, torch.full_like(out_c, self.outside))
-            channels.append(out_c)
-            means.append(mean)
-            stds.append(std)
-        out = convert_to_dst_type(torch.stack(channels), img_t, dtype=self.dtype)[0]
-        if isinstance(out, MetaTensor):
-            out.meta["zscore_in_mask"] = {"means": means, "stds": stds}
-        return out
-
-
-class ZScoreInMaskd(MapTransform):
-    """Dictionary version of :class:`ZScoreInMask`, with the mask read from ``mask_key``.
-
-    Args:
-        keys: keys to normalise.
-        mask_key: key of the mask (e.g. ``"mask"`` from ``ForegroundMaskd``), or ``None`` for non-zero voxels.
-        outside: value outside the mask, or ``None``.
-        dtype: output dtype.
-        allow_missing_keys: skip absent keys instead of raising.
-    """
-
-    backend = ZScoreInMask.backend
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        mask_key: str | None = "mask",
-        outside: float | None = 0.0,
-        dtype: DtypeLike = np.float32,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.mask_key = mask_key
-        self.normaliser = ZScoreInMask(outside=outside, dtype=dtype)
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        """Normalise every keyed image; returns a new dictionary.
-
-        Raises:
-            ValueError: ``mask_key`` absent from the item.
-        """
-        d = dict(data)
-        if self.mask_key is not None and self.mask_key not in d:
-            raise ValueError(f"mask_key {self.mask_key!r} is not in the item (keys: {sorted(map(str, d))}).")
-        mask = d[self.mask_key] if self.mask_key is not None else None
-        for key in self.key_iterator(d):
-            d[key] = self.normaliser(d[key], mask)
         return d

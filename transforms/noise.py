@@ -45,6 +45,8 @@ from monai.data import MetaTensor, get_track_meta
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
+from transforms.intensity import robust_max
+
 __all__ = [
     "NOISE_NAMES",
     "RandGaussianNoise255",
@@ -67,8 +69,6 @@ NOISE_NAMES: tuple[str, ...] = ("gaussian", "poisson", "rician", "lowdose")
 
 Reference = float | str
 _REFERENCE_WORDS = ("max", "robust")
-ROBUST_PERCENTILE = 99.5
-"""Percentile of the non-zero voxels used by ``reference="robust"`` (the statistic ``ScalePercentile`` maps to 1)."""
 
 
 def _level_range(value: float | Sequence[float], name: str, low: float, high: float, low_open: bool) -> tuple:
@@ -110,8 +110,7 @@ def _reference_value(reference: Reference, x: np.ndarray) -> float:
         return float(reference)
     if reference == "max":
         return float(x.max()) if x.size else 0.0
-    nonzero = x[x != 0]
-    return float(np.percentile(nonzero, ROBUST_PERCENTILE)) if nonzero.size else 0.0
+    return robust_max(x, default=0.0)
 
 
 def _as_numpy(img: NdarrayOrTensor) -> np.ndarray:

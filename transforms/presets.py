@@ -15,7 +15,7 @@ see, and ``Invertd`` undoes that scaling (and every spatial step) on its output.
 * Paired folders (``paired=True``): ``image`` is the noisy file, ``label`` the clean one, both scaled by the noisy
   image's statistic.
 
-The mask is ``ForegroundMask`` of the clean ``label`` (or a mask file, ``mask_file=True``), made before any
+The mask is ``HeadMask`` of the clean ``label`` (or a mask file, ``mask_file=True``), made before any
 random step so ``CacheDataset``/``PersistentDataset`` store it with the loaded volumes.
 
 Stages: ``train`` (random noise level if ``level`` is a range, brain-mask-weighted random patches, optional
@@ -54,7 +54,7 @@ from transforms.intensity import ScalePercentiled
 from transforms.io import LoadScand, canonical_transforms
 from transforms.noise import NOISE_NAMES, make_noise
 from transforms.spatial import (
-    ForegroundMaskd,
+    HeadMaskd,
     center_crop,
     divisible_pad,
     foreground_crop,
@@ -148,7 +148,7 @@ def denoise_transforms(
         id_key: item key that names an item for seeded validation noise (default: the image's file name).
         mask_file: the item's ``mask`` is a path to a brain mask on the scan's grid (e.g. the demo cohort's
             ``masks/``), loaded with nearest-neighbour resampling and binarised at 0.5; otherwise the mask is
-            ``ForegroundMask`` of the clean scan.
+            ``HeadMask`` of the clean scan.
 
     Returns:
         A ``Compose``; with ``stage="train"`` it returns a list of ``num_samples`` dictionaries per item.
@@ -176,7 +176,7 @@ def denoise_transforms(
     if mask_file:
         steps.append(AsDiscreted(keys="mask", threshold=0.5))
     else:  # of the clean scan, before anything random, so caching datasets keep it
-        steps.append(ForegroundMaskd(keys="label", mask_key="mask"))
+        steps.append(HeadMaskd(keys="label", mask_key="mask"))
     if augment and stage == "train":
         steps += intensity_augmentation(pair)
     if not paired:
@@ -229,7 +229,7 @@ def classify_transforms(
     _check_stage(stage)
     steps: list = [LoadScand(keys="image"), *canonical_transforms("image", spacing)]
     steps.append(ScalePercentiled(keys="image", lower=0.5, upper=UPPER_PERCENTILE, nonzero=True, clip=True))
-    steps.append(ForegroundMaskd(keys="image", mask_key="mask"))
+    steps.append(HeadMaskd(keys="image", mask_key="mask"))
     steps.append(foreground_crop(["image", "mask"], source_key="mask", margin=margin))
     steps.append(center_crop("image", spatial_size))
     steps.append(DeleteItemsd(keys="mask"))

@@ -1,10 +1,12 @@
-"""Brain (foreground) mask and the crop/pad steps of the presets, built from MONAI's invertible transforms.
+"""Head (brain) mask and the crop/pad steps of the presets, built from MONAI's invertible transforms.
 
-:class:`ForegroundMask` marks the head/brain of a scan: voxels above a threshold (Otsu's threshold of the
+:class:`HeadMask` marks the head/brain of a scan: voxels above a threshold (Otsu's threshold of the
 channel-mean image by default, or a fixed value), holes filled slice-free in 3-D (``scipy.ndimage.
 binary_fill_holes``, so dark ventricles and sulci inside the brain belong to the mask), only the largest
 26-connected component kept (drops noise specks and background blobs), optionally dilated. Its output is a
-``(1, H, W, D)`` float mask of 0/1 on the image's grid, carrying the image's metadata.
+``(1, H, W, D)`` float mask of 0/1 on the image's grid, carrying the image's metadata. It is not MONAI's
+``monai.transforms.ForegroundMask``, a whole-slide-pathology tissue mask (by default the voxels *below* a threshold
+per RGB/HSV channel, no hole filling, no component selection), hence the other name.
 
 The helpers return MONAI dictionary transforms: :func:`foreground_crop` (``CropForegroundd`` on the mask),
 :func:`divisible_pad` (``DivisiblePadd``, for a network whose total stride is ``k``), :func:`random_patches`
@@ -36,8 +38,8 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 
 __all__ = [
-    "ForegroundMask",
-    "ForegroundMaskd",
+    "HeadMask",
+    "HeadMaskd",
     "center_crop",
     "divisible_pad",
     "foreground_crop",
@@ -54,7 +56,7 @@ def _check_size(value: Sequence[int] | int, name: str) -> tuple[int, int, int]:
     return tuple(int(s) for s in size)
 
 
-class ForegroundMask(Transform):
+class HeadMask(Transform):
     """Binary head/brain mask ``(1, H, W, D)`` of a channel-first image ``(C, H, W, D)``.
 
     Args:
@@ -106,7 +108,7 @@ class ForegroundMask(Transform):
         if self.dilate and mask.any():
             mask = ndimage.binary_dilation(mask, structure=np.ones((3, 3, 3), dtype=bool), iterations=self.dilate)
         if not mask.any():
-            logger.warning("ForegroundMask: no voxel above the threshold %g; the mask is empty", thr)
+            logger.warning("HeadMask: no voxel above the threshold %g; the mask is empty", thr)
         return mask
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
@@ -118,20 +120,20 @@ class ForegroundMask(Transform):
         return convert_to_dst_type(out, img_t, dtype=torch.float32)[0]
 
 
-class ForegroundMaskd(MapTransform):
-    """Dictionary version of :class:`ForegroundMask`: writes the mask of ``keys`` (one key) to ``mask_key``.
+class HeadMaskd(MapTransform):
+    """Dictionary version of :class:`HeadMask`: writes the mask of ``keys`` (one key) to ``mask_key``.
 
     Args:
         keys: the one key the mask is computed from (the clean ``label`` in training, ``image`` at inference).
         mask_key: key the mask is written to.
-        threshold, fill_holes, largest_component, dilate: as in :class:`ForegroundMask`.
+        threshold, fill_holes, largest_component, dilate: as in :class:`HeadMask`.
         allow_missing_keys: skip an absent key instead of raising.
 
     Raises:
         ValueError: more than one key.
     """
 
-    backend = ForegroundMask.backend
+    backend = HeadMask.backend
 
     def __init__(
         self,
@@ -147,7 +149,7 @@ class ForegroundMaskd(MapTransform):
         if len(self.keys) != 1:
             raise ValueError(f"keys must name exactly one source image for the mask, got {self.keys!r}.")
         self.mask_key = mask_key
-        self.masker = ForegroundMask(threshold, fill_holes, largest_component, dilate)
+        self.masker = HeadMask(threshold, fill_holes, largest_component, dilate)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         """Add ``mask_key`` to a new dictionary."""

@@ -62,6 +62,7 @@ from pipeline.data.prepare_noisy import add_noise
 from pipeline.data.splits import make_splits
 from pipeline.utils.files import atomic_path
 from transforms.errors import InputError
+from transforms.intensity import robust_max
 
 __all__ = [
     "Cohort",
@@ -160,8 +161,16 @@ class Template:
 
 
 @functools.cache
-def load_template() -> Template:
+def load_template(margin: int | None = 12) -> Template:
     """Read nilearn's MNI ICBM152 2009 template maps from the installed package (no download); cached.
+
+    The one template loader of the project: the cohort simulates its subjects from it and the benchmarks score on
+    it.
+
+    Args:
+        margin: crop to the brain plus this many 1 mm voxels on each side (12, the default, is wide enough for
+            every deformation of :func:`simulate_subject`: half the voxels, same content); ``None`` keeps nilearn's
+            whole 197 x 233 x 189 grid.
 
     Returns:
         The template (arrays are read-only).
@@ -179,12 +188,13 @@ def load_template() -> Template:
     for name, img in maps.items():
         if not np.allclose(img.affine, t1_img.affine):
             raise RuntimeError(f"nilearn's MNI152 {name} map is not on the T1 grid; the nilearn install is unusual")
-    # Crop to the brain plus a 12 mm margin (wide enough for every deformation): half the voxels, same content.
-    ijk = np.argwhere(arrays["mask"] > 0)
-    low = np.maximum(ijk.min(0) - 12, 0)
-    high = np.minimum(ijk.max(0) + 13, arrays["mask"].shape)
-    box = tuple(slice(lo, hi) for lo, hi in zip(low, high))
-    arrays = {name: np.ascontiguousarray(array[box]) for name, array in arrays.items()}
+    low = np.zeros(3, dtype=int)
+    if margin is not None:
+        ijk = np.argwhere(arrays["mask"] > 0)
+        low = np.maximum(ijk.min(0) - margin, 0)
+        high = np.minimum(ijk.max(0) + margin + 1, arrays["mask"].shape)
+        box = tuple(slice(lo, hi) for lo, hi in zip(low, high))
+        arrays = {name: np.ascontiguousarray(array[box]) for name, array in arrays.items()}
     affine = np.asarray(t1_img.affine, dtype=np.float64).copy()
     affine[:3, 3] += affine[:3, :3] @ low
     arrays["csf"] = np.clip(arrays["mask"] - arrays["gm"] - arrays["wm"], 0.0, 1.0)
@@ -542,7 +552,7 @@ def logistic_baseline(
     for item in items:
         image = nib.load(item["image"])
         volume = np.asarray(image.get_fdata(dtype=np.float32))
-        reference = float(np.percentile(volume[volume != 0], 99.5)) if np.any(volume) else 1.0
+        reference = robust_max(volume, default=1.0)
         factor = max(1, round(voxel_mm / float(np.abs(image.header.get_zooms()[0]))))
         cropped = volume[tuple(slice(0, (n // factor) * factor) for n in volume.shape)] / reference
         blocks = cropped.reshape(

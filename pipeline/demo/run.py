@@ -14,15 +14,16 @@ Stages, each timed (wall clock and CPU time of this process), with progress bars
    denoiser.
 4. **Inference** on the held-out test subjects through ``inference.yaml`` (denoised NIfTI in each scan's own space)
    and ``inference_classifier.yaml`` (a CSV of class probabilities), as a user runs them on new scans.
-5. **Classical denoisers** (:mod:`pipeline.evaluation.classical`): Gaussian filter, median filter and non-local means, each
-   with its free parameter tuned on the cohort's *val* subjects, scored on the same test volumes.
-6. **Floor**: :func:`pipeline.data.cohort.logistic_baseline` (cross-validated logistic regression on downsampled volumes).
-7. **Report**: ``<out>/report.md`` with PNG figures under ``<out>/figures``, ``<out>/results.json`` with every
+5. **Classical denoisers** (:mod:`pipeline.evaluation.classical`): Gaussian filter, median filter and non-local
+   means, each with its free parameter tuned on the cohort's *val* subjects, scored on the same test volumes.
+6. **Floor**: :func:`pipeline.data.cohort.logistic_baseline` (cross-validated logistic regression on downsampled
+   volumes).
+7. **Report** (:mod:`pipeline.demo.report`): ``<out>/report.md`` with PNG figures under ``<out>/figures``, ``<out>/results.json`` with every
    number, ``<out>/demo.log``. ``tensorboard --logdir <out>`` shows the three training runs.
 
 Scores: every volume (noisy input, each method's output, clean reference) is divided by the clean scan's robust
 maximum (99.5th percentile of its non-zero voxels, the reference of the cohort's noise level), so the data range is 1
-and PSNR/SSIM are comparable across methods (:func:`pipeline.evaluation.report.volume_quality`).
+and PSNR/SSIM are comparable across methods (:func:`pipeline.evaluation.metrics.volume_quality`).
 
 Running again into the same ``--out`` with the same settings reuses the cohort and resumes (or skips) training from
 the checkpoints; other settings, or ``--fresh``, start over (only folders this demo made are removed).
@@ -49,9 +50,10 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from pipeline.utils.files import atomic_path
-
+from pipeline.demo.report import append_totals, write_report
 from pipeline.errors import OutputFolderError
+from pipeline.utils.files import atomic_path
+from transforms.intensity import robust_max
 
 __all__ = [
     "DEFAULT",
@@ -352,13 +354,6 @@ def _prepare_out(out: Path, settings: DemoSettings, fresh: bool) -> bool:
     return resume
 
 
-def _robust_max(volume: np.ndarray) -> float:
-    positive = volume[volume > 0]
-    if positive.size == 0:
-        raise ValueError("the clean volume has no positive voxel")
-    return float(np.percentile(positive, 99.5))
-
-
 def _load(path: str | os.PathLike) -> np.ndarray:
     return np.asarray(nib.load(os.fspath(path)).get_fdata(dtype=np.float32))
 
@@ -367,7 +362,7 @@ def _case(cohort_dir: Path, noise_dir: str, subject: str) -> dict[str, Any]:
     """Noisy, clean and mask volumes of one subject on the clean scan's robust-maximum scale."""
     name = f"{subject}.nii.gz"
     clean = _load(cohort_dir / "clean" / name)
-    reference = _robust_max(clean)
+    reference = robust_max(clean)
     return {
         "subject": subject,
         "reference": reference,
@@ -378,7 +373,7 @@ def _case(cohort_dir: Path, noise_dir: str, subject: str) -> dict[str, Any]:
 
 
 def _mean_quality(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    from pipeline.evaluation.report import QUALITY_KEYS
+    from pipeline.evaluation.metrics import QUALITY_KEYS
 
     return {key: float(np.mean([r[key] for r in rows])) for key in (*QUALITY_KEYS, "seconds")}
 
@@ -404,10 +399,201 @@ def _classification_scores(csv_path: Path, labels: Mapping[str, int]) -> dict[st
     }
 
 
-def _best(series: Sequence[tuple[int, float]]) -> tuple[int, float] | tuple[None, float]:
-    if not series:
-        return None, float("nan")
-    return max(series, key=lambda point: point[1])
+@dataclasses.dataclass(frozen=True)
+class _CohortInfo:
+    """What the later stages need to know about the cohort."""
+
+    dir: Path
+    noise_dir: str
+    shape: list[int]
+    labels: dict[str, int]
+    parts: dict[str, list[str]]
+    denoiser_splits: Any
+    splits_file: Path
+
+
+def _cohort_stage(out: Path, settings: DemoSettings, resume: bool, record: StageRecord) -> _CohortInfo:
+    """Stage 1: build (or reuse) the cohort, read its split, and carve the denoiser's own split out of *train*."""
+    from pipeline.data.cohort import CohortParameters, build_cohort
+    from pipeline.data.datasets import load_subjects_csv
+    from pipeline.data.splits import SubjectSplits, save_splits
+
+    params = CohortParameters(spacing=settings.spacing)
+    cohort_dir = out / "cohort"
+    cohort_json = cohort_dir / "cohort.json"
+    if resume and cohort_json.is_file():
+        record.note = "reused from the previous run"
+    else:
+        with _cohort_progress(settings.subjects):
+            build_cohort(cohort_dir, settings.subjects, settings.seed, params)
+    cohort_meta = json.loads(cohort_json.read_text(encoding="utf-8"))
+    items = load_subjects_csv(cohort_dir / "subjects.csv", class_names=list(_CLASS_NAMES))
+    parts = {p: sorted(str(i["subject"]) for i in items if i["split"] == p) for p in ("train", "val", "test")}
+    if len(parts["train"]) <= settings.denoise_val_subjects or not parts["val"] or not parts["test"]:
+        raise ValueError(f"the cohort's split is too small for the demo: { {p: len(s) for p, s in parts.items()} }")
+    # the denoiser sees only classifier-training subjects: its own validation comes out of them
+    denoiser_splits = SubjectSplits(
+        train=tuple(parts["train"][: -settings.denoise_val_subjects]),
+        val=tuple(parts["train"][-settings.denoise_val_subjects :]),
+        test=tuple(parts["test"]),
+        seed=settings.seed,
+    )
+    return _CohortInfo(
+        dir=cohort_dir,
+        noise_dir=f"gaussian{params.gaussian_level:g}",
+        shape=[int(s) for s in cohort_meta["shape"]],
+        labels={str(i["subject"]): int(i["label"]) for i in items},
+        parts=parts,
+        denoiser_splits=denoiser_splits,
+        splits_file=save_splits(denoiser_splits, out / "splits" / "denoiser.json"),
+    )
+
+
+def _network_overrides(settings: DemoSettings, prefix: str = "network_def", encoder_only: bool = False) -> dict:
+    """The denoiser's ResUnet3D arguments as bundle overrides ``{prefix}::{key}`` (or only its encoder's)."""
+    net = dict(settings.denoiser)
+    return {f"{prefix}::{k}": v for k, v in net.items() if not encoder_only or k in _ENCODER_KEYS}
+
+
+def _train_denoiser(out: Path, settings: DemoSettings, cohort: _CohortInfo) -> None:
+    """Stage 2: ``train_denoise.yaml`` on the denoiser's split, noisy -> clean."""
+    from pipeline.utils.seed import seed_everything
+
+    seed_everything(settings.seed)
+    _run_workflow(
+        _configs("train_denoise.yaml"),
+        dataset_dir=os.fspath(cohort.dir),
+        noise_dir=cohort.noise_dir,
+        clean_dir="clean",
+        mask_dir="masks",
+        splits_file=os.fspath(cohort.splits_file),
+        ckpt_dir=os.fspath(out / "models" / "denoiser"),
+        output_dir=os.fspath(out / "runs" / "denoiser"),
+        num_epochs=settings.denoise_epochs,
+        ckpt_interval=settings.denoise_epochs,
+        patch_size=[settings.patch_size] * 3,
+        batch_size=settings.batch_size,
+        num_samples=settings.num_samples,
+        learning_rate=settings.learning_rate,
+        val_interval=settings.val_interval,
+        cache_rate=1.0,
+        num_workers=0,
+        seed=settings.seed,
+        **{"validate::inferer::roi_size": cohort.shape},  # whole volumes in one window: exact and fastest
+        **_network_overrides(settings),
+    )
+
+
+def _train_classifier(out: Path, settings: DemoSettings, cohort: _CohortInfo, init: str) -> None:
+    """Stage 3: ``finetune_classifier.yaml`` from the denoiser's encoder (``init="denoiser"``) or from scratch."""
+    from pipeline.utils.seed import seed_everything
+
+    seed_everything(settings.seed)
+    extra = {} if init == "denoiser" else _network_overrides(settings, encoder_only=True)
+    _run_workflow(
+        _configs("finetune_classifier.yaml"),
+        init=init,
+        ckpt_dir=os.fspath(out / "models" / f"classifier_{init}"),
+        output_dir=os.fspath(out / "runs" / f"classifier_{init}"),
+        dataset_dir=os.fspath(cohort.dir),
+        class_names=list(_CLASS_NAMES),
+        model_depth=int(settings.denoiser.get("model_depth", 18)),
+        input_size=cohort.shape,
+        num_epochs=settings.classifier_epochs,
+        ckpt_interval=settings.classifier_epochs,
+        batch_size=settings.classifier_batch_size,
+        learning_rate=settings.classifier_learning_rate,
+        cache_rate=1.0,
+        num_workers=0,
+        seed=settings.seed,
+        denoiser_ckpt=os.fspath(out / "models" / "denoiser" / "model.pt"),
+        denoiser_run=os.fspath(out / "runs" / "denoiser"),
+        **_network_overrides(settings, prefix="denoiser_def"),
+        **extra,
+    )
+
+
+def _denoise_test_scans(out: Path, settings: DemoSettings, cohort: _CohortInfo) -> dict[str, float]:
+    """Stage 4a: ``inference.yaml`` on the test subjects' noisy scans; returns the seconds per subject."""
+    from pipeline.inference.infer import denoise_scans
+
+    test = cohort.parts["test"]
+    summary = denoise_scans(
+        [{"image": os.fspath(cohort.dir / cohort.noise_dir / f"{s}.nii.gz"), "subject": s} for s in test],
+        out / "denoised",
+        weights=out / "models" / "denoiser" / "model.pt",
+        overwrite=True,
+        precision=_PRECISION,
+        patch_size=cohort.shape,
+        num_workers=0,
+        **_network_overrides(settings),
+    )
+    summary.raise_if_failed()
+    return {Path(r.source).name.split(".")[0]: r.seconds for r in summary.results}
+
+
+def _classify_test_scans(out: Path, settings: DemoSettings, cohort: _CohortInfo, init: str) -> Path:
+    """Stage 4b: ``inference_classifier.yaml`` on the test subjects' clean scans; returns the predictions CSV."""
+    from pipeline.inference.infer import classify_scans
+
+    test = cohort.parts["test"]
+    predictions = out / "predictions" / f"classifier_{init}.csv"
+    classify_scans(
+        [{"image": os.fspath(cohort.dir / "clean" / f"{s}.nii.gz"), "subject": s} for s in test],
+        predictions,
+        weights=out / "models" / f"classifier_{init}" / "classifier.pt",
+        precision=_PRECISION,
+        class_names=list(_CLASS_NAMES),
+        model_depth=int(settings.denoiser.get("model_depth", 18)),
+        input_size=cohort.shape,
+        num_workers=0,
+        **_network_overrides(settings, encoder_only=True),
+    ).raise_if_failed()
+    return predictions
+
+
+def _score_classical(
+    settings: DemoSettings, cases: Sequence[Mapping[str, Any]], tuning: Sequence[Mapping[str, Any]]
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
+    """Stage 5a: each classical denoiser tuned on the *val* volumes, then scored on the test volumes."""
+    from tqdm.auto import tqdm
+
+    from pipeline.evaluation.classical import get_denoiser, tune
+    from pipeline.evaluation.metrics import volume_quality
+
+    quality: dict[str, list[dict[str, Any]]] = {}
+    parameters: dict[str, str] = {}
+    with tqdm(total=len(settings.classical) * (len(cases) + 1), desc="classical denoisers", unit="step") as bar:
+        for name in settings.classical:
+            method = get_denoiser(name)
+            param, _ = tune(method, tuning, quick=settings.quick_grids)
+            bar.update(1)
+            parameters[name] = "-" if param is None else f"{method.param} = {param}"
+            rows = []
+            for case in cases:
+                start = time.perf_counter()
+                denoised = method(case["noisy"], param)
+                seconds = time.perf_counter() - start
+                rows.append({**volume_quality(denoised, case["clean"], case["mask"]), "seconds": seconds})
+                bar.update(1)
+            quality[name] = rows
+    return quality, parameters
+
+
+def _score_network(
+    out: Path, cases: Sequence[Mapping[str, Any]], network_seconds: Mapping[str, float]
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Stage 5b: the network's denoised test scans (as written by ``inference.yaml``) on each case's scale."""
+    from pipeline.evaluation.metrics import volume_quality
+
+    rows, volumes = [], {}
+    for case in cases:
+        volume = _load(out / "denoised" / f"{case['subject']}_denoised.nii.gz") / case["reference"]
+        volumes[case["subject"]] = volume
+        rows.append(
+            {**volume_quality(volume, case["clean"], case["mask"]), "seconds": network_seconds[case["subject"]]}
+        )
+    return rows, volumes
 
 
 def run_demo(out: str | os.PathLike, settings: DemoSettings = DEFAULT, fresh: bool = False) -> dict[str, Any]:
@@ -424,216 +610,93 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings = DEFAULT, fresh: bo
     Raises:
         OutputFolderError: for an ``out`` folder that the demo did not write.
     """
-    from pipeline.evaluation.classical import get_denoiser, tune
-    from pipeline.data.cohort import CohortParameters, build_cohort, logistic_baseline
-    from pipeline.data.datasets import load_subjects_csv
-    from pipeline.inference.infer import classify_scans, denoise_scans
-    from pipeline.evaluation.report import volume_quality
-    from pipeline.utils.seed import seed_everything
-    from pipeline.data.splits import SubjectSplits, save_splits
+    from pipeline.data.cohort import logistic_baseline
+    from pipeline.evaluation.metrics import volume_quality
 
     out = Path(out).resolve()
     timer = StageTimer()
     resume = _prepare_out(out, settings, fresh)
     started = _dt.datetime.now(_dt.UTC)
-    params = CohortParameters(spacing=settings.spacing)
-    noise_dir = f"gaussian{params.gaussian_level:g}"
-    cohort_dir = out / "cohort"
-    net = dict(settings.denoiser)
-    net_overrides = {f"network_def::{k}": v for k, v in net.items()}
-    encoder_kwargs = {k: v for k, v in net.items() if k in _ENCODER_KEYS}
-    depth = int(net.get("model_depth", 18))
 
-    # ------------------------------------------------------------------ 1. cohort
     with timer.stage("build the demo cohort") as record:
-        cohort_json = cohort_dir / "cohort.json"
-        if resume and cohort_json.is_file():
-            record.note = "reused from the previous run"
-        else:
-            with _cohort_progress(settings.subjects):
-                build_cohort(cohort_dir, settings.subjects, settings.seed, params)
-        cohort_meta = json.loads(cohort_json.read_text(encoding="utf-8"))
-        shape = [int(s) for s in cohort_meta["shape"]]
-        items = load_subjects_csv(cohort_dir / "subjects.csv", class_names=list(_CLASS_NAMES))
-        labels = {str(i["subject"]): int(i["label"]) for i in items}
-        parts = {p: sorted(str(i["subject"]) for i in items if i["split"] == p) for p in ("train", "val", "test")}
-        if len(parts["train"]) <= settings.denoise_val_subjects or not parts["val"] or not parts["test"]:
-            raise ValueError(f"the cohort's split is too small for the demo: { {p: len(s) for p, s in parts.items()} }")
-        # the denoiser sees only classifier-training subjects: its own validation comes out of them
-        denoiser_splits = SubjectSplits(
-            train=tuple(parts["train"][: -settings.denoise_val_subjects]),
-            val=tuple(parts["train"][-settings.denoise_val_subjects :]),
-            test=tuple(parts["test"]),
-            seed=settings.seed,
-        )
-        splits_file = save_splits(denoiser_splits, out / "splits" / "denoiser.json")
-
-    # ------------------------------------------------------------------ 2. denoiser
-    denoiser_models, denoiser_run = out / "models" / "denoiser", out / "runs" / "denoiser"
+        cohort = _cohort_stage(out, settings, resume, record)
     with timer.stage("train the denoiser (train_denoise.yaml)"):
-        seed_everything(settings.seed)
-        _run_workflow(
-            _configs("train_denoise.yaml"),
-            dataset_dir=os.fspath(cohort_dir),
-            noise_dir=noise_dir,
-            clean_dir="clean",
-            mask_dir="masks",
-            splits_file=os.fspath(splits_file),
-            ckpt_dir=os.fspath(denoiser_models),
-            output_dir=os.fspath(denoiser_run),
-            num_epochs=settings.denoise_epochs,
-            ckpt_interval=settings.denoise_epochs,
-            patch_size=[settings.patch_size] * 3,
-            batch_size=settings.batch_size,
-            num_samples=settings.num_samples,
-            learning_rate=settings.learning_rate,
-            val_interval=settings.val_interval,
-            cache_rate=1.0,
-            num_workers=0,
-            seed=settings.seed,
-            **{"validate::inferer::roi_size": shape},  # whole volumes in one window: exact and fastest
-            **net_overrides,
-        )
-    denoiser_ckpt = denoiser_models / "model.pt"
-
-    # ------------------------------------------------------------------ 3. classifiers
-    classifier_common = {
-        "dataset_dir": os.fspath(cohort_dir),
-        "class_names": list(_CLASS_NAMES),
-        "model_depth": depth,
-        "input_size": shape,
-        "num_epochs": settings.classifier_epochs,
-        "ckpt_interval": settings.classifier_epochs,
-        "batch_size": settings.classifier_batch_size,
-        "learning_rate": settings.classifier_learning_rate,
-        "cache_rate": 1.0,
-        "num_workers": 0,
-        "seed": settings.seed,
-        "denoiser_ckpt": os.fspath(denoiser_ckpt),
-        "denoiser_run": os.fspath(denoiser_run),
-        **{f"denoiser_def::{k}": v for k, v in net.items()},
-    }
+        _train_denoiser(out, settings, cohort)
     inits = {"denoiser": "denoiser encoder", "scratch": "scratch"}
     for init, title in inits.items():
         with timer.stage(f"fine-tune the classifier from {title} (finetune_classifier.yaml)"):
-            seed_everything(settings.seed)
-            extra = {} if init == "denoiser" else {f"network_def::{k}": v for k, v in encoder_kwargs.items()}
-            _run_workflow(
-                _configs("finetune_classifier.yaml"),
-                init=init,
-                ckpt_dir=os.fspath(out / "models" / f"classifier_{init}"),
-                output_dir=os.fspath(out / "runs" / f"classifier_{init}"),
-                **classifier_common,
-                **extra,
-            )
+            _train_classifier(out, settings, cohort, init)
 
-    # ------------------------------------------------------------------ 4. inference on held-out scans
-    test = parts["test"]
+    test = cohort.parts["test"]
     with timer.stage("denoise the held-out scans (inference.yaml)") as record:
-        summary = denoise_scans(
-            [{"image": os.fspath(cohort_dir / noise_dir / f"{s}.nii.gz"), "subject": s} for s in test],
-            out / "denoised",
-            weights=denoiser_ckpt,
-            overwrite=True,
-            precision=_PRECISION,
-            patch_size=shape,
-            num_workers=0,
-            **net_overrides,
-        )
-        summary.raise_if_failed()
-        network_seconds = {Path(r.source).name.split(".")[0]: r.seconds for r in summary.results}
+        network_seconds = _denoise_test_scans(out, settings, cohort)
         record.note = f"{len(test)} scans"
-    predictions: dict[str, Path] = {}
     with timer.stage("classify the held-out scans (inference_classifier.yaml)") as record:
-        for init in inits:
-            predictions[init] = out / "predictions" / f"classifier_{init}.csv"
-            classify_scans(
-                [{"image": os.fspath(cohort_dir / "clean" / f"{s}.nii.gz"), "subject": s} for s in test],
-                predictions[init],
-                weights=out / "models" / f"classifier_{init}" / "classifier.pt",
-                precision=_PRECISION,
-                class_names=list(_CLASS_NAMES),
-                model_depth=depth,
-                input_size=shape,
-                num_workers=0,
-                **{f"network_def::{k}": v for k, v in encoder_kwargs.items()},
-            ).raise_if_failed()
+        predictions = {init: _classify_test_scans(out, settings, cohort, init) for init in inits}
         record.note = f"{len(test)} scans x {len(inits)} classifiers"
 
-    # ------------------------------------------------------------------ 5. scores: network and classical filters
-    from tqdm.auto import tqdm
-
-    quality: dict[str, list[dict[str, Any]]] = {}
-    parameters: dict[str, str] = {}
     with timer.stage("score the network and the classical denoisers") as record:
-        cases = [_case(cohort_dir, noise_dir, s) for s in test]
-        tuning = [_case(cohort_dir, noise_dir, s) for s in parts["val"][: settings.tuning_subjects]]
-        quality["noisy"] = [{**volume_quality(c["noisy"], c["clean"], c["mask"]), "seconds": 0.0} for c in cases]
-        parameters["noisy"] = "-"
-        with tqdm(total=len(settings.classical) * (len(cases) + 1), desc="classical denoisers", unit="step") as bar:
-            for name in settings.classical:
-                method = get_denoiser(name)
-                param, _ = tune(method, tuning, quick=settings.quick_grids)
-                bar.update(1)
-                parameters[name] = "-" if param is None else f"{method.param} = {param}"
-                rows = []
-                for case in cases:
-                    start = time.perf_counter()
-                    denoised = method(case["noisy"], param)
-                    seconds = time.perf_counter() - start
-                    rows.append({**volume_quality(denoised, case["clean"], case["mask"]), "seconds": seconds})
-                    bar.update(1)
-                quality[name] = rows
-        denoised_volumes = {}
-        rows = []
-        for case in cases:
-            volume = _load(out / "denoised" / f"{case['subject']}_denoised.nii.gz") / case["reference"]
-            denoised_volumes[case["subject"]] = volume
-            rows.append(
-                {**volume_quality(volume, case["clean"], case["mask"]), "seconds": network_seconds[case["subject"]]}
-            )
-        quality["resunet3d"] = rows
-        parameters["resunet3d"] = "best validation epoch"
+        cases = [_case(cohort.dir, cohort.noise_dir, s) for s in test]
+        tuning = [_case(cohort.dir, cohort.noise_dir, s) for s in cohort.parts["val"][: settings.tuning_subjects]]
+        quality = {"noisy": [{**volume_quality(c["noisy"], c["clean"], c["mask"]), "seconds": 0.0} for c in cases]}
+        classical, parameters = _score_classical(settings, cases, tuning)
+        quality.update(classical)
+        quality["resunet3d"], denoised_volumes = _score_network(out, cases, network_seconds)
+        parameters = {"noisy": "-", **parameters, "resunet3d": "best validation epoch"}
         record.note = f"{len(cases)} test volumes, parameters tuned on {len(tuning)} val volumes"
 
     with timer.stage("logistic-regression floor (pipeline.data.cohort.logistic_baseline)"):
-        floor = logistic_baseline(cohort_dir, seed=settings.seed)
+        floor = logistic_baseline(cohort.dir, seed=settings.seed)
 
-    # ------------------------------------------------------------------ 6. report
-    from pipeline.evaluation import report as rp
-
-    classification = {init: _classification_scores(predictions[init], labels) for init in inits}
-    curves = {name: rp.read_scalars(out / "runs" / name) for name in ("denoiser", *(f"classifier_{i}" for i in inits))}
-    results = {
-        "started": started.isoformat(timespec="seconds"),
-        "settings": settings.to_dict(),
-        "machine": _machine(),
-        "cohort": {
-            "subjects": settings.subjects,
-            "shape": shape,
-            "spacing_mm": settings.spacing,
-            "splits": parts,
-            "denoiser_splits": {"train": list(denoiser_splits.train), "val": list(denoiser_splits.val)},
-        },
-        "denoising": {
-            name: {"parameter": parameters[name], "mean": _mean_quality(rows), "per_volume": rows}
-            for name, rows in quality.items()
-        },
-        "classification": classification,
-        "logistic_floor_balanced_accuracy": floor,
-        "curves": curves,
-    }
+    results = _results(out, settings, started, cohort, quality, parameters, predictions, floor)
     with timer.stage("write the report") as record:
-        _write_report(out, results, cases, denoised_volumes, timer)
+        write_report(out, results, cases, denoised_volumes, timer)
         record.note = "report.md, figures/"
     results["stages"] = [dataclasses.asdict(r) for r in timer.records]
     results["total_wall_s"], results["total_cpu_s"] = timer.total()
     with atomic_path(out / "results.json") as tmp:
         tmp.write_text(json.dumps(results, indent=2, default=_json_default) + "\n", encoding="utf-8")
     # the report's stage table is written before its own stage ends; add the final line now
-    _append_totals(out / "report.md", timer)
+    append_totals(out / "report.md", timer)
     logger.info("wrote %s in %.0f s (CPU %.0f s)", out / "report.md", *timer.total())
     return results
+
+
+def _results(
+    out: Path,
+    settings: DemoSettings,
+    started: _dt.datetime,
+    cohort: _CohortInfo,
+    quality: Mapping[str, list[dict[str, Any]]],
+    parameters: Mapping[str, str],
+    predictions: Mapping[str, Path],
+    floor: float,
+) -> dict[str, Any]:
+    """Every number of the run, as ``results.json`` holds it (the stage timings are added at the end)."""
+    from pipeline.evaluation import report as rp
+
+    return {
+        "started": started.isoformat(timespec="seconds"),
+        "settings": settings.to_dict(),
+        "machine": _machine(),
+        "cohort": {
+            "subjects": settings.subjects,
+            "shape": cohort.shape,
+            "spacing_mm": settings.spacing,
+            "splits": cohort.parts,
+            "denoiser_splits": {"train": list(cohort.denoiser_splits.train), "val": list(cohort.denoiser_splits.val)},
+        },
+        "denoising": {
+            name: {"parameter": parameters[name], "mean": _mean_quality(rows), "per_volume": rows}
+            for name, rows in quality.items()
+        },
+        "classification": {init: _classification_scores(path, cohort.labels) for init, path in predictions.items()},
+        "logistic_floor_balanced_accuracy": floor,
+        "curves": {
+            name: rp.read_scalars(out / "runs" / name)
+            for name in ("denoiser", *(f"classifier_{i}" for i in predictions))
+        },
+    }
 
 
 def _json_default(value: Any) -> Any:
@@ -656,199 +719,6 @@ def _machine() -> dict[str, Any]:
         "monai": monai.__version__,
     }
 
-
-_TITLES = {
-    "noisy": "Noisy input (Gaussian, sigma 15/255)",
-    "gaussian": "Gaussian filter (best sigma)",
-    "median": "Median filter",
-    "nl_means": "Non-local means (scikit-image)",
-    "curvature_flow": "Curvature flow (SimpleITK)",
-    "tv": "Total variation",
-    "bm4d": "BM4D",
-    "resunet3d": "**ResUnet3D** (inference.yaml)",
-}
-
-
-_SHORT = {"noisy": "noisy", "gaussian": "Gaussian", "median": "median", "nl_means": "NLM", "resunet3d": "ResUnet3D"}
-
-
-def _denoiser_summary(settings: Mapping[str, Any], curves: Mapping[str, Any]) -> str:
-    """One paragraph: the denoiser's architecture, size, budget and best validation epoch."""
-    from networks import ResUnet3D
-
-    net = dict(settings["denoiser"])
-    parameters = sum(p.numel() for p in ResUnet3D(**net).parameters() if p.requires_grad)
-    epoch, best = _best(curves["denoiser"].get("psnr_brain", []))
-    noisy = dict(curves["denoiser"].get("psnr_brain_noisy", [])).get(epoch, float("nan"))
-    iterations = len(curves["denoiser"].get("train_loss", []))
-    arguments = ", ".join(f"{k}={v}" for k, v in net.items())
-    return (
-        f"ResUnet3D({arguments}): {parameters / 1e6:.2f} M trainable parameters, {settings['denoise_epochs']} epochs "
-        f"({iterations} iterations of {settings['batch_size']} volumes x {settings['num_samples']} random "
-        f"{settings['patch_size']}^3 patches inside the brain), Adam lr {settings['learning_rate']:g} with a cosine "
-        f"schedule, L1 loss. Its weights are those of the best validation epoch ({epoch}: PSNR in the brain "
-        f"{best:.2f} dB vs. {noisy:.2f} dB for the noisy input)."
-    )
-
-
-def _write_report(
-    out: Path,
-    results: Mapping[str, Any],
-    cases: Sequence[Mapping[str, Any]],
-    denoised: Mapping[str, np.ndarray],
-    timer: StageTimer,
-) -> None:
-    from pipeline.evaluation import report as rp
-
-    settings = results["settings"]
-    figures = out / "figures"
-    doc = rp.Report(out / "report.md", "resUnet3D demo report")
-    machine = results["machine"]
-    cohort = results["cohort"]
-    doc.paragraph(
-        f"Run started {results['started']} on {machine['cpus']} CPU(s) ({machine['processor']}, torch "
-        f"{machine['torch']} with {machine['torch_threads']} threads, MONAI {machine['monai']}, device "
-        f"`{machine['device']}`). Every number and figure below was produced by this run "
-        f"(`python -m pipeline.demo`); all of them are also in `results.json`."
-    )
-    doc.heading("Data")
-    parts = cohort["splits"]
-    doc.paragraph(
-        f"{cohort['subjects']} synthetic subjects from nilearn's MNI152 template (`pipeline.data.cohort`), "
-        f"{'x'.join(map(str, cohort['shape']))} voxels at {cohort['spacing_mm']:g} mm, half with simulated atrophy "
-        f"(label 1). Subject-level split from `subjects.csv`: {len(parts['train'])} train, {len(parts['val'])} val, "
-        f"{len(parts['test'])} test. The denoiser trained on {len(cohort['denoiser_splits']['train'])} train "
-        f"subjects and validated on the other {len(cohort['denoiser_splits']['val'])}; the classifiers "
-        f"trained on the train part and chose their best epoch on the val part; the classical filters' parameters "
-        f"were tuned on val subjects. **Everything below is scored on the {len(parts['test'])} test subjects, which "
-        f"no model or parameter choice saw**: {', '.join(parts['test'])}."
-    )
-
-    doc.heading("Denoising: Gaussian noise, sigma 15/255")
-    doc.paragraph(_denoiser_summary(settings, results["curves"]))
-    rows = []
-    for name, entry in results["denoising"].items():
-        mean = entry["mean"]
-        rows.append(
-            [
-                _TITLES.get(name, name),
-                entry["parameter"],
-                mean["psnr_brain"],
-                mean["ssim_brain"],
-                mean["psnr_volume"],
-                mean["ssim_volume"],
-                None if name == "noisy" else mean["seconds"],
-            ]
-        )
-    doc.table(
-        ["method", "parameter", "PSNR brain (dB)", "SSIM brain", "PSNR volume (dB)", "SSIM volume", "s / volume"],
-        rows,
-        digits=[0, 0, 2, 4, 2, 4, 2],
-        note=(
-            f"Means over the {len(cases)} test volumes. Intensities divided by each clean scan's robust maximum "
-            "(99.5th percentile of its non-zero voxels), data range 1. *brain*: inside the brain mask; *volume*: the "
-            "whole "
-            "volume, whose zero background inflates the figures. Classical filters: seconds of the filter on the "
-            "array; ResUnet3D: seconds per scan through `inference.yaml` (read, preprocess, network, invert to the "
-            "scan's space, write NIfTI)."
-        ),
-    )
-    per_volume = [
-        [case["subject"], *(results["denoising"][n]["per_volume"][i]["psnr_brain"] for n in results["denoising"])]
-        for i, case in enumerate(cases)
-    ]
-    doc.table(
-        ["test subject", *(_SHORT.get(n, n) for n in results["denoising"])],
-        per_volume,
-        note="PSNR in the brain mask (dB) per test volume.",
-    )
-    for case in cases[: settings["figure_subjects"]]:
-        subject = case["subject"]
-        path = rp.triplanar_figure(
-            {"noisy": case["noisy"], "ResUnet3D": denoised[subject], "clean": case["clean"]},
-            figures / f"triplanar_{subject}.png",
-            title=f"{subject} (held out)",
-            error_of=("ResUnet3D", "clean"),
-            mask=case["mask"],
-            vmax=1.0,
-        )
-        doc.figure(path, f"{subject}: noisy input, ResUnet3D output, clean reference and |error|")
-
-    doc.heading("Classification: atrophy vs. control")
-    classification = results["classification"]
-    curves = results["curves"]
-    rows = []
-    for init, title in (("scratch", "ResNet from scratch"), ("denoiser", "ResNet from the denoiser's encoder")):
-        scores = classification[init]
-        epoch, best_val = _best(curves[f"classifier_{init}"].get("balanced_accuracy", []))
-        rows.append([title, scores["balanced_accuracy"], scores["auc"], best_val, epoch])
-    rows.append(
-        ["Logistic regression (floor)", results["logistic_floor_balanced_accuracy"], None, None, None],
-    )
-    doc.table(
-        ["classifier", "balanced accuracy (test)", "ROC AUC (test)", "best val balanced accuracy", "best epoch"],
-        rows,
-        digits=[0, 3, 3, 3, 0],
-        note=(
-            f"Test: the {len(cases)} held-out subjects' clean scans (the subjects CSV's) classified through "
-            "`inference_classifier.yaml` with each run's best-validation weights. Both networks: same split, "
-            f"{settings['classifier_epochs']} epochs, "
-            f"batch {settings['classifier_batch_size']}, AdamW lr {settings['classifier_learning_rate']:g}, same "
-            "augmentation. Floor: `pipeline.data.cohort.logistic_baseline`, logistic regression on 6 mm block averages "
-            "of the clean volumes, 5-fold cross-validated over all subjects (it has no AUC). With this few test "
-            "subjects, one subject moves balanced accuracy by a large step: read the figures as a smoke test of "
-            "the chain, not as a benchmark."
-        ),
-    )
-
-    doc.heading("Training curves")
-    den = curves["denoiser"]
-    panels = {
-        "denoiser: training loss (L1)": {"loss": den.get("train_loss", [])},
-        "denoiser: validation PSNR in the brain (dB)": {
-            "ResUnet3D": den.get("psnr_brain", []),
-            "noisy input": den.get("psnr_brain_noisy", []),
-        },
-        "classifiers: training loss (cross-entropy)": {
-            init: curves[f"classifier_{init}"].get("train_loss", []) for init in ("scratch", "denoiser")
-        },
-        "classifiers: validation balanced accuracy": {
-            init: curves[f"classifier_{init}"].get("balanced_accuracy", []) for init in ("scratch", "denoiser")
-        },
-    }
-    path = rp.curves_figure(
-        panels,
-        figures / "training_curves.png",
-        xlabels={
-            "denoiser: training loss (L1)": "iteration",
-            "classifiers: training loss (cross-entropy)": "iteration",
-        },
-    )
-    doc.figure(path, "Training curves read back from the runs' TensorBoard event files")
-    doc.paragraph(f"All runs, with images of each validation: `tensorboard --logdir {out}`.")
-
-    doc.heading("Stage timings")
-    total_wall, total_cpu = timer.total()
-    doc.table(
-        ["stage", "wall (s)", "CPU (s)", "note"],
-        [[r.name, r.wall_s, r.cpu_s, r.note or ""] for r in timer.records],
-        digits=[0, 1, 1, 0],
-        align="lrrl",
-        note=(
-            "CPU: CPU seconds of this process over all its threads. On a shared machine the wall clock also counts "
-            "the time other processes held the cores."
-        ),
-    )
-    doc.paragraph(f"Settings: `{json.dumps(settings)}`")
-    doc.write()
-
-
-def _append_totals(report: Path, timer: StageTimer) -> None:
-    wall, cpu = timer.total()
-    text = report.read_text(encoding="utf-8")
-    line = f"**Total: {wall:.0f} s wall ({wall / 60:.1f} min), {cpu:.0f} s CPU**, report stage included.\n"
-    with atomic_path(report) as tmp:
-        tmp.write_text(text + "\n" + line, encoding="utf-8")
 
 
 def announce(settings: DemoSettings, quick: bool = False, hardware: Any = None) -> list[str]:

@@ -23,7 +23,7 @@ name               what it does                                                 
 The grids span the optima of the 1 mm template and of the 2 mm demo cohort (where the best Gaussian sigma is about 0.5
 voxel and the best non-local-means ``h`` about 0.6 sigma); non-local means uses the fastest and best patch settings
 of three tried on a 64^3 crop. Tuning maximises the PSNR inside the brain mask
-(:class:`pipeline.evaluation.metrics.MaskedPSNRMetric`).
+(:func:`pipeline.evaluation.metrics.masked_psnr`).
 """
 
 from __future__ import annotations
@@ -34,9 +34,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
-from pipeline.evaluation.metrics import MaskedPSNRMetric
+from pipeline.evaluation.metrics import masked_psnr
 
 __all__ = [
     "CLASSICAL_DENOISERS",
@@ -45,7 +44,6 @@ __all__ = [
     "estimate_noise_sigma",
     "get_denoiser",
     "list_denoisers",
-    "masked_psnr",
     "tune",
 ]
 
@@ -238,24 +236,6 @@ def get_denoiser(name: str) -> ClassicalDenoiser:
     if name == "bm4d" and not bm4d_available():
         raise ValueError("bm4d needs the optional 'bm4d' package (non-commercial licence): pip install -e '.[bm4d]'")
     return CLASSICAL_DENOISERS[name]
-
-
-def masked_psnr(pred: np.ndarray, clean: np.ndarray, mask: np.ndarray | None = None, data_range: float = 1.0) -> float:
-    """PSNR in dB of ``pred`` against ``clean``, inside ``mask`` (non-zero voxels) or over the whole volume.
-
-    Args:
-        pred: volume ``(H, W, D)``.
-        clean: the reference, same shape.
-        mask: optional mask, same shape.
-        data_range: the intensity range (1.0 on the robust-maximum scale).
-
-    Returns:
-        ``10 log10(data_range^2 / MSE)``.
-    """
-    metric = MaskedPSNRMetric(data_range=data_range)
-    as_batch = [torch.as_tensor(np.asarray(v, dtype=np.float32))[None, None] for v in (pred, clean)]
-    mask_batch = None if mask is None else torch.as_tensor(np.asarray(mask, dtype=np.float32))[None, None]
-    return float(metric(as_batch[0], as_batch[1], mask=mask_batch).item())
 
 
 def tune(

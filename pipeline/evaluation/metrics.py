@@ -10,7 +10,9 @@ the data range ``[0, data_range]`` (``[0, 1]`` after ``ScalePercentile``; the de
 - ``*_noisy``: the same four for the noisy input against the clean target, the reference a denoiser must beat.
 
 MONAI's ``PSNRMetric`` and ``SSIMMetric`` have no mask; :class:`MaskedPSNRMetric` and :class:`MaskedSSIMMetric`
-add one, and reduce to MONAI's whole-volume values when no mask is given (tested).
+add one, and reduce to MONAI's whole-volume values when no mask is given (tested). They are the project's only
+image-quality implementation: :func:`masked_psnr`, :func:`masked_ssim` and :func:`volume_quality` are their forms for
+one volume ``(H, W, D)``, which the demo, the classical denoisers' tuning and the benchmarks call.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from ignite.metrics import Accuracy, ConfusionMatrix, Metric, MetricsLambda
 from monai.handlers import ROCAUC
@@ -27,13 +30,18 @@ from monai.metrics.regression import KernelType, compute_ssim_and_cs
 from monai.utils import convert_to_tensor
 
 __all__ = [
+    "QUALITY_KEYS",
     "CumulativeMetricAdapter",
     "MaskedPSNRMetric",
     "MaskedSSIMMetric",
+    "as_volume",
     "balanced_accuracy",
     "classification_metrics",
     "denoise_metrics",
     "logits_and_labels",
+    "masked_psnr",
+    "masked_ssim",
+    "volume_quality",
 ]
 
 
@@ -183,6 +191,123 @@ class MaskedSSIMMetric(CumulativeIterationMetric):
         if not isinstance(data, torch.Tensor):
             raise ValueError("no data: call the metric on a batch before aggregate().")
         return data.mean() if self.reduction == "mean" else data
+
+
+#: The four image-quality figures of :func:`volume_quality`, in table order.
+QUALITY_KEYS: tuple[str, ...] = ("psnr_brain", "ssim_brain", "psnr_volume", "ssim_volume")
+
+
+def as_volume(volume: Any, name: str = "volume") -> np.ndarray:
+    """One volume as a float32 numpy array ``(H, W, D)``.
+
+    Args:
+        volume: ``(H, W, D)`` or ``(1, H, W, D)`` (any size-1 axes are dropped), numpy or torch.
+        name: what the error calls it.
+
+    Returns:
+        The float32 array (a copy only when a conversion is needed).
+
+    Raises:
+        ValueError: if it is not 3-D once size-1 axes are dropped.
+    """
+    array = np.asarray(volume.detach().cpu() if isinstance(volume, torch.Tensor) else volume, dtype=np.float32)
+    array = np.squeeze(array)
+    if array.ndim != 3:
+        raise ValueError(f"{name} must be a 3-D volume (H, W, D) (or (1, H, W, D)), got shape {array.shape}")
+    return array
+
+
+def _volume_batch(volume: Any, name: str) -> torch.Tensor:
+    """One volume as a float32 batch ``(1, 1, H, W, D)``."""
+    return torch.from_numpy(as_volume(volume, name))[None, None]
+
+
+def _volume_pair(pred: Any, ref: Any, mask: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    batches = [_volume_batch(pred, "pred"), _volume_batch(ref, "ref")]
+    if mask is not None:
+        batches.append(_volume_batch(mask, "mask"))
+    if len({tuple(b.shape) for b in batches}) != 1:
+        raise ValueError(f"pred, ref and mask must have one shape, got {[tuple(b.shape[2:]) for b in batches]}")
+    if mask is not None and not bool((batches[2] > 0).any()):
+        raise ValueError("mask is empty: the scores inside the mask are undefined")
+    return batches[0], batches[1], batches[2] if mask is not None else None
+
+
+def masked_psnr(pred: Any, ref: Any, mask: Any = None, data_range: float = 1.0) -> float:
+    """PSNR in dB of one volume against its reference, inside ``mask`` or over the whole volume.
+
+    The functional form of :class:`MaskedPSNRMetric` for single volumes (the classical tuning, the demo, the
+    benchmarks): ``10 log10(data_range^2 / MSE)`` with the MSE over the mask's non-zero voxels.
+
+    Args:
+        pred: the volume to score, ``(H, W, D)`` or ``(1, H, W, D)``, numpy or torch, on the scale of ``ref``.
+        ref: the clean reference, same shape.
+        mask: optional mask (non-zero = inside), same shape.
+        data_range: the intensity range of the scale (1.0 on the robust-maximum scale).
+
+    Returns:
+        The PSNR (``inf`` for an exact match).
+
+    Raises:
+        ValueError: for shapes that differ or are not 3-D, or an empty mask.
+    """
+    pred_t, ref_t, mask_t = _volume_pair(pred, ref, mask)
+    return float(MaskedPSNRMetric(data_range=data_range)(pred_t, ref_t, mask=mask_t).item())
+
+
+def masked_ssim(pred: Any, ref: Any, mask: Any = None, data_range: float = 1.0, kernel_size: int = 7) -> float:
+    """SSIM of one volume against its reference, averaged inside ``mask`` or over the whole volume.
+
+    The functional form of :class:`MaskedSSIMMetric` (Gaussian window ``kernel_size``^3, sigma 1.5).
+
+    Args:
+        pred: the volume to score, ``(H, W, D)`` or ``(1, H, W, D)``, numpy or torch, on the scale of ``ref``.
+        ref: the clean reference, same shape.
+        mask: optional mask (non-zero = inside), same shape.
+        data_range: the intensity range of the scale.
+        kernel_size: the window (odd, at most the smallest side).
+
+    Returns:
+        The SSIM.
+
+    Raises:
+        ValueError: for shapes that differ or are not 3-D, an empty mask, or a window larger than the volume.
+    """
+    pred_t, ref_t, mask_t = _volume_pair(pred, ref, mask)
+    metric = MaskedSSIMMetric(spatial_dims=3, data_range=data_range, kernel_size=kernel_size)
+    return float(metric(pred_t, ref_t, mask=mask_t).item())
+
+
+def volume_quality(
+    pred: Any, clean: Any, mask: Any, data_range: float = 1.0, ssim_kernel_size: int = 7
+) -> dict[str, float]:
+    """PSNR and SSIM of one volume against its clean reference, inside the brain mask and over the whole volume.
+
+    The same quantities as the engines' :func:`denoise_metrics`, so a report's figures and the training's
+    TensorBoard figures agree.
+
+    Args:
+        pred: the volume to score, ``(H, W, D)`` or ``(1, H, W, D)``, on the same intensity scale as ``clean``.
+        clean: the clean reference, same shape.
+        mask: the brain mask (non-zero = brain), same shape.
+        data_range: the intensity range of the scale (1.0 when the clean brain's robust maximum is 1).
+        ssim_kernel_size: SSIM window (odd, at most the smallest side).
+
+    Returns:
+        ``{"psnr_brain", "ssim_brain", "psnr_volume", "ssim_volume"}`` (dB for PSNR), in :data:`QUALITY_KEYS` order.
+
+    Raises:
+        ValueError: for shapes that differ or are not 3-D, or an empty mask.
+    """
+    if mask is None:
+        raise ValueError("mask is required: volume_quality scores inside the brain mask and over the whole volume")
+    kernel = {"kernel_size": ssim_kernel_size}
+    return {
+        "psnr_brain": masked_psnr(pred, clean, mask, data_range),
+        "ssim_brain": masked_ssim(pred, clean, mask, data_range, **kernel),
+        "psnr_volume": masked_psnr(pred, clean, None, data_range),
+        "ssim_volume": masked_ssim(pred, clean, None, data_range, **kernel),
+    }
 
 
 def _stack(value: Any) -> torch.Tensor:

@@ -4,10 +4,8 @@ Everything here turns numbers and volumes measured by a run into report material
 own. Figures are PNG files drawn with matplotlib's non-interactive ``Agg`` backend (no display needed), written
 atomically (:func:`pipeline.utils.files.atomic_path`).
 
-Image quality (:func:`volume_quality`) uses the engines' metrics (:mod:`pipeline.evaluation.metrics`), so the report's
-figures and the training's TensorBoard figures are the same quantities: PSNR ``10 log10(data_range^2 / MSE)`` and
-SSIM (Gaussian window 7^3, sigma 1.5), each inside the brain mask (``*_brain``) and over the whole volume
-(``*_volume``, which the zero background inflates).
+The image-quality scores a report shows come from :func:`pipeline.evaluation.metrics.volume_quality`, the engines'
+own metrics, so the report's figures and the training's TensorBoard figures are the same quantities.
 """
 
 from __future__ import annotations
@@ -19,68 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from pipeline.evaluation.metrics import MaskedPSNRMetric, MaskedSSIMMetric
+from pipeline.evaluation.metrics import as_volume
 from pipeline.utils.files import atomic_path
+from transforms.intensity import robust_max
 
 __all__ = [
-    "QUALITY_KEYS",
     "Report",
     "curves_figure",
     "format_number",
     "markdown_table",
     "read_scalars",
     "triplanar_figure",
-    "volume_quality",
 ]
 
-#: The four image-quality figures of :func:`volume_quality`, in table order.
-QUALITY_KEYS: tuple[str, ...] = ("psnr_brain", "ssim_brain", "psnr_volume", "ssim_volume")
-
 _PLANES = ("axial", "coronal", "sagittal")
-
-
-def _volume(array: Any, name: str) -> np.ndarray:
-    volume = np.asarray(array.detach().cpu() if isinstance(array, torch.Tensor) else array, dtype=np.float32)
-    volume = np.squeeze(volume)
-    if volume.ndim != 3:
-        raise ValueError(f"{name} must be a 3-D volume (H, W, D) (or (1, H, W, D)), got shape {volume.shape}")
-    return volume
-
-
-def volume_quality(
-    pred: Any, clean: Any, mask: Any, data_range: float = 1.0, ssim_kernel_size: int = 7
-) -> dict[str, float]:
-    """PSNR and SSIM of one volume against its clean reference, inside the brain mask and over the whole volume.
-
-    Args:
-        pred: the volume to score, ``(H, W, D)`` or ``(1, H, W, D)``, on the same intensity scale as ``clean``.
-        clean: the clean reference, same shape.
-        mask: the brain mask (non-zero = brain), same shape.
-        data_range: the intensity range of the scale (1.0 when the clean brain's robust maximum is 1).
-        ssim_kernel_size: SSIM window (odd, at most the smallest side).
-
-    Returns:
-        ``{"psnr_brain", "ssim_brain", "psnr_volume", "ssim_volume"}`` (dB for PSNR).
-
-    Raises:
-        ValueError: for shapes that differ or are not 3-D, or an empty mask.
-    """
-    arrays = [_volume(v, n) for v, n in ((pred, "pred"), (clean, "clean"), (mask, "mask"))]
-    if len({a.shape for a in arrays}) != 1:
-        raise ValueError(f"pred, clean and mask must have one shape, got {[a.shape for a in arrays]}")
-    pred_t, clean_t, mask_t = (torch.from_numpy(a)[None, None] for a in arrays)
-    if not bool((mask_t > 0).any()):
-        raise ValueError("mask is empty: the brain-mask scores are undefined")
-    psnr = MaskedPSNRMetric(data_range=data_range)
-    ssim = MaskedSSIMMetric(spatial_dims=3, data_range=data_range, kernel_size=ssim_kernel_size)
-    return {
-        "psnr_brain": float(psnr(pred_t, clean_t, mask=mask_t).item()),
-        "ssim_brain": float(ssim(pred_t, clean_t, mask=mask_t).item()),
-        "psnr_volume": float(psnr(pred_t, clean_t).item()),
-        "ssim_volume": float(ssim(pred_t, clean_t).item()),
-    }
 
 
 def format_number(value: Any, digits: int = 2) -> str:
@@ -199,7 +150,8 @@ def triplanar_figure(
         title: the figure title.
         error_of: ``(a, b)``: add a row ``|a - b|`` (e.g. ``("denoised", "clean")``) on its own colour scale.
         mask: optional brain mask (X, Y, Z); the slices go through its centroid (default: the volume centre).
-        vmax: the grey-scale maximum of the image rows (default: the 99.5th percentile of the first volume).
+        vmax: the grey-scale maximum of the image rows (default: the robust maximum of the first volume,
+            :func:`transforms.intensity.robust_max`).
 
     Returns:
         ``path``.
@@ -209,7 +161,7 @@ def triplanar_figure(
     """
     if not volumes:
         raise ValueError("volumes must hold at least one volume")
-    arrays = {name: _volume(v, name) for name, v in volumes.items()}
+    arrays = {name: as_volume(v, name) for name, v in volumes.items()}
     shapes = {a.shape for a in arrays.values()}
     if len(shapes) != 1:
         raise ValueError(f"volumes must have one shape, got {sorted(shapes)}")
@@ -221,11 +173,10 @@ def triplanar_figure(
         a, b = error_of
         rows.append((f"|{a} - {b}|", np.abs(arrays[a] - arrays[b])))
     shape = next(iter(shapes))
-    centre = _centre(None if mask is None else _volume(mask, "mask"), shape)
+    centre = _centre(None if mask is None else as_volume(mask, "mask"), shape)
     first = rows[0][1]
     if vmax is None:
-        positive = first[first > 0]
-        vmax = float(np.percentile(positive, 99.5)) if positive.size else 1.0
+        vmax = robust_max(first, default=1.0)
     error_max = None
     if error_of is not None:
         error_max = max(float(np.percentile(rows[-1][1], 99.9)), 1e-6)

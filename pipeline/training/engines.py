@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ignite.contrib.handlers import ProgressBar
 from ignite.engine import Engine, Events
+from ignite.handlers import ProgressBar
 from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import (

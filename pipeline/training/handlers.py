@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers.tensorboard_logger import OptimizerParamsHandler, TensorboardLogger
 from monai.engines.utils import IterationEvents
 from monai.inferers import Inferer
 from monai.utils import convert_to_tensor
@@ -319,10 +320,27 @@ class TensorBoardSlices:
         self.writer.flush()
 
 
+class _RunWriterLogger(TensorboardLogger):
+    """ignite's ``TensorboardLogger`` over the run's own ``SummaryWriter``.
+
+    ignite's constructor always opens a new writer (a second event file in the run folder); this one shares the
+    writer the run already has, and leaves closing it to its owner.
+    """
+
+    def __init__(self, summary_writer: Any) -> None:
+        self.writer = summary_writer
+
+    def close(self) -> None:
+        """Nothing to close: the writer belongs to the run."""
+
+
 class LearningRateLogger:
     """Write the learning rate of each parameter group to TensorBoard at every epoch end.
 
-    Tags: ``train/lr`` for the first group, ``train/lr_group1``... for groups added later.
+    ignite's own ``OptimizerParamsHandler``, attached through a ``TensorboardLogger`` that writes into the run's
+    ``SummaryWriter``, in a form bundle configs can list among a trainer's handlers (``attach(engine)``).
+
+    Tags: ``train/lr/group_0``, ``train/lr/group_1``... (ignite's names), stepped by the epoch.
 
     Args:
         summary_writer: a ``SummaryWriter``.
@@ -330,18 +348,12 @@ class LearningRateLogger:
     """
 
     def __init__(self, summary_writer: Any, optimizer: Optimizer) -> None:
-        self.writer = summary_writer
-        self.optimizer = optimizer
+        self.logger = _RunWriterLogger(summary_writer)
+        self.handler = OptimizerParamsHandler(optimizer, param_name="lr", tag="train")
 
     def attach(self, engine: Engine) -> None:
         """Register on the trainer's ``EPOCH_COMPLETED``."""
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        """Write the current learning rates."""
-        for i, group in enumerate(self.optimizer.param_groups):
-            tag = "train/lr" if i == 0 else f"train/lr_group{i}"
-            self.writer.add_scalar(tag, group["lr"], engine.state.epoch)
+        self.logger.attach(engine, self.handler, Events.EPOCH_COMPLETED)
 
 
 class GradualUnfreeze:

@@ -10,10 +10,10 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.utils.files import atomic_path
 
@@ -22,11 +22,13 @@ __all__ = [
     "collect_subjects",
     "package_versions",
     "read_run_info",
+    "run_logged",
     "run_logging",
     "write_run_info",
 ]
 
 RUN_INFO = "run_info.json"
+_T = TypeVar("_T")
 _PACKAGES = ("torch", "monai", "pytorch-ignite", "numpy", "nibabel", "SimpleITK", "tensorboard", "resunet3d")
 _LOGGERS = (
     "pipeline",
@@ -175,3 +177,25 @@ def run_logging(
             for name in ("pipeline", "monai.handlers"):
                 logging.getLogger(name).removeHandler(stream)
         handler.close()
+
+
+def run_logged(run_dir: str | os.PathLike | None, run: Callable[[], _T], filename: str = "train.log") -> _T:
+    """Call ``run()`` inside :func:`run_logging`: the bundle configs' way to log a training run like the engines do.
+
+    The project's one logging set-up for a run (``pipeline.training.engines.run_training`` opens the same
+    :func:`run_logging` around its trainer). MONAI's ``LogfileHandler`` is not used: it records only the attached
+    engine's own logger, not the pipeline's, MONAI's handlers' or ignite's messages (tested in
+    ``tests/test_engines.py``).
+
+    Args:
+        run_dir: the run folder; ``None`` runs without a log file (the other ranks of a multi-GPU run).
+        run: what to call, e.g. a trainer's ``run``.
+        filename: the log file name.
+
+    Returns:
+        What ``run()`` returns.
+    """
+    if run_dir is None:
+        return run()
+    with run_logging(run_dir, filename=filename):
+        return run()
