@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default=str(default_out("classical")))
     args = parser.parse_args(argv)
     size = 32 if args.quick else args.size
-    methods = [m.name for m in METHODS if m.name not in args.skip]
+    methods = [m for m in METHODS if m not in args.skip]
     slow = "bm4d" in methods and bm4d_available()
     announce(
         "benchmarks.classical",
