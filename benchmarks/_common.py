@@ -137,21 +137,22 @@ def benchmark_precision(requested: str = "auto") -> tuple[str, str]:
 
 
 def expected_duration(native_bf16_s: float, avx2_s: float, hardware: Any = None) -> str:
-    """Roughly how long a run takes on this machine, from two measured references.
+    """Roughly how long a run takes on this machine, from references for two kinds of 2-core CPU.
 
-    The references were measured on the 2-core Intel Xeon (AVX-512, AVX512-BF16, AMX) these benchmarks were
-    developed on, once natively and once limited to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``),
-    both with ``--precision auto``; a machine counts as the first kind when it has native bf16 and as the second
-    otherwise, and the figure is scaled by its logical CPU count (2 measured, torch's kernels scale about
-    linearly on a few cores).
+    A machine counts as the first kind when it has native bf16 (:mod:`pipeline.utils.precision`) and as the second
+    otherwise, and the reference is scaled by its logical CPU count (torch's kernels scale about linearly on a few
+    cores). Each caller says where its references come from: the CPU seconds of a run on the 2-core Intel Xeon with
+    AMX these benchmarks were developed on, natively and limited to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2
+    ATEN_CPU_CAPABILITY=avx2``), divided by 1.5 (the machine was shared, so its wall times overstated the run), or
+    the README's figures of the 2-core AMD EPYCs.
 
     Args:
-        native_bf16_s: seconds measured with native bf16.
-        avx2_s: seconds measured with AVX2 only.
+        native_bf16_s: seconds on 2 idle cores of a CPU with native bf16.
+        avx2_s: seconds on 2 idle cores of a CPU with AVX2 only.
         hardware: the :class:`pipeline.utils.precision.HardwareReport` to estimate for (default: this machine's).
 
     Returns:
-        E.g. ``"about 40 s here (measured: 25 s on 2 cores with native bf16, 40 s on 2 cores with AVX2 only)"``.
+        E.g. ``"about 40 s here (2 idle cores: 25 s with native bf16, 40 s with AVX2 only)"``.
     """
     from pipeline.utils.precision import detect_hardware
 
@@ -159,8 +160,8 @@ def expected_duration(native_bf16_s: float, avx2_s: float, hardware: Any = None)
     reference = native_bf16_s if hardware.native_cpu_bf16 else avx2_s
     estimate = reference * 2 / max(1, min(hardware.logical_cpus, 16))
     return (
-        f"about {_clock(estimate)} here (measured: {_clock(native_bf16_s)} on 2 cores with native bf16, "
-        f"{_clock(avx2_s)} on 2 cores with AVX2 only)"
+        f"about {_clock(estimate)} here (2 idle cores: {_clock(native_bf16_s)} with native bf16, "
+        f"{_clock(avx2_s)} with AVX2 only)"
     )
 
 

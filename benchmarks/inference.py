@@ -312,7 +312,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.scans > 0:
         configs.append((f"pipeline, folder of {args.scans} scans", dict(base, mode="pipeline", scans=args.scans)))
     if args.quick:
-        expected = expected_duration(6.0 * len(configs), 7.0 * len(configs))
+        # a fresh process each: CPU seconds on the 2-core Xeon (AMX) / 1.5, mostly imports
+        expected = expected_duration(7.0 * len(configs), 8.0 * len(configs))
     else:
         expected = (
             f"roughly {len(configs)} min: {len(configs)} fresh processes, each about a minute for a 1 mm brain on 2"

@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmarks.loading",
         f"a {subjects}-subject cohort at {params.spacing:g} mm, {loaders} loader runs of {samples} {patch}^3 patches,"
         f" then the {'small' if args.quick else 'demo'} denoiser's training step rate in {' and '.join(precisions)}",
-        expected_duration(25, 30) if args.quick else expected_duration(240, 300),
+        # quick: CPU seconds on the 2-core Xeon (AMX) / 1.5; the full run: the README's loaders and steps
+        expected_duration(22, 10) if args.quick else expected_duration(60, 70),
         note,
     )
     progress = Progress(1 + loaders + len(precisions))

@@ -56,11 +56,14 @@ VARIANTS = {
 }
 #: the conv3d ceiling each variant is measured against: (channels_last_3d, bf16) -> name
 CEILINGS = {(False, False): "ncdhw", (True, False): "channels_last_3d", (False, True): "bf16", (True, True): "bf16_cl"}
-#: seconds per training step (forward, loss, backward, Adam) of the default networks at 32^3 x 4, averaged over the
-#: variants auto runs (all four with native bf16, the two fp32 ones without), measured on the 2-core Intel Xeon with
-#: AMX natively and limited to AVX2 (see benchmarks._common.expected_duration), and of one ceiling convolution
-_STEP_S = {"native": 0.15, "avx2": 0.35}
-_CEILING_S = {"native": 0.05, "avx2": 0.15}
+#: rough seconds per float32 training step (forward, loss, backward, Adam) at 32^3 x 4 on 2 idle cores with AVX-512,
+#: for the estimate printed at the start: the README's 64^3 x 2 rows of the 2-core AMD EPYC with AVX512-BF16, divided by
+#: 4, and ResUnet3D as the demo trains it (0.49 s measured on a 2-core AMD EPYC with AVX2 only, issue 11, halved)
+_STEP_S = {"unet": 0.08, "basicunet": 1.05, "flexibleunet": 0.45, "resunet3d": 0.25}
+#: seconds of one 48^3 ceiling convolution forward + backward on 2 idle AVX-512 cores (37 GFLOP at about 200 GFLOP/s)
+_CEILING_S = 0.18
+#: native bf16 autocast against float32, and AVX2 only against AVX-512 (float32), for the same estimate
+_BF16_FACTOR, _AVX2_FACTOR = 0.55, 2.0
 
 
 def default_variants(precision: str) -> list[str]:
@@ -73,6 +76,30 @@ def default_variants(precision: str) -> list[str]:
         Variant names of :data:`VARIANTS`.
     """
     return list(VARIANTS) if precision == "bf16" else [v for v, (_, bf16, _) in VARIANTS.items() if not bf16]
+
+
+def _reference_seconds(
+    networks: list[str],
+    variants: list[tuple[str, bool, bool, bool]],
+    patch: int,
+    batch: int,
+    steps: int,
+    conv_size: int,
+    ceilings: int,
+    quick: bool,
+) -> dict[str, float]:
+    """Rough seconds of a run on 2 idle cores, with native bf16 and with AVX2 only (:func:`expected_duration`)."""
+    scale = (patch / 32) ** 3 * batch / 4 * (0.1 if quick else 1.0)  # the small networks: about a tenth
+    passes = steps + 3  # warm-up, FLOP count, timed steps (and building the network)
+    native = sum(
+        _STEP_S[name] * scale * passes * (_BF16_FACTOR if bf16 else 1.0)
+        for name in networks
+        for _, _, bf16, _ in variants
+    )
+    fp32 = sum(_STEP_S[name] * scale * passes for name in networks for _, _, bf16, _ in variants if not bf16)
+    ceiling = 2 * ceilings * (steps + 2) * _CEILING_S * (conv_size / 48) ** 3
+    startup = 5.0  # importing torch and MONAI, building the networks
+    return {"native": startup + native + ceiling, "avx2": startup + (fp32 + ceiling) * _AVX2_FACTOR}
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
@@ -252,10 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.compile:
         variants.append(("compile", False, False, True))
     ceilings = {name: key for key, name in CEILINGS.items() if key in {v[1:3] for v in variants}}
-    scale = (patch / 32) ** 3 * batch / 4
-    step_units = len(args.networks) * len(variants) * (steps + 3)  # warm-up, FLOP count, steps; build
-    ceiling_units = 2 * len(ceilings) * (steps + 2) * (conv_size / 48) ** 3
-    reference = {k: step_units * _STEP_S[k] * scale + ceiling_units * _CEILING_S[k] for k in _STEP_S}
+    reference = _reference_seconds(args.networks, variants, patch, batch, steps, conv_size, len(ceilings), args.quick)
     announce(
         "benchmarks.throughput",
         f"training steps of {', '.join(args.networks)} in {', '.join(v[0] for v in variants)} at {patch}^3 x {batch}"
