@@ -88,7 +88,9 @@ def measure(scan: Path, weights: Path, out: Path, extra: list[str]) -> dict[str,
     command = [sys.executable, "-m", "pipeline.inference.infer", "denoise", os.fspath(scan), "--output", os.fspath(out)]
     command += ["--weights", os.fspath(weights), "--device", "cpu", "--overwrite", *extra]
     start = time.perf_counter()
-    done = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["/usr/bin/time", "-v", *command], capture_output=True, encoding="utf-8", errors="replace", check=False
+    )
     seconds = time.perf_counter() - start
     peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
     return {

@@ -56,8 +56,8 @@ def test_the_wheel_installs_a_tool_that_runs_outside_the_repository(tmp_path):
 
     work = tmp_path / "work"  # outside the repository
     work.mkdir()
-    code = "import pipeline, bundle; print(pipeline.__file__, bundle.__file__)"
-    where = _run([os.fspath(python), "-c", code], work, env)
+    code = "import importlib.util as u; print(u.find_spec('pipeline').origin, u.find_spec('bundle').origin)"
+    where = _run([os.fspath(python), "-c", code], work, env)  # (find_spec: no torch import, fast)
     assert where.stdout.startswith(os.fspath(site)) and os.fspath(ROOT) not in where.stdout
 
     folder = work / "scans"
@@ -72,8 +72,8 @@ def test_the_wheel_installs_a_tool_that_runs_outside_the_repository(tmp_path):
     card = {"model_card": {"format": 1, "task": "denoise"}, "network_def": {"_target_": "torch.nn.Identity"}}
     weights.with_suffix(".json").write_text(json.dumps(card))
 
-    help_text = _run([os.fspath(venv / "bin" / "resunet3d-classify"), "--help"], work, env)
-    assert help_text.returncode == 0 and "example:" in help_text.stdout
+    scripts = {p.name for p in (venv / "bin").glob("resunet3d-*")}  # (their --help: tests/test_entrypoints.py)
+    assert scripts == {"resunet3d-denoise", "resunet3d-classify", "resunet3d-demo"}
     run = _run([os.fspath(venv / "bin" / "resunet3d-denoise"), "scans", "--output", "out", "--weights", "model.pt",
                 "--device", "cpu", "--set", "show_progress=false"], work, env)  # fmt: skip
     assert run.returncode == 1, run.stderr  # the broken MINC and the lone DICOM slice failed, named below

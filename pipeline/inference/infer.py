@@ -520,9 +520,13 @@ def denoise_items(
 
 
 def _log_summary(summary: InferenceSummary) -> None:
-    """The summary at INFO, or at WARNING when a scan was skipped or failed (so it is not lost among the lines)."""
+    """The counts line at INFO, or at WARNING when a scan was skipped or failed (so it is not lost among the lines).
+
+    Each failure was logged when it happened; :meth:`InferenceSummary.report` (printed by the command line at the
+    end) lists them together with the ignored files.
+    """
     quiet = not summary.failed and not summary.count("skipped")
-    logger.log(logging.INFO if quiet else logging.WARNING, "%s", summary.report())
+    logger.log(logging.INFO if quiet else logging.WARNING, "%s", summary.report().splitlines()[-1])
 
 
 def classify_items(

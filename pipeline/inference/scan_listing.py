@@ -111,8 +111,8 @@ def list_folder(folder: str | os.PathLike) -> ScanList:
     if dicom_files:
         only_dicom = len(dicom_files) == len(children)
         items.extend(_series_items(dicom_files, folder, None if only_dicom else f"{folder.name}_dicom"))
-    for path, reason in items.ignored:
-        logger.info("ignoring %s: %s", path, reason)
+    for path, reason in items.ignored:  # listed once, in the run's summary
+        logger.debug("ignoring %s: %s", path, reason)
     return items
 
 

@@ -311,7 +311,7 @@ def apply_model_card(config_files: Sequence[str | os.PathLike], overrides: Mappi
         return result
     card = read_model_card(weights)
     if card is None:
-        logger.info("%s has no model card (%s): using the configuration given", weights, card_path(weights).name)
+        logger.debug("%s has no model card (%s): using the configuration given", weights, card_path(weights).name)
         return result
     keys = list(settings.get("keys", []))
     defaults = list(settings.get("defaults", []))
