@@ -17,19 +17,24 @@ nothing is silently dropped. Keys starting with ``+`` (MONAI's merge syntax) mus
 any working directory write under the bundle (``bundle/models``, ``bundle/eval``), as ``--bundle_root bundle``
 would with MONAI's own command.
 
+Console output is MONAI's: the bundle's ``configs/logging.conf`` and MONAI's ``StatsHandler`` loggers print the
+same loss and metric lines as ``python -m monai.bundle run``. Under ``torchrun`` only rank 0 logs to the console
+(other ranks print warnings and errors only). ``--help`` prints the usage.
+
 Python callers (the demo, tests) use :func:`create_workflow`, which applies the same check and returns an
 initialised ``monai.bundle.ConfigWorkflow``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import logging
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +43,15 @@ from monai.bundle.utils import ID_SEP_KEY
 
 __all__ = [
     "BUNDLE_DIR",
+    "HELP",
     "ConfigComponentError",
     "ConfigOverrideError",
     "check_overrides",
     "config_ids",
+    "console_on_rank0_only",
     "create_workflow",
     "default_bundle_root",
+    "launcher_rank",
     "main",
     "run",
     "unwrap_config_error",
@@ -55,6 +63,38 @@ logger = logging.getLogger(__name__)
 BUNDLE_DIR: Path = Path(__file__).resolve().parents[1] / "bundle"
 
 _SEPARATORS = (ID_SEP_KEY, "#")
+
+#: What ``python -m pipeline.bundle_run --help`` prints.
+HELP = """\
+usage: python -m pipeline.bundle_run [RUN_ID] --config_file FILES [--meta_file FILES] [--logging_file FILE]
+                                     [--args_file FILE] [--tracking mlflow] [--list_keys] [--KEY VALUE ...]
+
+Run a workflow of the bundle (bundle/configs) exactly as `python -m monai.bundle run` does, after checking that
+every --KEY override names a key of the merged configs (a typo exits with status 2 and names the closest keys).
+
+arguments (those of `python -m monai.bundle run`):
+  RUN_ID, --run_id ID     config id of the expressions to run (default: run)
+  --init_id, --final_id   config ids run first / last (default: initialize, finalize)
+  --config_file FILES     config file(s), merged in order, common.yaml first:
+                          "['bundle/configs/common.yaml','bundle/configs/train_denoise.yaml']"
+  --meta_file FILES       metadata file(s) (default: <configs folder>/metadata.json)
+  --logging_file FILE     logging config (default: <configs folder>/logging.conf)
+  --args_file FILE        JSON/YAML file of default arguments
+  --tracking mlflow       MONAI experiment tracking
+  --bundle_root DIR       default: the folder above the first config file's configs/ folder
+  --KEY VALUE             override any config key: --num_epochs 5, --network_def::model_depth 18,
+                          --patch_size "[48, 48, 48]"; true/false are read as booleans
+  --list_keys             print every key of the merged --config_file and exit
+  -h, --help              print this help and exit
+
+exit status: 0 done; 2 unknown override key, config component or missing config file; 1 bad input file,
+checkpoint or value.
+
+example:
+  python -m pipeline.bundle_run --dataset_dir runs/cohort --clean_dir clean --num_epochs 2 \\
+      --config_file "['bundle/configs/common.yaml','bundle/configs/train_denoise.yaml']"
+"""
+
 _TARGET = "_target_"
 
 
@@ -364,7 +404,8 @@ def run(
         "args_file": args_file,
     }
     try:
-        monai_run(config_file=files, **{k: v for k, v in given.items() if v is not None}, **override)
+        with console_on_rank0_only():
+            monai_run(config_file=files, **{k: v for k, v in given.items() if v is not None}, **override)
     except (ModuleNotFoundError, RuntimeError) as error:
         component_error = _component_error(error, files, override)
         if component_error is None:
@@ -372,8 +413,44 @@ def run(
         raise component_error from error
 
 
-#: Loggers that log an engine's exception with its traceback before re-raising it (MONAI's ``StatsHandler``).
-_ENGINE_EXCEPTION_LOGGERS = ("monai.handlers.StatsHandler",)
+def launcher_rank() -> int:
+    """This process's global rank as set by ``torchrun`` (``RANK``); 0 when not launched by it."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+@contextlib.contextmanager
+def console_on_rank0_only(rank: int | None = None) -> Iterator[None]:
+    """Silence INFO messages (and below) on every rank but 0 during the block; warnings and errors still show.
+
+    ``logging.disable`` holds for every logger and survives the ``fileConfig`` of the bundle's ``logging.conf``,
+    so the input summary, the engines' progress and "Got new best metric" appear once under ``torchrun``.
+
+    Args:
+        rank: the process's rank (default :func:`launcher_rank`).
+
+    Yields:
+        None.
+    """
+    rank = launcher_rank() if rank is None else rank
+    previous = logging.root.manager.disable
+    if rank > 0:
+        logging.disable(max(previous, logging.INFO))
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+#: Loggers that log an engine's exception with its traceback before re-raising it: MONAI's ``StatsHandler`` logs to
+#: its own logger, or (``name: null``, as this bundle's configs set it) to the engine's, which is ignite's.
+_ENGINE_EXCEPTION_LOGGERS = (
+    "monai.handlers.StatsHandler",
+    "ignite.engine.engine.SupervisedTrainer",
+    "ignite.engine.engine.SupervisedEvaluator",
+)
 
 
 class _ReportedErrorFilter(logging.Filter):
@@ -411,14 +488,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: arguments (default ``sys.argv[1:]``).
 
     Returns:
-        0 on success, 2 for an unknown override key, component ``_target_`` or a missing config file, 1 for a bad
-        input file, checkpoint or value.
+        0 on success (and for ``--help``), 2 for an unknown override key, component ``_target_`` or a missing config
+        file, 1 for a bad input file, checkpoint or value.
     """
     import fire
+    from monai.apps import get_logger
 
     from transforms.errors import InputError
 
     args = [_BOOLEANS.get(a.lower(), a) for a in (sys.argv[1:] if argv is None else argv)]
+    if "-h" in args or "--help" in args:
+        sys.stdout.write(HELP)
+        return 0
     if "--list_keys" in args:
         args.remove("--list_keys")
         fire.Fire(_list_keys, command=args, name="pipeline.bundle_run")
@@ -428,7 +509,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     reported = (InputError, CheckpointError, ValueError, ScanFailuresError)
     quiet = _ReportedErrorFilter(reported)
-    loggers = [logging.getLogger(name) for name in _ENGINE_EXCEPTION_LOGGERS]
+    # MONAI's get_logger gives a logger its stdout handler only when it does not exist yet: creating
+    # StatsHandler's logger with logging.getLogger here would leave its loss and metric lines nowhere
+    loggers = [
+        get_logger(name) if name.startswith("monai.") else logging.getLogger(name) for name in _ENGINE_EXCEPTION_LOGGERS
+    ]
     for engine_logger in loggers:
         engine_logger.addFilter(quiet)
     try:
