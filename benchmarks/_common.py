@@ -256,9 +256,14 @@ def bundle_resunet_config() -> dict[str, Any]:
         return {"model_depth": 18}
     import yaml
 
-    config = yaml.safe_load(path.read_text())["network_def"]
+    common = yaml.safe_load(path.read_text())
+    config = common["network_def"]
     # patch_size only validates the bundle's own patches; the benchmarks choose theirs
     kwargs = {k: v for k, v in config.items() if k not in ("_target_", "patch_size")}
+    # the encoder's shape is read from shared top-level keys (`model_depth: '@model_depth'`)
+    kwargs = {
+        k: common[v[1:]] if isinstance(v, str) and v[1:] in common and v[:1] == "@" else v for k, v in kwargs.items()
+    }
     unresolved = {k: v for k, v in kwargs.items() if isinstance(v, str) and v[:1] in "@$"}
     if unresolved:
         raise ValueError(f"bundle network_def has references the benchmark cannot resolve: {unresolved}")
@@ -271,8 +276,8 @@ def build_denoiser(name: str, size: str = "default", **overrides: Any) -> Any:
     The MONAI configurations are the ones a user would pick first (and ``networks.get_network``'s defaults):
     ``UNet`` with channels (16, 32, 64, 128, 256), strides 2 and two residual units; ``BasicUNet`` with its default
     features (32, 32, 64, 128, 256, 32); ``FlexibleUNet`` with a ResNet-18 backbone (``pretrained=False``).
-    ResUnet3D is configured as the bundle ships it (:func:`bundle_resunet_config`); ``size="small"`` gives depth 10,
-    levels 3 for the quick smoke runs.
+    ResUnet3D is configured as the bundle ships it (:func:`bundle_resunet_config`); ``size="small"`` sets depth 10,
+    levels 3 on top of it for the quick smoke runs.
 
     Args:
         name: ``"resunet3d"``, ``"unet"``, ``"basicunet"`` or ``"flexibleunet"``.
@@ -293,7 +298,9 @@ def build_denoiser(name: str, size: str = "default", **overrides: Any) -> Any:
     if name == "resunet3d":
         from networks import ResUnet3D
 
-        kwargs = {"model_depth": 10, "levels": 3} if small else bundle_resunet_config()
+        kwargs = bundle_resunet_config()
+        if small:  # as benchmarks.inference overrides the bundle's network_def for its quick runs
+            kwargs.update(model_depth=10, levels=3)
         kwargs.update(spatial_dims=3, in_channels=1, out_channels=1)
         return ResUnet3D(**{**kwargs, **overrides})
     if overrides:
