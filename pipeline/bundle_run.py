@@ -19,7 +19,8 @@ would with MONAI's own command.
 
 Console output is MONAI's: the bundle's ``configs/logging.conf`` and MONAI's ``StatsHandler`` loggers print the
 same loss and metric lines as ``python -m monai.bundle run``. Under ``torchrun`` only rank 0 logs to the console
-(other ranks print warnings and errors only). ``--help`` prints the usage.
+(other ranks print warnings and errors only). ``--help`` prints the usage. With ``RESUNET3D_TINY=1`` in the
+environment a training runs one epoch without loader workers (:mod:`pipeline.tiny`), to check a command in seconds.
 
 Python callers (the demo, tests) use :func:`create_workflow`, which applies the same check and returns an
 initialised ``monai.bundle.ConfigWorkflow``.
@@ -40,6 +41,8 @@ from typing import Any
 
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle.utils import ID_SEP_KEY
+
+from pipeline.tiny import bundle_overrides
 
 __all__ = [
     "BUNDLE_DIR",
@@ -86,6 +89,8 @@ arguments (those of `python -m monai.bundle run`):
                           --patch_size "[48, 48, 48]"; true/false are read as booleans
   --list_keys             print every key of the merged --config_file and exit
   -h, --help              print this help and exit
+
+environment: RESUNET3D_TINY=1 runs one epoch without loader workers (a quick check of a command).
 
 exit status: 0 done; 2 unknown override key, config component or missing config file; 1 bad input file,
 checkpoint or value.
@@ -394,6 +399,7 @@ def run(
         raise ValueError("config_file is required: --config_file \"['bundle/configs/common.yaml', '...']\"")
     check_overrides(files, override)
     override.setdefault("bundle_root", default_bundle_root(files))
+    override.update(bundle_overrides(ConfigParser.load_config_files(files)))  # RESUNET3D_TINY=1: one epoch
     given = {
         "run_id": run_id,
         "init_id": init_id,
