@@ -450,17 +450,14 @@ def console_on_rank0_only(rank: int | None = None) -> Iterator[None]:
         logging.disable(previous)
 
 
-#: Loggers that log an engine's exception with its traceback before re-raising it: MONAI's ``StatsHandler`` logs to
-#: its own logger, or (``name: null``, as this bundle's configs set it) to the engine's, which is ignite's.
-_ENGINE_EXCEPTION_LOGGERS = (
-    "monai.handlers.StatsHandler",
-    "ignite.engine.engine.SupervisedTrainer",
-    "ignite.engine.engine.SupervisedEvaluator",
-)
-
-
 class _ReportedErrorFilter(logging.Filter):
-    """Drops the traceback from a log record of an error that :func:`main` reports in one line itself."""
+    """Drops the traceback from a log record of an error that :func:`main` reports in one line itself.
+
+    MONAI's ``StatsHandler`` logs an engine's exception with its traceback before re-raising it, to its own logger
+    or (``name: null``, as this bundle's configs set it) to the engine's. :func:`main` applies the filter to every
+    record it creates (a record factory) instead of to named loggers: creating ``StatsHandler``'s logger ahead of
+    MONAI (``logging.getLogger``) made MONAI's ``get_logger`` skip its console handler, and the loss lines were lost.
+    """
 
     def __init__(self, reported: tuple[type[BaseException], ...]) -> None:
         super().__init__()
@@ -498,7 +495,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         file, 1 for a bad input file, checkpoint or value.
     """
     import fire
-    from monai.apps import get_logger
 
     from transforms.errors import InputError
 
@@ -515,13 +511,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     reported = (InputError, CheckpointError, ValueError, ScanFailuresError)
     quiet = _ReportedErrorFilter(reported)
-    # MONAI's get_logger gives a logger its stdout handler only when it does not exist yet: creating
-    # StatsHandler's logger with logging.getLogger here would leave its loss and metric lines nowhere
-    loggers = [
-        get_logger(name) if name.startswith("monai.") else logging.getLogger(name) for name in _ENGINE_EXCEPTION_LOGGERS
-    ]
-    for engine_logger in loggers:
-        engine_logger.addFilter(quiet)
+    make_record = logging.getLogRecordFactory()
+
+    def record_without_reported_traceback(*record_args: Any, **record_kwargs: Any) -> logging.LogRecord:
+        record = make_record(*record_args, **record_kwargs)
+        quiet.filter(record)
+        return record
+
+    logging.setLogRecordFactory(record_without_reported_traceback)
     try:
         fire.Fire(run, command=args, name="pipeline.bundle_run")
     except (ConfigOverrideError, ConfigComponentError, FileNotFoundError) as error:
@@ -537,8 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         raise
     finally:
-        for engine_logger in loggers:
-            engine_logger.removeFilter(quiet)
+        logging.setLogRecordFactory(make_record)
     return 0
 
 

@@ -33,17 +33,45 @@ def test_help_prints_the_usage_and_exits_0(capsys):
     assert main(["-h"]) == 0
 
 
-def test_statshandler_logger_keeps_its_console_handler(monkeypatch, capsys):
+def test_statshandler_logger_keeps_its_console_handler(capsys):
     # MONAI's get_logger adds the stdout handler only to a logger that does not exist yet: main() must not create
     # StatsHandler's logger with a bare logging.getLogger (it did, and the loss lines went nowhere)
     from monai.handlers import StatsHandler
 
-    monkeypatch.delitem(logging.root.manager.loggerDict, "monai.handlers.StatsHandler", raising=False)
-    assert main(["--config_file", json.dumps(TRAIN), "--num_epoch", "5"]) == 2  # runs main's logging set-up
-    stats_logger = StatsHandler().logger
-    assert any(isinstance(h, logging.StreamHandler) for h in stats_logger.handlers)
-    stats_logger.info("Epoch: 1/1, Iter: 1/1 -- train_loss: 0.5")
-    assert "train_loss: 0.5" in capsys.readouterr().out
+    name, loggers = "monai.handlers.StatsHandler", logging.root.manager.loggerDict
+    previous = loggers.pop(name, None)
+    try:
+        assert main(["--config_file", json.dumps(TRAIN), "--num_epoch", "5"]) == 2  # runs main's logging set-up
+        stats_logger = StatsHandler().logger
+        assert any(isinstance(h, logging.StreamHandler) for h in stats_logger.handlers)
+        stats_logger.info("Epoch: 1/1, Iter: 1/1 -- train_loss: 0.5")
+        assert "train_loss: 0.5" in capsys.readouterr().out
+    finally:  # the new logger's handler writes to this test's captured stdout: drop it
+        loggers.pop(name, None)
+        if previous is not None:
+            loggers[name] = previous
+
+
+def test_a_reported_error_is_logged_without_its_traceback(monkeypatch, capsys):
+    import pipeline.bundle_run as bundle_run
+
+    def failing_run(**kwargs):
+        try:
+            raise ValueError("bad value")
+        except ValueError:
+            logging.getLogger("ignite.engine.engine.SupervisedTrainer").exception("Exception: bad value")
+            raise
+
+    monkeypatch.setattr(bundle_run, "run", failing_run)
+    handler = logging.StreamHandler(sys.stdout)
+    logging.getLogger("ignite.engine.engine.SupervisedTrainer").addHandler(handler)
+    try:
+        assert main(["--config_file", json.dumps(TRAIN)]) == 1
+    finally:
+        logging.getLogger("ignite.engine.engine.SupervisedTrainer").removeHandler(handler)
+    out, err = capsys.readouterr()
+    assert "Exception: bad value" in out and "Traceback" not in out + err and "error: bad value" in err
+    assert logging.getLogRecordFactory() is logging.LogRecord  # restored
 
 
 def test_only_rank_0_logs_info_to_the_console(monkeypatch, caplog):

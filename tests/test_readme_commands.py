@@ -43,6 +43,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -257,12 +258,19 @@ def _check_only_reason(module: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _sandbox(cwd: Path, argv: list[str], env: dict[str, str]) -> Iterator[None]:
-    """Run in ``cwd`` with ``sys.argv`` and ``env``; the bundle's logging.conf checked but not applied."""
+def _sandbox(cwd: Path, argv: list[str], env: dict[str, str], bundle: Path | None = None) -> Iterator[None]:
+    """Run in ``cwd`` with ``sys.argv`` and ``env``; the bundle's logging.conf checked but not applied.
+
+    ``bundle`` stands in for the repository's ``bundle/`` folder (``pipeline.bundle_run.BUNDLE_DIR``, where
+    ``pipeline.infer`` and the demo find the configs and, through ``bundle_root``, the trained weights).
+    """
     import monai.bundle.workflows as workflows
     import torch
 
-    saved = os.getcwd(), sys.argv[:], dict(os.environ), torch.get_num_threads()
+    import pipeline.bundle_run as bundle_run
+
+    saved = os.getcwd(), sys.argv[:], dict(os.environ), torch.get_num_threads(), bundle_run.BUNDLE_DIR
+    bundle_run.BUNDLE_DIR = bundle or bundle_run.BUNDLE_DIR
     apply_logging = workflows._apply_logging_file
     workflows._apply_logging_file = workflows._reject_executable_logging_config  # keep pytest's log handlers
     os.chdir(cwd)
@@ -279,6 +287,7 @@ def _sandbox(cwd: Path, argv: list[str], env: dict[str, str]) -> Iterator[None]:
         os.environ.clear()
         os.environ.update(saved[2])
         torch.set_num_threads(saved[3])
+        bundle_run.BUNDLE_DIR = saved[4]
         logging.disable(logging.NOTSET)
 
 
@@ -309,7 +318,9 @@ def _exit_status(error: SystemExit) -> int:
     return 0 if error.code is None else error.code if isinstance(error.code, int) else 1
 
 
-def run_module(module: str, args: list[str], cwd: Path, env: dict[str, str], check_only: bool) -> str:
+def run_module(
+    module: str, args: list[str], cwd: Path, env: dict[str, str], check_only: bool, bundle: Path | None = None
+) -> str:
     """``python -m module args``, in this process; with ``check_only`` its arguments are parsed and nothing runs.
 
     Returns:
@@ -327,7 +338,7 @@ def run_module(module: str, args: list[str], cwd: Path, env: dict[str, str], che
     if spec is None:
         raise ReadmeCommandError(f"no module named {module}")
     parsed = False
-    with _sandbox(cwd, [module, *args], env), contextlib.ExitStack() as stack:
+    with _sandbox(cwd, [module, *args], env, bundle), contextlib.ExitStack() as stack:
         if check_only:
             stack.enter_context(_stop_after_parsing())
         try:
@@ -398,11 +409,13 @@ class Session:
         """
         if command.block != self.block:  # each block is pasted from the repository root
             self.block, self.cwd = command.block, self.clone
+        wall, cpu = time.perf_counter(), time.process_time()
         try:
             done = self._dispatch(command)
         except ReadmeCommandError as error:
             raise ReadmeCommandError(f"{command}\n  -> {error}") from error
-        self.log.append(f"{command.readme}:{command.line} {done}")
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        self.log.append(f"{wall:6.1f} s wall {cpu:6.1f} s CPU  {command.readme}:{command.line} {done}")
 
     def _dispatch(self, command: Command) -> str:
         words, env = command.words, {TINY: "1", **command.env}
@@ -415,7 +428,7 @@ class Session:
                 raise ReadmeCommandError(f"no folder {target}")
             self.cwd = target
             return "cd"
-        if tool in (".", "source"):
+        if words[0] in (".", "source"):
             return "skipped (activates the virtual environment)"
         if tool == "python":
             return self._python(command, words[1:], env)
@@ -438,11 +451,11 @@ class Session:
             reason = _check_only_reason(module)
             if module == "pip":
                 return _check_pip(args[3:] if args[2:3] == ["install"] else args[2:], self.clone)
-            return run_module(module, args[2:], self.cwd, env, check_only=reason is not None) + (
+            return run_module(module, args[2:], self.cwd, env, reason is not None, self.clone / "bundle") + (
                 f" ({reason})" if reason else ""
             )
         if args[:1] == ["-c"]:
-            with _sandbox(self.cwd, ["-c", *args[2:]], env):
+            with _sandbox(self.cwd, ["-c", *args[2:]], env, self.clone / "bundle"):
                 exec(compile(args[1], f"{command.readme}:{command.line}", "exec"), {"__name__": "__main__"})
             return "ran (python -c)"
         if args[:1] == ["-"] and command.stdin is not None:
@@ -459,7 +472,7 @@ class Session:
             raise ReadmeCommandError(f"torchrun rejected its arguments (exit {_exit_status(error)})") from None
         if not parsed.module:
             raise ReadmeCommandError("torchrun without -m: the harness checks modules only")
-        run_module(parsed.training_script, parsed.training_script_args, self.cwd, env, check_only=True)
+        run_module(parsed.training_script, parsed.training_script_args, self.cwd, env, True, self.clone / "bundle")
         return "torchrun and module arguments parsed (DDP runs in tests/test_bundle.py)"
 
 
@@ -582,4 +595,4 @@ def test_every_readme_command_works_in_order_on_a_fresh_clone(readme, tmp_path, 
     session = Session(make_clone(tmp_path / "clone"))
     for command in commands:
         session.run(command)
-    logging.getLogger(__name__).info("%s:\n%s", readme, "\n".join(session.log))
+    sys.stderr.write(f"{readme}:\n" + "\n".join(session.log) + "\n")  # shown with pytest -s or on failure
