@@ -368,9 +368,14 @@ def bundle_resunet_config() -> dict[str, Any]:
         return {"model_depth": 18}
     import yaml
 
-    config = yaml.safe_load(path.read_text())["network_def"]
+    common = yaml.safe_load(path.read_text())
+    config = common["network_def"]
     # patch_size only validates the bundle's own patches; the benchmarks choose theirs
     kwargs = {k: v for k, v in config.items() if k not in ("_target_", "patch_size")}
+    # the encoder's shape is read from shared top-level keys (`model_depth: '@model_depth'`)
+    kwargs = {
+        k: common[v[1:]] if isinstance(v, str) and v[1:] in common and v[:1] == "@" else v for k, v in kwargs.items()
+    }
     unresolved = {k: v for k, v in kwargs.items() if isinstance(v, str) and v[:1] in "@$"}
     if unresolved:
         raise ValueError(f"bundle network_def has references the benchmark cannot resolve: {unresolved}")

@@ -6,6 +6,7 @@ one channel), as seconds per training step (forward, mean-squared loss, backward
 
     python benchmarks/networks_speed.py                 # the table, ratios and the torch.compile check
     python benchmarks/networks_speed.py --params        # the README's parameter-count table only (no timing)
+    python benchmarks/networks_speed.py --quick         # a smoke run: 32^3, batch 2, one step each, no compile
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def count_parameters(net: nn.Module, trainable_only: bool = False) -> int:
 def parameter_table() -> str:
     """Markdown table of ResUnet3D parameter counts, depths 10/18/34/50 at levels 4 and 3 (built on the meta device)."""
     rows = [
-        "| depth | levels=4: trained | levels=3: trained | levels=3: + unrun layer4 (stored, frozen) |",
+        "| depth | levels=4: trained | levels=3: trained | levels=3: unrun layer4 alone (stored, frozen) |",
         "|---|---|---|---|",
     ]
     with torch.device("meta"):
@@ -99,7 +100,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--params", action="store_true", help="print the parameter-count table and exit")
     parser.add_argument("--skip-compile", action="store_true", help="skip the torch.compile check")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 32^3, batch 2, one timed step and no warm-up per network, no torch.compile check",
+    )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.size, args.batch, args.steps, args.warmup, args.skip_compile = 32, 2, 1, 0, True
     if args.params:
         print(parameter_table())
         return

@@ -17,19 +17,26 @@ nothing is silently dropped. Keys starting with ``+`` (MONAI's merge syntax) mus
 any working directory write under the bundle (``bundle/models``, ``bundle/eval``), as ``--bundle_root bundle``
 would with MONAI's own command.
 
+Console output is MONAI's: the bundle's ``configs/logging.conf`` and MONAI's ``StatsHandler`` loggers print the
+same loss and metric lines as ``python -m monai.bundle run``. Under ``torchrun`` only rank 0 logs to the console
+(other ranks print warnings and errors only). ``--help`` prints the usage. With ``RESUNET3D_TINY=1`` in the
+environment a training runs one epoch without loader workers (:mod:`pipeline.utils.tiny`), to check a command in
+seconds.
+
 Python callers (the demo, tests) use :func:`create_workflow`, which applies the same check and returns an
 initialised ``monai.bundle.ConfigWorkflow``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import logging
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +45,17 @@ from monai.bundle.utils import ID_SEP_KEY
 
 from pipeline.bundle_files import default_bundle_dir
 from pipeline.errors import CheckpointError, ConfigComponentError, ConfigOverrideError, InputError, ScanFailuresError
+from pipeline.utils.tiny import bundle_overrides
 
 __all__ = [
     "BUNDLE_DIR",
+    "HELP",
     "check_overrides",
     "config_ids",
+    "console_on_rank0_only",
     "create_workflow",
     "default_bundle_root",
+    "launcher_rank",
     "main",
     "run",
     "unwrap_config_error",
@@ -56,6 +67,40 @@ logger = logging.getLogger(__name__)
 BUNDLE_DIR: Path = default_bundle_dir()
 
 _SEPARATORS = (ID_SEP_KEY, "#")
+
+#: What ``python -m pipeline.bundle_run --help`` prints.
+HELP = """\
+usage: python -m pipeline.bundle_run [RUN_ID] --config_file FILES [--meta_file FILES] [--logging_file FILE]
+                                     [--args_file FILE] [--tracking mlflow] [--list_keys] [--KEY VALUE ...]
+
+Run a workflow of the bundle (bundle/configs) exactly as `python -m monai.bundle run` does, after checking that
+every --KEY override names a key of the merged configs (a typo exits with status 2 and names the closest keys).
+
+arguments (those of `python -m monai.bundle run`):
+  RUN_ID, --run_id ID     config id of the expressions to run (default: run)
+  --init_id, --final_id   config ids run first / last (default: initialize, finalize)
+  --config_file FILES     config file(s), merged in order, common.yaml first:
+                          "['bundle/configs/common.yaml','bundle/configs/train_denoise.yaml']"
+  --meta_file FILES       metadata file(s) (default: <configs folder>/metadata.json)
+  --logging_file FILE     logging config (default: <configs folder>/logging.conf)
+  --args_file FILE        JSON/YAML file of default arguments
+  --tracking mlflow       MONAI experiment tracking
+  --bundle_root DIR       default: the folder above the first config file's configs/ folder
+  --KEY VALUE             override any config key: --num_epochs 5, --network_def::model_depth 18,
+                          --patch_size "[48, 48, 48]"; true/false are read as booleans
+  --list_keys             print every key of the merged --config_file and exit
+  -h, --help              print this help and exit
+
+environment: RESUNET3D_TINY=1 runs one epoch without loader workers (a quick check of a command).
+
+exit status: 0 done; 2 unknown override key, config component or missing config file; 1 bad input file,
+checkpoint or value.
+
+example:
+  python -m pipeline.bundle_run --dataset_dir runs/cohort --clean_dir clean --num_epochs 2 \\
+      --config_file "['bundle/configs/common.yaml','bundle/configs/train_denoise.yaml']"
+"""
+
 _TARGET = "_target_"
 
 
@@ -332,6 +377,7 @@ def run(
     check_overrides(files, override)
     override.setdefault("bundle_root", default_bundle_root(files))
     override = _with_model_card(files, override)
+    override.update(bundle_overrides(ConfigParser.load_config_files(files)))  # RESUNET3D_TINY=1: one epoch
     given = {
         "run_id": run_id,
         "init_id": init_id,
@@ -342,7 +388,8 @@ def run(
         "args_file": args_file,
     }
     try:
-        monai_run(config_file=files, **{k: v for k, v in given.items() if v is not None}, **override)
+        with console_on_rank0_only():
+            monai_run(config_file=files, **{k: v for k, v in given.items() if v is not None}, **override)
     except (ModuleNotFoundError, RuntimeError) as error:
         component_error = _component_error(error, files, override)
         if component_error is None:
@@ -350,12 +397,45 @@ def run(
         raise component_error from error
 
 
-#: Loggers that log an engine's exception with its traceback before re-raising it (MONAI's ``StatsHandler``).
-_ENGINE_EXCEPTION_LOGGERS = ("monai.handlers.StatsHandler",)
+def launcher_rank() -> int:
+    """This process's global rank as set by ``torchrun`` (``RANK``); 0 when not launched by it."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+@contextlib.contextmanager
+def console_on_rank0_only(rank: int | None = None) -> Iterator[None]:
+    """Silence INFO messages (and below) on every rank but 0 during the block; warnings and errors still show.
+
+    ``logging.disable`` holds for every logger and survives the ``fileConfig`` of the bundle's ``logging.conf``,
+    so the input summary, the engines' progress and "Got new best metric" appear once under ``torchrun``.
+
+    Args:
+        rank: the process's rank (default :func:`launcher_rank`).
+
+    Yields:
+        None.
+    """
+    rank = launcher_rank() if rank is None else rank
+    previous = logging.root.manager.disable
+    if rank > 0:
+        logging.disable(max(previous, logging.INFO))
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 class _ReportedErrorFilter(logging.Filter):
-    """Drops the traceback from a log record of an error that :func:`main` reports in one line itself."""
+    """Drops the traceback from a log record of an error that :func:`main` reports in one line itself.
+
+    MONAI's ``StatsHandler`` logs an engine's exception with its traceback before re-raising it, to its own logger
+    or (``name: null``, as this bundle's configs set it) to the engine's. :func:`main` applies the filter to every
+    record it creates (a record factory) instead of to named loggers: creating ``StatsHandler``'s logger ahead of
+    MONAI (``logging.getLogger``) made MONAI's ``get_logger`` skip its console handler, and the loss lines were lost.
+    """
 
     def __init__(self, reported: tuple[type[BaseException], ...]) -> None:
         super().__init__()
@@ -389,21 +469,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: arguments (default ``sys.argv[1:]``).
 
     Returns:
-        0 on success, 2 for an unknown override key, component ``_target_`` or a missing config file, 1 for a bad
-        input file, checkpoint or value.
+        0 on success (and for ``--help``), 2 for an unknown override key, component ``_target_`` or a missing config
+        file, 1 for a bad input file, checkpoint or value.
     """
     import fire
 
     args = [_BOOLEANS.get(a.lower(), a) for a in (sys.argv[1:] if argv is None else argv)]
+    if "-h" in args or "--help" in args:
+        sys.stdout.write(HELP)
+        return 0
     if "--list_keys" in args:
         args.remove("--list_keys")
         fire.Fire(_list_keys, command=args, name="pipeline.bundle_run")
         return 0
     reported = (InputError, CheckpointError, ValueError, ScanFailuresError)
     quiet = _ReportedErrorFilter(reported)
-    loggers = [logging.getLogger(name) for name in _ENGINE_EXCEPTION_LOGGERS]
-    for engine_logger in loggers:
-        engine_logger.addFilter(quiet)
+    make_record = logging.getLogRecordFactory()
+
+    def record_without_reported_traceback(*record_args: Any, **record_kwargs: Any) -> logging.LogRecord:
+        record = make_record(*record_args, **record_kwargs)
+        quiet.filter(record)
+        return record
+
+    logging.setLogRecordFactory(record_without_reported_traceback)
     try:
         fire.Fire(run, command=args, name="pipeline.bundle_run")
     except (ConfigOverrideError, ConfigComponentError, FileNotFoundError) as error:
@@ -419,8 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         raise
     finally:
-        for engine_logger in loggers:
-            engine_logger.removeFilter(quiet)
+        logging.setLogRecordFactory(make_record)
     return 0
 
 

@@ -289,20 +289,60 @@ def test_notes_run_reproduces_the_notes_settings():
     workflow = create_workflow(cfg("train_denoise.yaml", "notes_run.yaml"), logging_file=False, initialize=False)
     parser = workflow.parser
     assert parser["noise_dir"] == "gaussian15" and parser["clean_dir"] == "FD"
-    assert parser["network_def"]["model_depth"] == 18 and parser["ckpt_interval"] == 10
+    assert parser.get_parsed_content("network_def::model_depth") == 18 and parser["ckpt_interval"] == 10
+    assert parser.get_parsed_content("network_def::conv1_t_stride") == 2 and parser["patch_size"] == [64] * 3
     assert parser["num_epochs"] == 10 and parser["batch_size"] == 128 and parser["pretrain_path"] == ""
     assert parser.get_parsed_content("output_dir") == os.path.join("datasets", "ADNI_denoise", "results")
 
 
-def test_small_denoiser_mixin_is_the_demos_denoiser():
+@pytest.mark.parametrize("mixin", [(), ("small_denoiser.yaml",)], ids=["default", "small_denoiser_mixin"])
+def test_default_denoiser_is_the_demos_denoiser(mixin):
+    # the network a user meets first is the one that denoises within CPU minutes (ResUnet3D-18 scored -57 dB)
     from pipeline.demo.run import DemoSettings
 
-    workflow = create_workflow(cfg("train_denoise.yaml", "small_denoiser.yaml"), logging_file=False, initialize=False)
+    workflow = create_workflow(cfg("train_denoise.yaml", *mixin), logging_file=False, initialize=False)
     parser = workflow.parser
-    assert {k: parser["network_def"][k] for k in DemoSettings().denoiser} == dict(DemoSettings().denoiser)
+    network = {k: parser.get_parsed_content(f"network_def::{k}") for k in DemoSettings().denoiser}
+    assert network == dict(DemoSettings().denoiser)
     assert parser["patch_size"] == [DemoSettings().patch_size] * 3
+    assert parser["learning_rate"] == DemoSettings().learning_rate
     net = parser.get_parsed_content("network_def")
     assert net.encoder.conv1.stride == (1, 1, 1) and net(torch.zeros(1, 1, 32, 32, 32)).shape == (1, 1, 32, 32, 32)
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    assert 0.3e6 < trainable < 0.5e6
+
+
+def test_resunet18_mixin_switches_the_whole_chain_to_the_notes_network():
+    from monai.networks.nets import ResNet
+    from monai.networks.nets.resnet import ResNetBlock
+
+    # MedicalNet / 3D-ResNets ResNet-18: MONAI's default widths, 7^3 stride-2 stem
+    with torch.device("meta"):
+        reference = ResNet(
+            ResNetBlock,
+            [2, 2, 2, 2],
+            [64, 128, 256, 512],
+            n_input_channels=1,
+            conv1_t_size=7,
+            conv1_t_stride=2,
+            bias_downsample=False,
+            feed_forward=False,
+        )
+    shapes = {k: v.shape for k, v in reference.state_dict().items()}
+    for configs in (TRAIN, INFER, FINETUNE, INFER_CLASSIFIER):
+        files = [*configs, os.fspath(CONFIGS / "resunet18.yaml")]
+        parser = create_workflow(files, logging_file=False, initialize=False).parser
+        assert parser["patch_size"] == [64] * 3
+        if "network_def" in parser and parser["network_def"]["_target_"] == "networks.ResUnet3D":
+            with torch.device("meta"):
+                net = parser.get_parsed_content("network_def")
+            assert {k: v.shape for k, v in net.encoder.state_dict().items()} == shapes
+            assert net.levels == 4
+        if "denoiser_def" in parser:
+            assert parser.get_parsed_content("denoiser_def::conv1_t_stride") == 2
+        if "network_def::init" in parser:  # the classifier from scratch / pretrained weights
+            for key, value in {"model_depth": 18, "block_inplanes": [64, 128, 256, 512], "conv1_t_size": 7}.items():
+                assert parser.get_parsed_content(f"network_def::{key}") == value
 
 
 # ----------------------------------------------------------------------------------------------- MONAI's checks
@@ -445,7 +485,12 @@ def test_classifier_finetune_distill_infer(paired6, subjects10, tmp_path):
         DISTILL,
         output_dir=os.fspath(tmp_path / "distill"),
         teacher_depth=10,
-        **{"teacher_def::block_inplanes": [4, 8, 8, 8]},
+        # the teacher is that classifier: the default encoder's full-resolution 3^3 stem
+        **{
+            "teacher_def::block_inplanes": [4, 8, 8, 8],
+            "teacher_def::conv1_t_size": 3,
+            "teacher_def::conv1_t_stride": 1,
+        },
         **classifier,
     )
     assert (models / "student.pt").is_file()
@@ -516,12 +561,9 @@ def test_multi_gpu_override_on_two_cpu_processes(paired6, tmp_path):
         "--standalone",
         "--nproc_per_node=2",
         "-m",
-        "monai.bundle",  # MONAI's own command line drives the bundle too
-        "run",
+        "pipeline.bundle_run",  # the README's command (tests/test_bundle_run.py compares it with MONAI's)
         "--config_file",
         json.dumps(MULTI_GPU),
-        "--bundle_root",
-        os.fspath(BUNDLE),
         "--dataset_dir",
         os.fspath(paired6),
         "--ckpt_dir",
@@ -548,4 +590,11 @@ def test_multi_gpu_override_on_two_cpu_processes(paired6, tmp_path):
     assert not any(k.startswith("module.") for k in state)  # saved unwrapped from DistributedDataParallel
     events = [p for p in (tmp_path / "run").iterdir() if p.name.startswith("events.out.tfevents")]
     assert len(events) == 1  # TensorBoard on rank 0 only
-    assert "Epoch[1] Metrics" in done.stdout + done.stderr
+    console = done.stdout + done.stderr
+    # only rank 0 logs to the console: each of these lines once, not once per process
+    assert console.count("input summary of monai.bundle.scripts.run") == 1, console[-3000:]
+    assert console.count("Setting logging properties based on config") == 1
+    assert console.count("Got new best metric of psnr_brain") == 1
+    assert console.count("Epoch[1] Metrics") == 1
+    info = [re.sub(r"^[\d-]+ [\d:,]+ ", "", line) for line in console.splitlines() if " - INFO - " in line]
+    assert len(info) == len(set(info)), [line for line in info if info.count(line) > 1]

@@ -583,6 +583,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baseline", action="store_true", help="also print the logistic-regression baseline")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from pipeline.utils.tiny import cohort_size
+
+    args.subjects, args.spacing = cohort_size(args.subjects, args.spacing)  # RESUNET3D_TINY=1: smoke-test sizes
     try:
         params = CohortParameters(spacing=args.spacing)
         cohort = build_cohort(args.out, args.subjects, args.seed, params)

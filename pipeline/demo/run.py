@@ -790,9 +790,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.demo
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default: demo)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 8 small subjects, one epoch each")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: 8 small subjects, one epoch each (also RESUNET3D_TINY=1)"
+    )
     parser.add_argument("--fresh", action="store_true", help="start over even if --out holds this run")
     args = parser.parse_args(argv)
+    from pipeline.utils.tiny import enabled as tiny
+
+    args.quick = args.quick or tiny()
     try:
         check_out(args.out)
         _setup_logging(args.out)

@@ -41,7 +41,15 @@ from tests.faults.harness import (
 __all__ = ["CASES", "inference_overrides", "tiny_weights"]
 
 
-_TINY_DENOISER = {"model_depth": 10, "levels": 2, "block_inplanes": [8, 16, 32, 64]}
+# every architecture key of the bundle's network_def, so the weights built here fit whatever common.yaml's default is
+_TINY_DENOISER = {
+    "model_depth": 10,
+    "levels": 2,
+    "block_inplanes": [8, 16, 32, 64],
+    "conv1_t_size": 3,
+    "conv1_t_stride": 1,
+    "residual_output": True,
+}
 
 
 def inference_overrides() -> dict[str, Any]:
@@ -116,11 +124,13 @@ def _classify_batch(work: Path) -> Outcome:
     scans, table = work / "scans", work / "classified" / "predictions.csv"
     seed_everything(0)
     weights = work / "classifier.pt"
-    torch.save(build_classifier("scratch", num_classes=2, model_depth=10).state_dict(), weights)
+    # every encoder key of the bundle's common.yaml, so the weights fit whatever its default is
+    encoder = {"model_depth": 10, "block_inplanes": [8, 16, 32, 64], "conv1_t_size": 3, "conv1_t_stride": 1}
+    torch.save(build_classifier("scratch", num_classes=2, **encoder).state_dict(), weights)
     fine = [write_scan(scans / f"good-{i}.nii.gz", random_volume(seed=i)) for i in (1, 2)]
     fine += [write_bad_file(scans, k) for k in VALID_ODDITIES]
     bad = [write_bad_file(scans, k) for k in [*BATCH_BAD, "folder-named-like-a-scan"]]
-    overrides = {"model_depth": 10, "input_size": [24, 24, 24], "show_progress": False, "num_workers": 0}
+    overrides = {**encoder, "input_size": [24, 24, 24], "show_progress": False, "num_workers": 0}
     summary = infer.classify_scans(scans, table, weights, "cpu", **overrides)
     failed = {Path(r.source).name for r in summary.failed}
     if failed != {p.name for p in bad}:
