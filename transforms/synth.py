@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor, get_track_meta
-from monai.networks.layers import GaussianFilter
+from monai.networks.layers import gaussian_1d, separable_filtering
 from monai.transforms import (
     Compose,
     CopyItemsd,
@@ -184,13 +184,17 @@ def _spacing(img: Any, default: float) -> np.ndarray:
 
 
 def _smooth(field: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
-    """Gaussian blur of a ``(C, X, Y, Z)`` tensor with per-axis ``sigma`` (voxels); 0 leaves an axis alone."""
+    """Gaussian blur of ``(C, X, Y, Z)`` with per-axis ``sigma`` (voxels), edges replicated; 0 skips an axis."""
     if all(s <= 0 for s in sigma):
         return field
-    sigma = [max(float(s), 1e-3) for s in sigma]
-    blur = GaussianFilter(spatial_dims=3, sigma=sigma, truncated=3.0).to(field.dtype)
+    kernels = [
+        gaussian_1d(torch.tensor(float(s)), truncated=3.0, approx="erf", normalize=True).to(field)
+        if s > 0
+        else torch.ones(1, dtype=field.dtype, device=field.device)
+        for s in sigma
+    ]
     with torch.no_grad():
-        return blur(field.unsqueeze(1)).squeeze(1)
+        return separable_filtering(field.unsqueeze(1), kernels, mode="replicate").squeeze(1)
 
 
 def _upsample(coarse: np.ndarray, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
