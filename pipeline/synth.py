@@ -249,12 +249,15 @@ class IdentityLossCheck:
     def __call__(self, engine: Engine) -> None:
         """Record this iteration's losses and, every ``after`` iterations, compare them."""
         output = engine.state.output
-        batch = output[0] if isinstance(output, list) else output
+        items = output if isinstance(output, list) else [output]  # decollated (one dict per sample) or batched
+
+        def gather(key: str) -> torch.Tensor:
+            parts = [torch.as_tensor(item[key]).detach().float() for item in items]
+            return torch.stack(parts) if isinstance(output, list) else parts[0]
+
         with torch.no_grad():
-            image = torch.as_tensor(batch[self.image_key]).float()
-            label = torch.as_tensor(batch[self.label_key]).float()
-            self.identity.append(float(self.loss_function(image, label)))
-        self.losses.append(float(torch.as_tensor(batch["loss"]).detach().float().mean()))
+            self.identity.append(float(self.loss_function(gather(self.image_key), gather(self.label_key))))
+        self.losses.append(float(torch.as_tensor(items[0]["loss"]).detach().float().mean()))
         step = len(self.losses)
         if step % self.after:
             return

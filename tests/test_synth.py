@@ -35,6 +35,15 @@ from transforms.synth import (
 KINDS = ("numpy", "torch", "metatensor")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine two threads per test worker oversubscribe the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def phantom() -> MetaTensor:
     return phantom_tissue_maps((32, 32, 32))
