@@ -1,0 +1,76 @@
+"""Blind noise-level estimation (transforms.noise_level) and its place in the bundle's inference."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor
+
+from pipeline.data.synth import phantom_tissue_maps
+from transforms.noise_level import (
+    NOISE_LEVEL_KEY,
+    NOISE_SIGMA_KEY,
+    EstimateNoiseLevel,
+    EstimateNoiseLeveld,
+    estimate_noise_sigma,
+    robust_max,
+)
+from transforms.synth import RandTissueContrast
+
+
+@pytest.fixture(scope="module")
+def clean() -> np.ndarray:
+    maps = phantom_tissue_maps((48, 48, 48))
+    synth = RandTissueContrast(contrasts=["t1"], head_prob=1.0, fine_texture=0.0, bias=0.0, texture=0.0)
+    return synth.set_random_state(0)(maps)[0].numpy().astype(np.float64)
+
+
+@pytest.mark.parametrize("sigma", [0.02, 0.06, 0.1])
+def test_gaussian_and_rician_levels_are_recovered_within_10_percent(clean, sigma):
+    rng = np.random.default_rng(0)
+    gaussian = clean + rng.normal(0, sigma, clean.shape)
+    rician = np.sqrt((clean + rng.normal(0, sigma, clean.shape)) ** 2 + rng.normal(0, sigma, clean.shape) ** 2)
+    for noisy in (gaussian, rician):
+        assert estimate_noise_sigma(noisy) == pytest.approx(sigma, rel=0.1)
+
+
+def test_scaling_the_scan_scales_the_estimate_and_a_mask_restricts_it(clean):
+    noisy = clean + np.random.default_rng(1).normal(0, 0.05, clean.shape)
+    assert estimate_noise_sigma(noisy * 7.0) == pytest.approx(7.0 * estimate_noise_sigma(noisy), rel=1e-6)
+    half = np.zeros(clean.shape, dtype=bool)
+    half[:24] = True
+    assert estimate_noise_sigma(noisy, mask=half) == pytest.approx(0.05, rel=0.15)
+    with pytest.raises(ValueError, match="mask shape"):
+        estimate_noise_sigma(noisy, mask=half[:10])
+    with pytest.raises(ValueError, match="3-D"):
+        estimate_noise_sigma(np.zeros((2, 4, 4, 4)))
+    with pytest.raises(ValueError, match="foreground"):
+        estimate_noise_sigma(noisy, foreground=2.0)
+
+
+def test_the_transform_records_logs_and_passes_the_image_through(clean, caplog):
+    noisy = clean + np.random.default_rng(2).normal(0, 15 / 255, clean.shape)
+    img = MetaTensor(torch.as_tensor(noisy[None], dtype=torch.float32), meta={"filename_or_obj": "/x/sub-01.nii.gz"})
+    before = img.clone()
+    with caplog.at_level(logging.INFO, logger="transforms.noise_level"):
+        out = EstimateNoiseLeveld("image", trained_range=(3, 10))({"image": img})["image"]
+    assert out is img and torch.equal(out.as_tensor(), before.as_tensor())
+    level = out.meta[NOISE_LEVEL_KEY]
+    assert level == pytest.approx(255 * out.meta[NOISE_SIGMA_KEY] / robust_max(noisy), rel=1e-6)
+    assert 12 < level < 19
+    assert "sub-01.nii.gz: estimated noise sigma" in caplog.text and "outside the 3-10/255" in caplog.text
+    with pytest.raises(ValueError, match="trained_range"):
+        EstimateNoiseLevel(trained_range=(5, 1))
+
+
+def test_inference_config_estimates_each_scans_noise_level():
+    from pipeline.bundle_run import BUNDLE_DIR
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE_DIR / "configs" / n) for n in ("common.yaml", "inference.yaml")])
+    assert parser["noise_level"]["_target_"] == "transforms.noise_level.EstimateNoiseLeveld"
+    assert "@noise_level" in parser["preprocessing"]["transforms"]
