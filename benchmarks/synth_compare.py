@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks._common import add_noise, build_denoiser, load_real_scan, machine_info, masked_psnr_ssim, write_json
+from benchmarks._common import build_denoiser, load_real_scan, machine_info, noisy_copy, write_json
+from pipeline.evaluation.metrics import masked_psnr
 
 __all__ = ["RECIPES", "main", "summarise", "train_recipe"]
 
@@ -182,7 +183,7 @@ def _cases(cohort: Any, seed: int) -> list[dict[str, Any]]:
         cases.append({"set": "cohort", "volume": subject, "noisy": noisy / ref, "clean": clean / ref, "mask": mask})
     real, head, _ = load_real_scan()
     cases.append(
-        {"set": "real", "volume": "anatomical", "noisy": add_noise(real, "gaussian", 100 + seed), "clean": real}
+        {"set": "real", "volume": "anatomical", "noisy": noisy_copy(real, "gaussian", 100 + seed), "clean": real}
     )
     cases[-1]["mask"] = head
     return cases
@@ -194,9 +195,9 @@ def _score(network: Any, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for case in cases:
         out = denoise_with_network(network, case["noisy"], 32, overlap=0.25, bf16=True)
-        psnr, _ = masked_psnr_ssim(out, case["clean"], case["mask"])
-        whole, _ = masked_psnr_ssim(out, case["clean"], np.ones(case["mask"].shape, dtype=bool))
-        noisy, _ = masked_psnr_ssim(case["noisy"], case["clean"], case["mask"])
+        psnr = masked_psnr(out, case["clean"], case["mask"])
+        whole = masked_psnr(out, case["clean"])
+        noisy = masked_psnr(case["noisy"], case["clean"], case["mask"])
         rows.append({"set": case["set"], "volume": case["volume"], "psnr": psnr, "psnr_volume": whole, "noisy": noisy})
     return rows
 

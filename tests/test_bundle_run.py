@@ -20,8 +20,8 @@ from tests.test_bundle import BUNDLE, ROOT, TRAIN, write_paired
 
 #: A console line that carries a loss or a metric (MONAI's StatsHandler and the evaluator's best-metric line).
 _NUMBERS = re.compile(r"train_loss|Metrics --|Key metric|Got new best metric")
-#: What precedes the message: the console's (logging.conf) "- name - INFO - " or log.txt's "name INFO: ".
-_PREFIX = re.compile(r"^.*? INFO(?: -|:) ")
+#: What precedes the message: the console's (logging.conf) "- name - INFO - " or train.log's "time INFO name: ".
+_PREFIX = re.compile(r"^.*? INFO(?: - | [\w.]+: |: )")
 
 
 def test_help_prints_the_usage_and_exits_0(capsys):
@@ -97,7 +97,7 @@ def _number_lines(text: str) -> set[str]:
 
 
 @pytest.mark.slow
-def test_console_and_log_txt_carry_the_same_loss_and_metric_lines_as_monais_cli(tmp_path):
+def test_console_and_train_log_carry_the_same_loss_and_metric_lines_as_monais_cli(tmp_path):
     data = write_paired(tmp_path / "data", 6)
     tiny = [
         "--config_file",
@@ -106,6 +106,8 @@ def test_console_and_log_txt_carry_the_same_loss_and_metric_lines_as_monais_cli(
         os.fspath(data),
         "--num_epochs",
         "1",
+        "--batch_size",
+        "2",
         "--val_fraction",
         "0.34",
         "--patch_size",
@@ -149,5 +151,5 @@ def test_console_and_log_txt_carry_the_same_loss_and_metric_lines_as_monais_cli(
     assert ours == monais
     assert sum("train_loss" in line for line in ours) == 2  # one line per iteration (3 volumes, batch 2)
     assert any("Epoch[1] Metrics -- psnr_brain" in line for line in ours)
-    for name in clis:  # log.txt holds the same lines
-        assert _number_lines((tmp_path / name / "log.txt").read_text()) == monais
+    for name in clis:  # the run's log file (pipeline.training.runinfo.run_logged) holds the same lines
+        assert _number_lines((tmp_path / name / "train.log").read_text()) == monais

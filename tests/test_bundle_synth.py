@@ -39,6 +39,7 @@ def overrides(tmp_path: Path) -> dict:
         "device": "cpu",
         "patch_size": [24, 24, 24],
         "num_epochs": 1,
+        "batch_size": 2,
         **TINY,
         **PHANTOM,
     }
