@@ -1,5 +1,5 @@
 # make demo: set up and run the main job on the embedded demo cohort.
-# make test: set up and run lint + the whole test suite.
+# make test: set up and run lint + the whole test suite: the quick tests, then the end-to-end ones marked slow.
 # Both create their own virtual environment in .venv (override with VENV=...).
 PYTHON ?= python3
 VENV ?= .venv
@@ -20,7 +20,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q -n 2 --durations=15
+	$(PY) -m pytest -q -n 2 -m "not slow" --durations=10
+	$(PY) -m pytest -q -n 2 -m slow --durations=10
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -24,6 +24,7 @@ from typing import Any, TextIO
 import numpy as np
 
 __all__ = [
+    "SMALL_NETWORKS",
     "REAL_SCAN",
     "Progress",
     "announce",
@@ -383,8 +384,9 @@ def bundle_resunet_config() -> dict[str, Any]:
 
 
 #: The smaller versions of the compared networks for ``--quick`` runs (``networks.get_network`` arguments).
-_SMALL = {
-    "resunet3d": {"model_depth": 10, "levels": 3},
+#: The networks of the quick smoke runs (``build_denoiser(name, "small")``).
+SMALL_NETWORKS = {
+    "resunet3d": {"model_depth": 10, "levels": 2},  # on top of the bundle's network_def
     "unet": {"channels": (8, 16, 32, 64), "strides": (2, 2, 2)},
     "basicunet": {"features": (8, 8, 16, 32, 64, 8)},
     "flexibleunet": {"decoder_channels": (64, 32, 16, 8, 4)},
@@ -415,11 +417,13 @@ def build_denoiser(name: str, size: str = "default", **overrides: Any) -> Any:
 
     if size not in ("default", "small"):
         raise ValueError(f"size must be 'default' or 'small', got {size!r}")
-    if name not in _SMALL:
-        raise ValueError(f"name must be one of {sorted(_SMALL)}, got {name!r}")
+    if name not in SMALL_NETWORKS:
+        raise ValueError(f"name must be one of {sorted(SMALL_NETWORKS)}, got {name!r}")
     if overrides and name != "resunet3d":
         raise ValueError(f"overrides apply to resunet3d only, got {sorted(overrides)} for {name!r}")
-    kwargs = dict(_SMALL[name]) if size == "small" else bundle_resunet_config() if name == "resunet3d" else {}
+    kwargs = bundle_resunet_config() if name == "resunet3d" else {}
+    if size == "small":
+        kwargs.update(SMALL_NETWORKS[name])
     return get_network(name, **{**kwargs, **overrides})
 
 

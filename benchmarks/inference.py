@@ -38,6 +38,7 @@ import time
 from typing import Any
 
 from benchmarks._common import (
+    SMALL_NETWORKS,
     Progress,
     announce,
     benchmark_precision,
@@ -217,7 +218,7 @@ def _run_pipeline(cfg: dict[str, Any], model: Any, noisy: Any) -> dict[str, Any]
             "show_progress": False,
         }
         if cfg["size"] == "small":
-            overrides.update({"network_def::model_depth": 10, "network_def::levels": 3})
+            overrides.update({f"network_def::{k}": v for k, v in SMALL_NETWORKS["resunet3d"].items()})
         overrides.update({f"network_def::{k}": v for k, v in cfg.get("resunet", {}).items()})
         rss_before = _rss_gib()
         start = time.perf_counter()

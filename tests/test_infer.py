@@ -202,7 +202,9 @@ def classifier_weights(tmp_path) -> Path:
     from pipeline.training.classify import build_classifier
 
     torch.manual_seed(0)
-    net = build_classifier("scratch", num_classes=2, model_depth=10, block_inplanes=[4, 8, 8, 8])
+    # the stem of the bundle's default encoder (common.yaml: conv1_t_size 3, conv1_t_stride 1)
+    stem = {"conv1_t_size": 3, "conv1_t_stride": 1}
+    net = build_classifier("scratch", num_classes=2, model_depth=10, block_inplanes=[4, 8, 8, 8], **stem)
     path = tmp_path / "classifier.pt"
     torch.save(net.state_dict(), path)
     return path
