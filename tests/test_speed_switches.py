@@ -265,7 +265,8 @@ def test_bundle_trains_one_epoch_in_bf16_with_channels_last(bf16_run):
     # the saved weights load strictly into a network in the default layout
     saved = torch.load(bf16_run["models"] / "model.pt", weights_only=True)  # the state dict itself
     assert list(saved) == list(bf16_run["network"].state_dict())
-    fresh = ResUnet3D(model_depth=10, levels=4, skip="add", upsample="deconv", block_inplanes=[4, 8, 8, 8])
+    arguments = {k: v for k, v in bf16_run["network"].init_config.items() if k != "_target_"}
+    fresh = ResUnet3D(**arguments)  # the trained architecture, built anew in the default layout
     fresh.load_state_dict(saved, strict=True)
 
 
@@ -408,9 +409,9 @@ def test_cli_flags_reach_the_config(captured, tmp_path):
         ["denoise", "in/", "--output", "o", "--precision", "fp8"],
         ["denoise", "in/", "--output", "o", "--overlap", "1.5"],
         ["denoise", "in/", "--output", "o", "--overlap", "half"],
-        ["classify", "in/", "--output", "p.csv", "--overlap", "2"],
+        ["classify", "in/", "--output", "p.csv", "--overlap", "0.25"],
     ],
-    ids=["unknown-precision", "overlap-out-of-range", "overlap-not-a-number", "classifier-overlap-out-of-range"],
+    ids=["unknown-precision", "overlap-out-of-range", "overlap-not-a-number", "overlap-for-the-classifier"],
 )
 def test_cli_rejects_bad_switches(argv, captured, capsys):
     if argv[0] == "classify":  # both commands take --overlap; the classifier's refusal says why, with status 2
