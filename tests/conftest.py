@@ -23,6 +23,7 @@ Fixtures:
 from __future__ import annotations
 
 import locale
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -55,6 +56,22 @@ def blob_volume(shape: tuple[int, int, int] = SHAPE, seed: int = 0) -> np.ndarra
     texture = 0.6 + 0.2 * np.sin(3 * grid[0] + rng.uniform(0, 6)) * np.cos(2 * grid[1] + rng.uniform(0, 6))
     texture += 0.15 * grid[2] * rng.uniform(0.5, 1.5)
     return np.where(radius < 1.0, texture, 0.0).astype(np.float32) * rng.uniform(80, 120)
+
+
+def _all_loggers() -> list[logging.Logger]:
+    loggers = [logging.getLogger()]
+    loggers += [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    return loggers
+
+
+@pytest.fixture(autouse=True)
+def _restore_log_handlers():
+    """Remove the log handlers a test leaves behind (one bound to a captured, since closed stream prints
+    "--- Logging error ---" tracebacks into later tests' output)."""
+    saved = {id(lg): list(lg.handlers) for lg in _all_loggers()}
+    yield
+    for lg in _all_loggers():
+        lg.handlers[:] = saved.get(id(lg), [])
 
 
 @pytest.fixture(autouse=True)

@@ -138,7 +138,7 @@ CASES: tuple[Case, ...] = (
     ),
     Case(
         "config/bundle-patch-below-network-minimum",
-        _bundle_bad_config("patch_size", [4, 4, 4], ["patch_size"]),
+        _bundle_bad_config("patch_size", [2, 2, 2], ["patch_size"]),
     ),
     Case("pickle/bundle-resume-checkpoint", _bundle_resume_from("unsafe")),
     Case("train/bundle-truncated-checkpoint-on-resume", _bundle_resume_from("truncated")),
