@@ -52,6 +52,8 @@ from typing import Any
 
 import pytest
 
+from pipeline.bundle_files import BUNDLE_DIR_VARIABLE
+
 ROOT = Path(__file__).resolve().parents[1]
 READMES = ("README.md", "bundle/docs/README.md")
 SHELL_LANGUAGES = {"bash", "sh", "shell", "console"}
@@ -276,6 +278,8 @@ def _sandbox(cwd: Path, argv: list[str], env: dict[str, str], bundle: Path | Non
     os.chdir(cwd)
     sys.argv = argv
     os.environ.update(env)
+    if bundle is not None:  # what pipeline.bundle_files.find_bundle_dir reads at call time (inference, scripts)
+        os.environ[BUNDLE_DIR_VARIABLE] = os.fspath(bundle)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
