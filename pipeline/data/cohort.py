@@ -69,6 +69,7 @@ __all__ = [
     "CohortParameters",
     "Subject",
     "Template",
+    "block_features",
     "build_cohort",
     "cohort_grid",
     "load_template",
@@ -400,6 +401,7 @@ def build_cohort(
     seed: int = 0,
     params: CohortParameters | None = None,
     noisy: bool = True,
+    id_prefix: str = "sub-",
 ) -> Cohort:
     """Generate the demo cohort (module docstring) under ``out_dir``; existing files are replaced atomically.
 
@@ -411,6 +413,8 @@ def build_cohort(
         seed: base seed (non-negative); same seed and parameters give byte-identical files.
         params: simulation parameters; defaults if ``None``.
         noisy: also write ``gaussian15/`` and ``poisson/`` (tests may skip them to save time).
+        id_prefix: subject IDs are ``<id_prefix>001``...; cohorts meant to stay apart (pretraining and labelled
+            subjects, say) need different prefixes so the leakage guard can tell their subjects apart.
 
     Returns:
         What was written.
@@ -422,6 +426,8 @@ def build_cohort(
         raise ValueError(f"n_subjects must be >= 4, got {n_subjects}")
     if seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    if not id_prefix or any(c in id_prefix for c in '/\\,"'):
+        raise ValueError(f"id_prefix must be a non-empty name without '/', '\\', ',' or quotes, got {id_prefix!r}")
     params = params or CohortParameters()
     out_dir = Path(out_dir)
     started = time.perf_counter()
@@ -434,7 +440,7 @@ def build_cohort(
     noise_seeds = [int(v) for v in np.random.SeedSequence([seed, 0xD015E]).generate_state(2)]
     rows = []
     for index, label in enumerate(labels):
-        sid = f"sub-{index + 1:03d}"
+        sid = f"{id_prefix}{index + 1:03d}"
         rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
         severity_range = params.patient_severity if label else params.control_severity
         severity = float(rng.uniform(*severity_range))
@@ -499,6 +505,30 @@ def build_cohort(
     )
 
 
+def block_features(path: str | os.PathLike, voxel_mm: float = 8.0) -> np.ndarray:
+    """The logistic floor's features of one volume: block means of the volume over its robust maximum.
+
+    The volume is divided by its robust maximum (99.5th percentile of its non-zero voxels) and block-averaged to
+    about ``voxel_mm`` mm voxels (a whole number of voxels per block), then flattened.
+
+    Args:
+        path: a NIfTI volume.
+        voxel_mm: feature voxel size; larger is coarser and fewer features.
+
+    Returns:
+        The 1-D feature vector (float32).
+    """
+    image = nib.load(os.fspath(path))
+    volume = np.asarray(image.get_fdata(dtype=np.float32))
+    reference = robust_max(volume, default=1.0)
+    factor = max(1, round(voxel_mm / float(np.abs(image.header.get_zooms()[0]))))
+    cropped = volume[tuple(slice(0, (n // factor) * factor) for n in volume.shape)] / reference
+    blocks = cropped.reshape(
+        cropped.shape[0] // factor, factor, cropped.shape[1] // factor, factor, cropped.shape[2] // factor, factor
+    )
+    return blocks.mean(axis=(1, 3, 5)).ravel()
+
+
 def logistic_baseline(
     cohort_dir: str | os.PathLike,
     folder: str = "clean",
@@ -548,18 +578,7 @@ def logistic_baseline(
     counts = np.bincount(labels, minlength=2)
     if counts.min() < 2:
         raise ValueError(f"each class needs at least 2 subjects for cross-validation, got counts {counts.tolist()}")
-    features = []
-    for item in items:
-        image = nib.load(item["image"])
-        volume = np.asarray(image.get_fdata(dtype=np.float32))
-        reference = robust_max(volume, default=1.0)
-        factor = max(1, round(voxel_mm / float(np.abs(image.header.get_zooms()[0]))))
-        cropped = volume[tuple(slice(0, (n // factor) * factor) for n in volume.shape)] / reference
-        blocks = cropped.reshape(
-            cropped.shape[0] // factor, factor, cropped.shape[1] // factor, factor, cropped.shape[2] // factor, factor
-        )
-        features.append(blocks.mean(axis=(1, 3, 5)).ravel())
-    x = np.stack(features)
+    x = np.stack([block_features(item["image"], voxel_mm) for item in items])
     folds = StratifiedKFold(max(2, min(n_folds, int(counts.min()))), shuffle=True, random_state=seed)
     model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
     predicted = cross_val_predict(model, x, labels, cv=folds)

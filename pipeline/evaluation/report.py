@@ -27,7 +27,9 @@ __all__ = [
     "curves_figure",
     "format_number",
     "markdown_table",
+    "pyplot",
     "read_scalars",
+    "save_figure",
     "triplanar_figure",
 ]
 
@@ -112,7 +114,8 @@ def _slices(volume: np.ndarray, centre: Sequence[int]) -> dict[str, np.ndarray]:
     return {"axial": volume[:, :, z].T, "coronal": volume[:, y, :].T, "sagittal": volume[x, :, :].T}
 
 
-def _save_figure(fig: Any, path: str | os.PathLike) -> Path:
+def save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    """Write a Matplotlib figure to ``path`` as PNG, atomically, and close it."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
@@ -124,7 +127,8 @@ def _save_figure(fig: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,7 +185,7 @@ def triplanar_figure(
     if error_of is not None:
         error_max = max(float(np.percentile(rows[-1][1], 99.9)), 1e-6)
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(rows), 3, figsize=(9, 2.9 * len(rows)), squeeze=False)
     for r, (name, volume) in enumerate(rows):
         is_error = error_of is not None and r == len(rows) - 1
@@ -205,7 +209,7 @@ def triplanar_figure(
             fig.colorbar(shown, ax=list(axes[r]), fraction=0.02, pad=0.01)
     if title:
         fig.suptitle(title)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def read_scalars(logdir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
@@ -264,7 +268,7 @@ def curves_figure(
     for title, series in panels.items():
         if not any(len(points) for points in series.values()):
             raise ValueError(f"panel {title!r} has no data point")
-    plt = _pyplot()
+    plt = pyplot()
     n_rows = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(n_rows, columns, figsize=(5.2 * columns, 3.6 * n_rows), squeeze=False)
     flat = [ax for row in axes for ax in row]
@@ -281,7 +285,7 @@ def curves_figure(
     for ax in flat[len(panels) :]:
         ax.set_visible(False)
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 class Report:

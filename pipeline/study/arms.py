@@ -1,0 +1,136 @@
+"""Part (a): the notes' architecture and recipe questions, one change from the baseline per arm, equal budgets.
+
+Each arm is trained for the same number of steps, on the same training subjects, with each of the study's seeds, and
+scored on the same held-out volumes: PSNR/SSIM in the brain and over the whole volume, and seconds per step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from networks import ResUnet3D
+from pipeline.evaluation.metrics import volume_quality
+from pipeline.study.plan import Arm, StudySettings
+from pipeline.training.denoise import train_denoiser
+from pipeline.utils.seed import seed_everything
+
+__all__ = ["METRICS", "arm_network", "arm_training", "denoise_volume", "run_arm"]
+
+logger = logging.getLogger(__name__)
+
+#: What each held-out volume is scored on.
+METRICS = ("psnr_brain", "ssim_brain", "psnr_volume", "ssim_volume")
+
+
+def arm_network(arm: Arm, recipe: Mapping[str, Any], patch: int) -> ResUnet3D:
+    """The arm's ResUnet3D: the baseline's arguments with the arm's changes (the patch size is validated)."""
+    return ResUnet3D(**{**recipe["network"], **arm.network, "patch_size": patch})
+
+
+def arm_training(arm: Arm, recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """The arm's optimiser settings: the baseline recipe with the arm's changes (``lr_factor`` scales its rate)."""
+    changes = dict(arm.training)
+    factor = float(changes.pop("lr_factor", 1.0))
+    settings = {"optimizer": recipe["optimizer"], "lr": recipe["lr"] * factor, "momentum": 0.9}
+    settings.update(changes)
+    return settings
+
+
+def denoise_volume(network: Any, item: Mapping[str, Any], patch: int) -> Any:
+    """The network's output for one held-out volume (sliding window, the bundle's overlap), as a tensor."""
+    import torch
+    from monai.inferers import SlidingWindowInferer
+
+    inferer = SlidingWindowInferer(roi_size=[patch] * 3, sw_batch_size=4, overlap=0.25, mode="gaussian")
+    network.eval()
+    with torch.no_grad():
+        return inferer(torch.as_tensor(item["image"])[None].float(), network)[0]
+
+
+def run_arm(
+    arm: Arm,
+    seed: int,
+    recipe: Mapping[str, Any],
+    settings: StudySettings,
+    train_data: Any,
+    val_items: Sequence[Mapping[str, Any]],
+    eval_items: Sequence[Mapping[str, Any]],
+    run_dir: Path,
+    steps: int | None = None,
+) -> dict[str, Any]:
+    """Train one arm with one seed and score it on every held-out volume.
+
+    Args:
+        arm: the arm.
+        seed: the seed (initial weights, data order, crops and noise).
+        recipe: :func:`pipeline.study.plan.baseline_recipe`.
+        settings: the study's sizes.
+        train_data: :func:`pipeline.study.data.denoising_patches` (one step per training volume).
+        val_items: the volume validated once, after the last step (``model.pt`` is the final network).
+        eval_items: the held-out volumes (``image``, ``label``, ``mask``, ``subject``).
+        run_dir: the run folder (removed after scoring, the scores are what the study keeps).
+        steps: the training budget (default ``settings.steps``), rounded up to whole epochs.
+
+    Returns:
+        ``{"arm", "seed", "steps", "seconds", "cpu_seconds", "seconds_per_step", "precision", "volumes": [{subject,
+        metric: value}], "final_loss"}``.
+    """
+    steps = steps or settings.steps
+    epochs = max(1, math.ceil(steps / len(train_data)))
+    seed_everything(seed)
+    network = arm_network(arm, recipe, settings.patch)
+    optim = arm_training(arm, recipe)
+    shutil.rmtree(run_dir, ignore_errors=True)  # a run killed half-way starts again from its first step
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = train_denoiser(
+        train_data,
+        list(val_items),
+        network,
+        run_dir,
+        max_epochs=epochs,
+        batch_size=1,
+        optimizer=optim["optimizer"],
+        lr=optim["lr"],
+        momentum=optim["momentum"],
+        weight_decay=recipe["weight_decay"],
+        scheduler="cosine",
+        roi_size=settings.patch,
+        sw_batch_size=4,
+        val_interval=epochs,
+        checkpoint_every=epochs,
+        keep_checkpoints=1,
+        seed=seed,
+        resume=False,
+        progress=False,
+    )
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    done = epochs * len(train_data)
+    volumes = []
+    for item in eval_items:
+        output = denoise_volume(network, item, settings.patch)
+        quality = volume_quality(output, item["label"], item["mask"])
+        volumes.append({"subject": item["subject"], **{k: float(quality[k]) for k in METRICS}})
+    info = {}
+    if (run_dir / "run_info.json").is_file():
+        import json
+
+        info = json.loads((run_dir / "run_info.json").read_text())
+    shutil.rmtree(run_dir, ignore_errors=True)
+    logger.info("%s seed %d: %d steps in %.0f s", arm.name, seed, done, wall)
+    return {
+        "arm": arm.name,
+        "seed": seed,
+        "steps": done,
+        "seconds": wall,
+        "cpu_seconds": cpu,
+        "seconds_per_step": wall / done,
+        "precision": info.get("config", {}).get("arguments", {}).get("precision"),
+        "final_loss": result.losses[-1] if result.losses else None,
+        "volumes": volumes,
+    }

@@ -1,0 +1,273 @@
+"""The study's command line: ``python -m pipeline.study [--quick] [--out study]``.
+
+Runs part (a) (:mod:`pipeline.study.arms`), the longer-budget check of a few arms, and part (b)
+(:mod:`pipeline.study.transfer`); each finished run is cached under ``<out>/runs``, so a killed study continues where
+it stopped. Then writes ``<out>/results.json``, ``<out>/report.md`` and figures (:mod:`pipeline.study.report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.study.arms import run_arm
+from pipeline.study.cache import RunCache
+from pipeline.study.data import (
+    denoising_patches,
+    generated_eval_items,
+    labelled_sets,
+    noisy_eval_items,
+    simulated_cohort,
+)
+from pipeline.study.plan import ARMS, FULL, LONGER_ARMS, QUICK, StudySettings, baseline_recipe
+from pipeline.study.report import write_report
+from pipeline.study.transfer import (
+    encoder_classifier,
+    finetune,
+    linear_probe,
+    logistic_floor,
+    pretrain_denoiser,
+)
+from pipeline.utils.precision import resolve_precision
+
+__all__ = ["main", "run_study"]
+
+logger = logging.getLogger(__name__)
+
+PARTS = ("arms", "longer", "transfer")
+
+
+class _Progress:
+    """Logs ``[k/N] what`` before each run and the elapsed time after it."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.started = total, 0, time.perf_counter()
+
+    def __call__(self, cache: RunCache, part: str, name: str, compute: Callable[[], Mapping[str, Any]]) -> dict:
+        self.done += 1
+        cached = cache.get(part, name) is not None
+        if not cached:
+            logger.info("[%d/%d] %s %s (%.0f min so far)", self.done, self.total, part, name, self._minutes())
+        return cache.run(part, name, compute)
+
+    def _minutes(self) -> float:
+        return (time.perf_counter() - self.started) / 60.0
+
+
+def _arm_data(out: Path, settings: StudySettings) -> dict[str, Any]:
+    spacing, level = settings.spacing, settings.noise_level
+    train = simulated_cohort(out / "data" / "denoise_train", settings.train_subjects, 11, "den-", spacing)
+    held_out = simulated_cohort(out / "data" / "denoise_eval", settings.eval_subjects, 12, "eval-", spacing)
+    return {
+        "train": denoising_patches(train, settings.patch, settings.patches_per_step, level),
+        "val": generated_eval_items(1, spacing, level, seed=7000),
+        "eval": noisy_eval_items(held_out, level, seed=12)
+        + generated_eval_items(settings.eval_generated, spacing, level, seed=5000),
+    }
+
+
+def _run_arms(
+    out: Path, settings: StudySettings, recipe: Mapping, cache: RunCache, progress: _Progress, parts: Sequence[str]
+) -> None:
+    data = _arm_data(out, settings)
+    jobs = []
+    if "arms" in parts:
+        jobs += [("arms", arm, settings.steps) for arm in ARMS]
+    if "longer" in parts and settings.longer_factor > 1:
+        jobs += [("longer", arm, settings.steps * settings.longer_factor) for arm in ARMS if arm.name in LONGER_ARMS]
+    for part, arm, steps in jobs:
+        for seed in range(settings.seeds):
+            run_dir = out / "work" / part / arm.name.replace("/", "-") / f"seed{seed}"
+            progress(
+                cache,
+                part,
+                f"{arm.name}/seed{seed}",
+                functools.partial(
+                    run_arm, arm, seed, recipe, settings, data["train"], data["val"], data["eval"], run_dir, steps
+                ),
+            )
+
+
+def _run_transfer(
+    out: Path,
+    settings: StudySettings,
+    recipe: Mapping,
+    cache: RunCache,
+    progress: _Progress,
+    pretrained: str | None,
+    pretrained_depth: int,
+) -> None:
+    spacing = settings.spacing
+    n_labelled = settings.labelled_train + settings.labelled_test + 8
+    labelled_items = simulated_cohort(out / "data" / "labelled", n_labelled, 21, "lab-", spacing, hard=True)
+    unlabelled = simulated_cohort(out / "data" / "unlabelled", settings.unlabelled + 1, 22, "unl-", spacing, True)
+    sets = labelled_sets(labelled_items, settings.labelled_train, settings.labelled_small, settings.labelled_test)
+    paths = {i["subject"]: i["image"] for i in labelled_items}
+    for size in ("small", "large"):
+        progress(
+            cache,
+            "transfer",
+            f"floor/{size}",
+            functools.partial(
+                logistic_floor,
+                [paths[i["subject"]] for i in sets[size]],
+                [i["label"] for i in sets[size]],
+                [paths[i["subject"]] for i in sets["test"]],
+                sets["test"],
+            ),
+        )
+    pretrain_data = denoising_patches(unlabelled[:-1], 24, settings.patches_per_step, settings.noise_level)
+    pretrain_val = noisy_eval_items(unlabelled[-1:], settings.noise_level, seed=22)
+    kinds = ["random", "denoiser"] + (["pretrained"] if pretrained else [])
+    for seed in range(settings.seeds):
+        run_dir = out / "work" / "pretrain" / f"seed{seed}"
+        pre = progress(
+            cache,
+            "transfer",
+            f"pretrain/seed{seed}",
+            functools.partial(pretrain_denoiser, seed, recipe, settings, pretrain_data, pretrain_val, run_dir),
+        )
+        weights = {"random": None, "denoiser": pre["weights"], "pretrained": pretrained}
+        for kind in kinds:
+            for size in ("small", "large"):
+                progress(
+                    cache,
+                    "transfer",
+                    f"probe/{kind}/{size}/seed{seed}",
+                    functools.partial(_probe, kind, seed, recipe, weights[kind], pretrained_depth, sets, size),
+                )
+                progress(
+                    cache,
+                    "transfer",
+                    f"finetune/{kind}/{size}/seed{seed}",
+                    functools.partial(
+                        _finetune,
+                        kind,
+                        seed,
+                        recipe,
+                        weights[kind],
+                        pretrained_depth,
+                        settings,
+                        sets,
+                        size,
+                        out / "work" / "finetune" / kind / size / f"seed{seed}",
+                        pre["run_dir"] if kind == "denoiser" else None,
+                    ),
+                )
+
+
+def _probe(
+    kind: str, seed: int, recipe: Mapping, weights: str | None, depth: int, sets: Mapping, size: str
+) -> dict[str, Any]:
+    return linear_probe(encoder_classifier(kind, seed, recipe, weights, depth), sets[size], sets["test"])
+
+
+def _finetune(
+    kind: str,
+    seed: int,
+    recipe: Mapping,
+    weights: str | None,
+    depth: int,
+    settings: StudySettings,
+    sets: Mapping,
+    size: str,
+    run_dir: Path,
+    denoiser_run: str | None,
+) -> dict[str, Any]:
+    network = encoder_classifier(kind, seed, recipe, weights, depth)
+    return finetune(network, kind, seed, settings, sets, size, run_dir, denoiser_run=denoiser_run)
+
+
+def _total_runs(settings: StudySettings, parts: Sequence[str], pretrained: bool) -> int:
+    total = 0
+    if "arms" in parts:
+        total += len(ARMS) * settings.seeds
+    if "longer" in parts and settings.longer_factor > 1:
+        total += len(LONGER_ARMS) * settings.seeds
+    if "transfer" in parts:
+        total += 2 + settings.seeds * (1 + (3 if pretrained else 2) * 4)
+    return total
+
+
+def run_study(
+    out: str | Path,
+    settings: StudySettings = FULL,
+    parts: Sequence[str] = PARTS,
+    pretrained: str | None = None,
+    pretrained_depth: int = 18,
+    command: str = "python -m pipeline.study",
+) -> dict[str, Any]:
+    """Run (or continue) the study in ``out`` and write its report.
+
+    Args:
+        out: the study folder.
+        settings: :data:`~pipeline.study.plan.FULL` or :data:`~pipeline.study.plan.QUICK` (or your own).
+        parts: any of ``"arms"``, ``"longer"``, ``"transfer"``.
+        pretrained: a 3D-ResNets / MedicalNet weights file for a third encoder (skipped, with a note, when ``None``).
+        pretrained_depth: its ResNet depth.
+        command: the command recorded in the report.
+
+    Returns:
+        The results (also in ``<out>/results.json``).
+
+    Raises:
+        ValueError: for an unknown part, or a cache in ``out`` made with other settings.
+    """
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ValueError(f"unknown parts {unknown}: choose from {list(PARTS)}")
+    out = Path(out)
+    recipe = baseline_recipe()
+    precision = resolve_precision("auto", "cpu")
+    stamp = {**settings.as_dict(), "recipe": recipe, "precision": precision, "pretrained": pretrained}
+    cache = RunCache(out / "runs", stamp)
+    progress = _Progress(_total_runs(settings, parts, pretrained is not None))
+    logger.info(
+        "study in %s: %d runs (%s), %d seeds, %d steps per arm, precision %s",
+        out,
+        progress.total,
+        ", ".join(parts),
+        settings.seeds,
+        settings.steps,
+        precision,
+    )
+    started = time.perf_counter()
+    if "arms" in parts or "longer" in parts:
+        _run_arms(out, settings, recipe, cache, progress, parts)
+    if "transfer" in parts:
+        _run_transfer(out, settings, recipe, cache, progress, pretrained, pretrained_depth)
+    minutes = (time.perf_counter() - started) / 60.0
+    return write_report(out, cache, settings, recipe, parts, pretrained, command, minutes)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line of ``python -m pipeline.study``; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.study",
+        description="Answer the notes' questions and the transfer hypothesis with seeds and intervals.",
+    )
+    parser.add_argument("--out", default="study", help="study folder (runs are cached there; default: study)")
+    parser.add_argument("--quick", action="store_true", help="every arm at toy sizes, in minutes (for the tests)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="which parts to run")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3)")
+    parser.add_argument("--pretrained", default=None, help="3D-ResNets / MedicalNet weights: a third encoder")
+    parser.add_argument("--pretrained-depth", type=int, default=18, help="ResNet depth of --pretrained")
+    args = parser.parse_args(argv)
+    settings = QUICK if args.quick else FULL
+    if args.seeds is not None:
+        settings = dataclasses.replace(settings, seeds=args.seeds)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("ignite.engine.engine").setLevel(logging.WARNING)  # each run's epochs: the study logs runs
+    command = "python -m pipeline.study" + (" --quick" if args.quick else "") + f" --out {args.out}"
+    try:
+        results = run_study(args.out, settings, args.parts, args.pretrained, args.pretrained_depth, command)
+    except ValueError as error:
+        parser.exit(2, f"error: {error}\n")
+    logger.info("wrote %s", results["report"])
+    return 0
