@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,3 +149,16 @@ def test_fit_refuses_overlapping_subjects_before_writing(tmp_path):
     with pytest.raises(ValueError, match="same0"):
         fit(classify_task(classifier()), data, data, tmp_path / "run", FitSettings(progress=False))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("config", ["train_denoise.yaml", "finetune_classifier.yaml"])
+def test_bundle_configs_build_their_optimiser_through_fit(config):
+    from monai.bundle import ConfigParser
+
+    configs = Path(__file__).resolve().parents[1] / "bundle" / "configs"
+    parser = ConfigParser()
+    parser.read_config([os.fspath(configs / "common.yaml"), os.fspath(configs / config)])
+    assert parser["optimizer"].startswith("$pipeline.training.fit.make_optimizer(")
+    assert parser["lr_scheduler"].startswith("$pipeline.training.fit.make_scheduler(")
+    settings = parser.get_parsed_content("fit_settings")
+    assert isinstance(settings, FitSettings) and settings.max_epochs == parser["num_epochs"]
