@@ -27,23 +27,15 @@ from torch import nn
 from torch.optim import Optimizer
 
 from networks import ResUnet3D, encoder_to_classifier, freeze_until, get_network, load_pretrained
-from pipeline.data.splits import LeakageError, check_no_overlap
+from pipeline.data.splits import LeakageError
 from pipeline.evaluation.metrics import classification_metrics, logits_and_labels
 from pipeline.training.checkpoint import load_network_state
-from pipeline.training.engines import (
-    BEST_FILENAME,
-    TrainingResult,
-    make_loader,
-    precision_settings,
-    resolve_device,
-    run_training,
-)
+from pipeline.training.engines import BEST_FILENAME, TrainingResult, make_loader, precision_settings, resolve_device
+from pipeline.training.fit import FitContext, FitSettings, Task, fit
 from pipeline.training.handlers import GradualUnfreeze
 from pipeline.training.losses import ClassificationLoss, class_weights
-from pipeline.training.optim import build_optimizer, build_scheduler
-from pipeline.training.runinfo import collect_subjects, read_run_info, write_run_info
+from pipeline.training.runinfo import read_run_info, write_run_info
 from pipeline.utils.files import atomic_path
-from pipeline.utils.precision import resolve_precision
 
 __all__ = [
     "INITS",
@@ -53,9 +45,12 @@ __all__ = [
     "build_classify_trainer",
     "check_denoiser_leakage",
     "classifier_card",
+    "classify_evaluator_builder",
+    "classify_task",
     "finetune_classifier",
     "labels_of",
     "predict_classifier",
+    "prediction_step",
 ]
 
 logger = logging.getLogger(__name__)
@@ -393,6 +388,8 @@ def finetune_classifier(
 ) -> TrainingResult:
     """Fine-tune a classifier; write ``model.pt`` (best ``key_metric``) and predictions CSVs for val and test.
 
+    A thin wrapper: :func:`classify_task` run by :func:`pipeline.training.fit.fit`.
+
     Build ``network`` with :func:`build_classifier` (``init="denoiser" | "pretrained" | "scratch"``). After
     training, the best weights are reloaded and ``predictions_val.csv`` (and ``predictions_test.csv`` with
     ``test_data``) are written; the test metrics are stored in ``run_info.json`` under ``test_metrics``.
@@ -447,77 +444,179 @@ def finetune_classifier(
     arguments = {
         k: v for k, v in locals().items() if k not in ("train_data", "val_data", "test_data", "network", "config")
     }
-    groups = {"train": collect_subjects(train_data), "val": collect_subjects(val_data)}
-    if test_data is not None:
-        groups["test"] = collect_subjects(test_data)
-    check_no_overlap(groups)
-    if denoiser_run is not None:
-        check_denoiser_leakage(denoiser_run, groups["val"], groups.get("test", []))
-    device = resolve_device(device)
-    precision = arguments["precision"] = resolve_precision(precision, device)  # "auto" -> what runs
-    network = network.to(device)
-    if freeze is not None:
-        freeze_until(network, freeze)
-    weight = class_weights(labels_of(train_data), num_classes) if class_weighted else None
-    loss_fn = ClassificationLoss(weight).to(device)
-    opt = (
-        build_optimizer(network, optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay)
-        if isinstance(optimizer, str)
-        else optimizer
-    )
-    sched = build_scheduler(opt, scheduler, max_epochs=max_epochs, warmup_epochs=warmup_epochs)
-    train_loader = make_loader(
-        train_data, train_transform, batch_size=batch_size, shuffle=True, num_workers=num_workers
-    )
-    val_loader = make_loader(val_data, val_transform, batch_size=batch_size, num_workers=num_workers)
-    run_dir = Path(run_dir)
-    evaluator = build_classify_evaluator(
-        network, val_loader, num_classes, device=device, key_metric=key_metric, precision=precision
-    )
-    extra: dict[str, Any] = {}
-    handlers: list[Any] = []
-    if unfreeze_schedule:
-        unfreezer = GradualUnfreeze(network, opt, unfreeze_schedule)
-        extra["unfreeze"] = unfreezer
-        handlers.append(unfreezer)
-    trainer = build_classify_trainer(
-        network, train_loader, opt, loss_fn, max_epochs, device=device, precision=precision, train_handlers=handlers
-    )
-    result = run_training(
-        trainer,
-        evaluator,
-        run_dir,
-        network=network,
-        optimizer=opt,
-        lr_scheduler=sched,
-        seed=seed,
+    settings = FitSettings(
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        scheduler=scheduler,
+        warmup_epochs=warmup_epochs,
         key_metric=key_metric,
         val_interval=val_interval,
         checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints,
         early_stop_patience=early_stop_patience,
+        precision=precision,
+        seed=seed,
+        num_workers=num_workers,
+        device=device,
         resume=resume,
-        extra_state=extra,
         progress=progress,
+    )
+    task = classify_task(
+        network,
+        num_classes=num_classes,
+        class_weight=class_weights(labels_of(train_data), num_classes) if class_weighted else None,
+        denoiser_run=denoiser_run,
+        freeze=freeze,
+        unfreeze_schedule=unfreeze_schedule,
+        class_names=class_names,
+    )
+    return fit(
+        task,
+        train_data,
+        val_data,
+        run_dir,
+        settings,
+        test_data=test_data,
+        train_transform=train_transform,
+        val_transform=val_transform,
         config={"arguments": arguments, **dict(config or {})},
-        train_data=train_data,
-        val_data=val_data,
+    )
+
+
+def classify_task(
+    network: nn.Module,
+    *,
+    num_classes: int = 2,
+    class_weight: torch.Tensor | None = None,
+    denoiser_run: str | os.PathLike | None = None,
+    freeze: str | None = None,
+    unfreeze_schedule: Mapping[int, str] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Task:
+    """Classification as a :class:`pipeline.training.fit.Task`; the default key metric is ``balanced_accuracy``.
+
+    Train, validation and test subjects must not overlap; after training the best weights are reloaded and the
+    prediction CSVs and test metrics written (:func:`prediction_step`).
+
+    Args:
+        network: the classifier (logits (B, K)), saved as ``model.pt``.
+        num_classes: K.
+        class_weight: the cross-entropy's class weights (:func:`pipeline.training.losses.class_weights`), or
+            ``None``.
+        denoiser_run: the run folder of the denoiser whose encoder initialised ``network`` (leakage guard, see
+            :func:`check_denoiser_leakage`).
+        freeze: ``networks.freeze_until`` stage, applied now (before the optimiser is built).
+        unfreeze_schedule: gradual unfreezing, ``{epoch: stage}``
+            (:class:`pipeline.training.handlers.GradualUnfreeze`, checkpointed with the run).
+        class_names: class names in index order, for the model card.
+
+    Returns:
+        The task, for :func:`pipeline.training.fit.fit`.
+
+    Raises:
+        ValueError: for ``class_names`` that do not hold K names or an unknown ``freeze`` stage.
+    """
+    if freeze is not None:
+        freeze_until(network, freeze)
+    loss_fn = ClassificationLoss(class_weight)
+
+    def build_trainer(context: FitContext) -> SupervisedTrainer:
+        handlers: list[Any] = []
+        if unfreeze_schedule:
+            unfreezer = GradualUnfreeze(network, context.optimizer, unfreeze_schedule)
+            context.extra_state["unfreeze"] = unfreezer
+            handlers.append(unfreezer)
+        settings = context.settings
+        return build_classify_trainer(
+            network,
+            context.train_loader,
+            context.optimizer,
+            loss_fn,
+            settings.max_epochs,
+            device=context.device,
+            precision=settings.precision,
+            train_handlers=handlers,
+        )
+
+    def check_subjects(subjects: Mapping[str, list[str]]) -> None:
+        if denoiser_run is not None:
+            check_denoiser_leakage(denoiser_run, subjects["val"], subjects.get("test", []))
+
+    return Task(
+        name="classify",
+        network=network,
+        loss=loss_fn,
+        build_trainer=build_trainer,
+        build_evaluator=classify_evaluator_builder(network, num_classes),
+        key_metric="balanced_accuracy",
+        check_overlap=True,
+        check_subjects=check_subjects,
         run_info={
             "task": "classify",
             "network": type(network).__name__,
-            "class_weights": None if weight is None else weight.tolist(),
-            "test_subjects": groups.get("test", []),
+            "class_weights": None if class_weight is None else class_weight.tolist(),
             "denoiser_run": None if denoiser_run is None else os.fspath(denoiser_run),
         },
         model_card=classifier_card(num_classes, class_names),
+        after_training=prediction_step(network, num_classes),
     )
-    best = run_dir / BEST_FILENAME
-    if best.is_file():
-        network.load_state_dict(load_network_state(best), strict=True)
-    predict_classifier(network, val_data, num_classes, run_dir / "predictions_val.csv", val_transform, device=device)
-    if test_data is not None:
-        test_metrics = predict_classifier(
-            network, test_data, num_classes, run_dir / "predictions_test.csv", val_transform, device=device
+
+
+def classify_evaluator_builder(network: nn.Module, num_classes: int) -> Callable[[FitContext], SupervisedEvaluator]:
+    """The task's evaluator builder: :func:`build_classify_evaluator` of ``network`` on the validation loader.
+
+    Args:
+        network: the classifier that is validated (for distillation, the student).
+        num_classes: K.
+
+    Returns:
+        ``(context) -> SupervisedEvaluator``.
+    """
+
+    def build_evaluator(context: FitContext) -> SupervisedEvaluator:
+        settings = context.settings
+        return build_classify_evaluator(
+            network,
+            context.val_loader,
+            num_classes,
+            device=context.device,
+            key_metric=settings.key_metric,
+            precision=settings.precision,
         )
-        write_run_info(run_dir, test_metrics=test_metrics)
-    return result
+
+    return build_evaluator
+
+
+def prediction_step(network: nn.Module, num_classes: int) -> Callable[[FitContext, TrainingResult], None]:
+    """The after-training step of a classifier: reload ``model.pt``, write prediction CSVs and the test metrics.
+
+    Writes ``predictions_val.csv`` and, with test data, ``predictions_test.csv`` into the run folder, and the test
+    metrics into ``run_info.json`` under ``test_metrics``.
+
+    Args:
+        network: the classifier saved as ``model.pt`` (its best weights are loaded into it).
+        num_classes: K.
+
+    Returns:
+        ``(context, result) -> None``, for :attr:`pipeline.training.fit.Task.after_training`.
+    """
+
+    def after_training(context: FitContext, result: TrainingResult) -> None:
+        best = context.run_dir / BEST_FILENAME
+        if best.is_file():
+            network.load_state_dict(load_network_state(best), strict=True)
+        run_dir, transform, device = context.run_dir, context.val_transform, context.device
+        predict_classifier(
+            network, context.val_data, num_classes, run_dir / "predictions_val.csv", transform, device=device
+        )
+        if context.test_data is not None:
+            test_metrics = predict_classifier(
+                network, context.test_data, num_classes, run_dir / "predictions_test.csv", transform, device=device
+            )
+            write_run_info(run_dir, test_metrics=test_metrics)
+
+    return after_training

@@ -1,7 +1,8 @@
 """Supervised denoising: noisy ``image`` -> clean ``label``, trained and validated with MONAI's engines.
 
 Low level (for bundle configs and custom loops): :func:`build_denoise_trainer`, :func:`build_denoise_evaluator`.
-High level (for researchers): :func:`train_denoiser` and :func:`evaluate_denoiser`.
+High level (for researchers): :func:`train_denoiser` and :func:`evaluate_denoiser`; :func:`denoise_task` for
+:func:`pipeline.training.fit.fit`.
 
 Data: dicts with ``image`` (noisy, (1, H, W, D)), ``label`` (clean, same shape), optionally ``mask`` (brain mask)
 and ``subject``; intensities in ``[0, data_range]`` (``[0, 1]`` after ``ScalePercentile``).
@@ -23,18 +24,22 @@ from torch.optim import Optimizer
 from pipeline.evaluation.metrics import denoise_metrics
 from pipeline.training.engines import (
     TrainingResult,
-    check_precision,
     make_loader,
     memory_format,
     precision_settings,
     resolve_device,
-    run_training,
 )
+from pipeline.training.fit import FitContext, FitSettings, Task, fit
 from pipeline.training.handlers import CopyBatchKeys, TensorBoardSlices
 from pipeline.training.losses import build_loss
-from pipeline.training.optim import build_optimizer, build_scheduler
 
-__all__ = ["build_denoise_evaluator", "build_denoise_trainer", "evaluate_denoiser", "train_denoiser"]
+__all__ = [
+    "build_denoise_evaluator",
+    "build_denoise_trainer",
+    "denoise_task",
+    "evaluate_denoiser",
+    "train_denoiser",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +212,8 @@ def train_denoiser(
 ) -> TrainingResult:
     """Train a denoiser, validate it on whole volumes, checkpoint, log to TensorBoard; resume when interrupted.
 
+    A thin wrapper: :func:`denoise_task` run by :func:`pipeline.training.fit.fit`.
+
     The network should be built after :func:`pipeline.utils.seed.seed_everything` for reproducible initial weights.
     Everything lands in ``run_dir`` (see :func:`pipeline.training.engines.run_training`); ``tensorboard --logdir
     run_dir``
@@ -268,10 +275,90 @@ def train_denoiser(
         pipeline.training.handlers.NonFiniteLossError: when the loss becomes NaN/Inf (the last checkpoint stays).
     """
     arguments = {k: v for k, v in locals().items() if k not in ("train_data", "val_data", "network", "config")}
-    device = resolve_device(device)
-    precision = check_precision(precision, device)  # resolve "auto"; refuse a bad precision before any writing
-    arguments["precision"] = precision
-    network = network.to(device, memory_format=memory_format(channels_last))
+    settings = FitSettings(
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        scheduler=scheduler,
+        warmup_epochs=warmup_epochs,
+        key_metric=key_metric,
+        val_interval=val_interval,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        early_stop_patience=early_stop_patience,
+        precision=precision,
+        channels_last=channels_last,
+        seed=seed,
+        num_workers=num_workers,
+        device=device,
+        resume=resume,
+        progress=progress,
+    )
+    task = denoise_task(
+        network,
+        loss=loss,
+        l1_weight=l1_weight,
+        ssim_weight=ssim_weight,
+        roi_size=roi_size,
+        sw_batch_size=sw_batch_size,
+        overlap=overlap,
+        mask_key=mask_key,
+        data_range=data_range,
+        ssim_kernel_size=ssim_kernel_size,
+        model_card=model_card,
+    )
+    return fit(
+        task,
+        train_data,
+        val_data,
+        run_dir,
+        settings,
+        train_transform=train_transform,
+        val_transform=val_transform,
+        config={"arguments": arguments, **dict(config or {})},
+    )
+
+
+def denoise_task(
+    network: nn.Module,
+    *,
+    loss: str | nn.Module = "l1",
+    l1_weight: float = 1.0,
+    ssim_weight: float = 1.0,
+    roi_size: Sequence[int] | int | None = None,
+    sw_batch_size: int = 1,
+    overlap: float = 0.25,
+    mask_key: str | None = "mask",
+    data_range: float = 1.0,
+    ssim_kernel_size: int = 7,
+    model_card: Mapping[str, Any] | None = None,
+) -> Task:
+    """Denoising as a :class:`pipeline.training.fit.Task`: patches in training, whole volumes in validation.
+
+    The evaluator logs each validation's middle slices to TensorBoard; the default key metric is ``psnr_brain``.
+
+    Args:
+        network: the denoiser, saved as ``model.pt``.
+        loss: ``"l1"``, ``"mse"``, ``"ssim"``, ``"l1_ssim"`` or a module ``loss(pred, target)``.
+        l1_weight: L1 weight of ``"l1_ssim"``.
+        ssim_weight: SSIM weight of ``"l1_ssim"``.
+        roi_size: sliding-window size for validation (``None``: whole volumes at once).
+        sw_batch_size: sliding-window batch.
+        overlap: sliding-window overlap.
+        mask_key: brain-mask key (``None``: whole-volume metrics only).
+        data_range: intensity range.
+        ssim_kernel_size: SSIM window for the metrics and the SSIM loss.
+        model_card: what inference needs beyond the network (see :func:`train_denoiser`).
+
+    Returns:
+        The task, for :func:`pipeline.training.fit.fit`.
+
+    Raises:
+        ValueError: for an unknown loss.
+    """
     loss_fn = (
         build_loss(
             loss, l1_weight=l1_weight, ssim_weight=ssim_weight, data_range=data_range, ssim_window=ssim_kernel_size
@@ -279,69 +366,48 @@ def train_denoiser(
         if isinstance(loss, str)
         else loss
     )
-    opt = (
-        build_optimizer(network, optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay)
-        if isinstance(optimizer, str)
-        else optimizer
-    )
-    sched = build_scheduler(
-        opt,
-        scheduler,
-        max_epochs=max_epochs,
-        warmup_epochs=warmup_epochs,
-        min_lr=0.0,
-        plateau_mode="min" if "loss" in key_metric else "max",
-    )
-    train_loader = make_loader(
-        train_data, train_transform, batch_size=batch_size, shuffle=True, num_workers=num_workers
-    )
-    val_loader = make_loader(val_data, val_transform, batch_size=1, shuffle=False, num_workers=num_workers)
-    from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(log_dir=str(run_dir))
-    evaluator = build_denoise_evaluator(
-        network,
-        val_loader,
-        device=device,
-        roi_size=roi_size,
-        sw_batch_size=sw_batch_size,
-        overlap=overlap,
-        key_metric=key_metric,
-        mask_key=mask_key,
-        data_range=data_range,
-        ssim_kernel_size=ssim_kernel_size,
-        precision=precision,
-        val_handlers=[TensorBoardSlices(writer, data_range=data_range)],
-        channels_last=channels_last,
-    )
-    trainer = build_denoise_trainer(
-        network, train_loader, opt, loss_fn, max_epochs, device=device, precision=precision, channels_last=channels_last
-    )
-    try:
-        return run_training(
-            trainer,
-            evaluator,
-            run_dir,
-            network=network,
-            optimizer=opt,
-            lr_scheduler=sched,
-            seed=seed,
-            key_metric=key_metric,
-            val_interval=val_interval,
-            checkpoint_every=checkpoint_every,
-            keep_checkpoints=keep_checkpoints,
-            early_stop_patience=early_stop_patience,
-            resume=resume,
-            summary_writer=writer,
-            progress=progress,
-            config={"arguments": arguments, **dict(config or {})},
-            train_data=train_data,
-            val_data=val_data,
-            run_info={"task": "denoise", "network": type(network).__name__},
-            model_card=_denoise_card(roi_size, model_card),
+    def build_evaluator(context: FitContext) -> SupervisedEvaluator:
+        return build_denoise_evaluator(
+            network,
+            context.val_loader,
+            device=context.device,
+            roi_size=roi_size,
+            sw_batch_size=sw_batch_size,
+            overlap=overlap,
+            key_metric=context.settings.key_metric,
+            mask_key=mask_key,
+            data_range=data_range,
+            ssim_kernel_size=ssim_kernel_size,
+            precision=context.settings.precision,
+            val_handlers=[TensorBoardSlices(context.summary_writer, data_range=data_range)],
+            channels_last=context.settings.channels_last,
         )
-    finally:
-        writer.close()
+
+    def build_trainer(context: FitContext) -> SupervisedTrainer:
+        settings = context.settings
+        return build_denoise_trainer(
+            network,
+            context.train_loader,
+            context.optimizer,
+            loss_fn,
+            settings.max_epochs,
+            device=context.device,
+            precision=settings.precision,
+            channels_last=settings.channels_last,
+        )
+
+    return Task(
+        name="denoise",
+        network=network,
+        loss=loss_fn,
+        build_trainer=build_trainer,
+        build_evaluator=build_evaluator,
+        key_metric="psnr_brain",
+        val_batch_size=1,
+        run_info={"task": "denoise", "network": type(network).__name__},
+        model_card=_denoise_card(roi_size, model_card),
+    )
 
 
 def _denoise_card(roi_size: Sequence[int] | int | None, given: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,24 +21,13 @@ from monai.inferers import SimpleInferer
 from torch import nn
 from torch.optim import Optimizer
 
-from pipeline.data.splits import check_no_overlap
 from pipeline.evaluation.metrics import logits_and_labels
-from pipeline.training.checkpoint import load_network_state
-from pipeline.training.classify import build_classify_evaluator, classifier_card, labels_of, predict_classifier
-from pipeline.training.engines import (
-    BEST_FILENAME,
-    TrainingResult,
-    make_loader,
-    precision_settings,
-    resolve_device,
-    run_training,
-)
+from pipeline.training.classify import classifier_card, classify_evaluator_builder, labels_of, prediction_step
+from pipeline.training.engines import TrainingResult, precision_settings
+from pipeline.training.fit import FitContext, FitSettings, Task, fit
 from pipeline.training.losses import DistillationLoss, class_weights
-from pipeline.training.optim import build_optimizer, build_scheduler
-from pipeline.training.runinfo import collect_subjects
-from pipeline.utils.precision import resolve_precision
 
-__all__ = ["TeacherStudent", "build_distill_trainer", "distill"]
+__all__ = ["TeacherStudent", "build_distill_trainer", "distill", "distill_task"]
 
 
 class TeacherStudent(nn.Module):
@@ -139,6 +127,7 @@ def distill(
     key_metric: str = "balanced_accuracy",
     val_interval: int = 1,
     checkpoint_every: int = 10,
+    keep_checkpoints: int | None = None,
     early_stop_patience: int | None = None,
     precision: str = "auto",
     seed: int = 0,
@@ -152,6 +141,11 @@ def distill(
     class_names: Sequence[str] | None = None,
 ) -> TrainingResult:
     """Distil ``teacher`` into ``student``; validate the student; write ``model.pt`` (student) and predictions CSVs.
+
+    A thin wrapper: :func:`distill_task` run by :func:`pipeline.training.fit.fit`. After training the best student
+    is reloaded and ``predictions_val.csv`` (and ``predictions_test.csv`` with ``test_data``) written; the test
+    metrics are stored in ``run_info.json`` under ``test_metrics``, as for
+    :func:`~pipeline.training.classify.finetune_classifier`.
 
     Args:
         train_data: training dicts (``image``, ``label``, ``subject``) or a dataset.
@@ -175,6 +169,7 @@ def distill(
         key_metric: ``"balanced_accuracy"``, ``"accuracy"`` or ``"auc"`` (of the student).
         val_interval: validate every N epochs.
         checkpoint_every: resumable checkpoint every N epochs (and at the end).
+        keep_checkpoints: periodic checkpoints kept (``None``: all).
         early_stop_patience: validations without improvement before stopping.
         precision: ``"auto"`` (bf16 where the hardware computes it natively, else fp32), ``"fp32"``, ``"bf16"`` or
             ``"fp16"``.
@@ -201,56 +196,104 @@ def distill(
         for k, v in locals().items()
         if k not in ("train_data", "val_data", "test_data", "student", "teacher", "config")
     }
-    groups = {"train": collect_subjects(train_data), "val": collect_subjects(val_data)}
-    if test_data is not None:
-        groups["test"] = collect_subjects(test_data)
-    check_no_overlap(groups)
-    device = resolve_device(device)
-    precision = arguments["precision"] = resolve_precision(precision, device)  # "auto" -> what runs
-    weight = class_weights(labels_of(train_data), num_classes) if class_weighted else None
-    loss_fn = DistillationLoss(alpha=alpha, temperature=temperature, class_weight=weight).to(device)
-    pair = TeacherStudent(student, teacher).to(device)
-    opt = (
-        build_optimizer(student, optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay)
-        if isinstance(optimizer, str)
-        else optimizer
-    )
-    sched = build_scheduler(opt, scheduler, max_epochs=max_epochs, warmup_epochs=warmup_epochs)
-    train_loader = make_loader(
-        train_data, train_transform, batch_size=batch_size, shuffle=True, num_workers=num_workers
-    )
-    val_loader = make_loader(val_data, val_transform, batch_size=batch_size, num_workers=num_workers)
-    evaluator = build_classify_evaluator(
-        student, val_loader, num_classes, device=device, key_metric=key_metric, precision=precision
-    )
-    trainer = build_distill_trainer(pair, train_loader, opt, loss_fn, max_epochs, device=device, precision=precision)
-    run_dir = Path(run_dir)
-    result = run_training(
-        trainer,
-        evaluator,
-        run_dir,
-        network=student,
-        optimizer=opt,
-        lr_scheduler=sched,
-        seed=seed,
+    settings = FitSettings(
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        scheduler=scheduler,
+        warmup_epochs=warmup_epochs,
         key_metric=key_metric,
         val_interval=val_interval,
         checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
         early_stop_patience=early_stop_patience,
+        precision=precision,
+        seed=seed,
+        num_workers=num_workers,
+        device=device,
         resume=resume,
         progress=progress,
+    )
+    task = distill_task(
+        student,
+        teacher,
+        num_classes=num_classes,
+        alpha=alpha,
+        temperature=temperature,
+        class_weight=class_weights(labels_of(train_data), num_classes) if class_weighted else None,
+        class_names=class_names,
+    )
+    return fit(
+        task,
+        train_data,
+        val_data,
+        run_dir,
+        settings,
+        test_data=test_data,
+        train_transform=train_transform,
+        val_transform=val_transform,
         config={"arguments": arguments, **dict(config or {})},
-        train_data=train_data,
-        val_data=val_data,
+    )
+
+
+def distill_task(
+    student: nn.Module,
+    teacher: nn.Module,
+    *,
+    num_classes: int = 2,
+    alpha: float = 0.5,
+    temperature: float = 4.0,
+    class_weight: torch.Tensor | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Task:
+    """Distillation as a :class:`pipeline.training.fit.Task`: the trainer runs the pair, the student is saved.
+
+    The optimiser, the checkpoints, the validation, ``model.pt`` and the prediction CSVs hold the student alone;
+    train, validation and test subjects must not overlap; the default key metric is ``balanced_accuracy``.
+
+    Args:
+        student: the classifier to train (logits (B, K)).
+        teacher: the trained classifier (frozen, eval mode).
+        num_classes: K.
+        alpha: weight of the hard-label cross-entropy, in [0, 1].
+        temperature: softening temperature T > 0.
+        class_weight: class weights of the hard-label term, or ``None``.
+        class_names: class names in index order, for the student's model card.
+
+    Returns:
+        The task, for :func:`pipeline.training.fit.fit`.
+
+    Raises:
+        ValueError: for ``alpha`` outside [0, 1] or ``temperature <= 0``.
+    """
+    loss_fn = DistillationLoss(alpha=alpha, temperature=temperature, class_weight=class_weight)
+    pair = TeacherStudent(student, teacher)
+
+    def build_trainer(context: FitContext) -> SupervisedTrainer:
+        settings = context.settings
+        return build_distill_trainer(
+            pair,
+            context.train_loader,
+            context.optimizer,
+            loss_fn,
+            settings.max_epochs,
+            device=context.device,
+            precision=settings.precision,
+        )
+
+    return Task(
+        name="distill",
+        network=student,
+        module=pair,
+        loss=loss_fn,
+        build_trainer=build_trainer,
+        build_evaluator=classify_evaluator_builder(student, num_classes),
+        key_metric="balanced_accuracy",
+        check_overlap=True,
         run_info={"task": "distill", "student": type(student).__name__, "teacher": type(teacher).__name__},
         model_card=classifier_card(num_classes, class_names),
+        after_training=prediction_step(student, num_classes),
     )
-    best = run_dir / BEST_FILENAME
-    if best.is_file():
-        student.load_state_dict(load_network_state(best), strict=True)
-    predict_classifier(student, val_data, num_classes, run_dir / "predictions_val.csv", val_transform, device=device)
-    if test_data is not None:
-        predict_classifier(
-            student, test_data, num_classes, run_dir / "predictions_test.csv", val_transform, device=device
-        )
-    return result

@@ -2,7 +2,8 @@
 
 :mod:`pipeline.training.denoise`, :mod:`pipeline.training.classify` and :mod:`pipeline.training.distill` build a task's
 ``SupervisedTrainer``/``SupervisedEvaluator`` and hand them to :func:`run_training`, which attaches the same
-machinery to all three, in an order that matters for exact resume:
+machinery to all three (through small steps: validation handlers, training handlers, the checkpoint state,
+resume, run records), in an order that matters for exact resume:
 
 - trainer ``EPOCH_STARTED``: :class:`~pipeline.training.handlers.EpochReseed` first, before the epoch's data iterator
 exists;
@@ -64,6 +65,7 @@ __all__ = [
     "PRECISIONS",
     "TrainingResult",
     "check_precision",
+    "checkpoint_state",
     "make_loader",
     "memory_format",
     "precision_settings",
@@ -322,94 +324,41 @@ def run_training(
         transforms.errors.InputError: when a training or validation scan cannot be used, unwrapped from MONAI's
             ``RuntimeError('applying transform ...')`` and from DataLoader worker processes.
     """
-    if val_interval < 1 or checkpoint_every < 1:
-        raise ValueError(f"val_interval and checkpoint_every must be >= 1, got {val_interval} and {checkpoint_every}.")
-    if keep_checkpoints is not None and keep_checkpoints < 1:
-        raise ValueError(f"keep_checkpoints must be >= 1 or None, got {keep_checkpoints}.")
-    if evaluator is not None and key_metric is None:
-        raise ValueError("key_metric is required when there is an evaluator.")
+    _check_run_arguments(evaluator, key_metric, val_interval, checkpoint_every, keep_checkpoints)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     own_writer = summary_writer is None
     writer = SummaryWriter(log_dir=str(run_dir)) if own_writer else summary_writer
 
     with run_logging(run_dir, console=progress) as log_file:
-        best_saver = None
-        early = None
+        best_saver, early = None, None
         if evaluator is not None:
-            if isinstance(lr_scheduler, (WarmupPlateau, torch.optim.lr_scheduler.ReduceLROnPlateau)):
-                LrScheduleHandler(
-                    lr_scheduler, print_lr=False, step_transform=stopping_fn_from_metric(key_metric)
-                ).attach(evaluator)
-            best_saver = AtomicCheckpointSaver(
-                save_dir=str(run_dir),
-                save_dict={"network": network},
-                save_key_metric=True,
-                key_metric_name=key_metric,
-                key_metric_filename=BEST_FILENAME,
+            best_saver, early = _attach_validation_handlers(
+                evaluator,
+                trainer,
+                run_dir,
+                network=network,
+                lr_scheduler=lr_scheduler,
+                key_metric=key_metric,
+                early_stop_patience=early_stop_patience,
+                early_stop_min_delta=early_stop_min_delta,
+                writer=writer,
+                progress=progress,
             )
-            best_saver.attach(evaluator)
-            if early_stop_patience is not None:
-                early = EarlyStopHandler(
-                    patience=early_stop_patience,
-                    score_function=stopping_fn_from_metric(key_metric),
-                    trainer=trainer,
-                    min_delta=early_stop_min_delta,
-                )
-                early.attach(evaluator)
-            StatsHandler(iteration_log=False, name="pipeline.validation", tag_name="val").attach(evaluator)
-            TensorBoardStatsHandler(writer, iteration_log=False).attach(evaluator)
-            if progress:
-                ProgressBar(persist=False, desc="validation").attach(evaluator)
-
-        EpochReseed(seed).attach(trainer)
-        NonFiniteLossGuard().attach(trainer)
-        if evaluator is not None:
-            ValidationHandler(interval=val_interval, validator=evaluator).attach(trainer)
-        if lr_scheduler is not None and not isinstance(
-            lr_scheduler, (WarmupPlateau, torch.optim.lr_scheduler.ReduceLROnPlateau)
-        ):
-            LrScheduleHandler(lr_scheduler, print_lr=False).attach(trainer)
-        StatsHandler(
-            iteration_log=False, name="pipeline.training", tag_name="loss", output_transform=_loss_value
-        ).attach(trainer)
-        TensorBoardStatsHandler(writer, epoch_log=False, tag_name="train/loss", output_transform=_loss_value).attach(
-            trainer
+        history = _attach_training_handlers(
+            trainer, evaluator, optimizer, lr_scheduler, seed=seed, val_interval=val_interval, writer=writer
         )
-        LearningRateLogger(writer, optimizer).attach(trainer)
-        history = _History()
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, history.loss)
-        if evaluator is not None:
-            evaluator.add_event_handler(Events.EPOCH_COMPLETED, history.validation)
-
-        save_dict: dict[str, Any] = dict(extra_state or {})
-        save_dict.update({"network": network, "optimizer": optimizer})
-        if lr_scheduler is not None:
-            save_dict["lr_scheduler"] = lr_scheduler
-        save_dict["trainer"] = trainer
-        if best_saver is not None:
-            save_dict["best_saver"] = best_saver
-        if early is not None:
-            save_dict["early_stop"] = early._handler
-        if evaluator is not None:
-            save_dict["evaluator_best"] = _BestMetricState(evaluator)
+        save_dict = checkpoint_state(
+            trainer, evaluator, network, optimizer, lr_scheduler, best_saver, early, extra_state=extra_state
+        )
         AtomicCheckpointSaver(
             save_dir=str(run_dir), save_dict=save_dict, save_interval=checkpoint_every, n_saved=keep_checkpoints
         ).attach(trainer)
-
-        resumed_from = None
-        if resume:
-            remove_partial_files(run_dir)
-            resumed_from = find_last_checkpoint(run_dir)
-            if resumed_from is not None:
-                load_checkpoint(resumed_from)  # fails early and clearly on a corrupt file
-                CheckpointLoader(str(resumed_from), save_dict, map_location=trainer.state.device).attach(trainer)
-                logger.info("resuming from %s", resumed_from)
+        resumed_from = _attach_resume(trainer, run_dir, save_dict) if resume else None
         if progress:
             ProgressBar(persist=False, desc="train").attach(
                 trainer, output_transform=lambda out: {"loss": _loss_value(out)}
             )
-
         info = dict(run_info or {})
         info.update(
             seed=seed,
@@ -420,24 +369,212 @@ def run_training(
             val_subjects=collect_subjects(val_data),
             log_file=log_file.name,
         )
-        if resumed_from is not None:
-            info["resumed_from"] = resumed_from.name
-        write_run_info(run_dir, **info)
-        if model_card is not None:
-            from pipeline.training.model_card import write_model_card
-
-            write_model_card(run_dir / BEST_FILENAME, network, **model_card)
+        _write_records(run_dir, info, resumed_from, network, model_card)
         try:
-            trainer.run()
-        except Exception as error:
-            input_error = _input_error_behind(error)
-            if input_error is None:
-                raise
-            raise input_error from error  # the MONAI/torch wrapper stays chained for debugging
+            _run_trainer(trainer)
         finally:
             if own_writer:
                 writer.close()
+    return _training_result(run_dir, trainer, evaluator, history, early)
 
+
+def _check_run_arguments(
+    evaluator: SupervisedEvaluator | None,
+    key_metric: str | None,
+    val_interval: int,
+    checkpoint_every: int,
+    keep_checkpoints: int | None,
+) -> None:
+    """Refuse intervals below 1 and an evaluator without a key metric, before anything is written."""
+    if val_interval < 1 or checkpoint_every < 1:
+        raise ValueError(f"val_interval and checkpoint_every must be >= 1, got {val_interval} and {checkpoint_every}.")
+    if keep_checkpoints is not None and keep_checkpoints < 1:
+        raise ValueError(f"keep_checkpoints must be >= 1 or None, got {keep_checkpoints}.")
+    if evaluator is not None and key_metric is None:
+        raise ValueError("key_metric is required when there is an evaluator.")
+
+
+def _is_plateau(lr_scheduler: Any) -> bool:
+    """Whether ``lr_scheduler`` is stepped with the key metric after each validation (not every epoch)."""
+    return isinstance(lr_scheduler, (WarmupPlateau, torch.optim.lr_scheduler.ReduceLROnPlateau))
+
+
+def _attach_validation_handlers(
+    evaluator: SupervisedEvaluator,
+    trainer: SupervisedTrainer,
+    run_dir: Path,
+    *,
+    network: torch.nn.Module,
+    lr_scheduler: Any,
+    key_metric: str,
+    early_stop_patience: int | None,
+    early_stop_min_delta: float,
+    writer: SummaryWriter,
+    progress: bool,
+) -> tuple[AtomicCheckpointSaver, EarlyStopHandler | None]:
+    """The evaluator's ``EPOCH_COMPLETED`` handlers, in order: plateau schedule, ``model.pt``, early stop, logs.
+
+    Returns:
+        The best-model saver and the early-stopping handler (``None`` without ``early_stop_patience``); both are
+        checkpointed with the run.
+    """
+    if _is_plateau(lr_scheduler):
+        LrScheduleHandler(lr_scheduler, print_lr=False, step_transform=stopping_fn_from_metric(key_metric)).attach(
+            evaluator
+        )
+    best_saver = AtomicCheckpointSaver(
+        save_dir=str(run_dir),
+        save_dict={"network": network},
+        save_key_metric=True,
+        key_metric_name=key_metric,
+        key_metric_filename=BEST_FILENAME,
+    )
+    best_saver.attach(evaluator)
+    early = None
+    if early_stop_patience is not None:
+        early = EarlyStopHandler(
+            patience=early_stop_patience,
+            score_function=stopping_fn_from_metric(key_metric),
+            trainer=trainer,
+            min_delta=early_stop_min_delta,
+        )
+        early.attach(evaluator)
+    StatsHandler(iteration_log=False, name="pipeline.validation", tag_name="val").attach(evaluator)
+    TensorBoardStatsHandler(writer, iteration_log=False).attach(evaluator)
+    if progress:
+        ProgressBar(persist=False, desc="validation").attach(evaluator)
+    return best_saver, early
+
+
+def _attach_training_handlers(
+    trainer: SupervisedTrainer,
+    evaluator: SupervisedEvaluator | None,
+    optimizer: Optimizer,
+    lr_scheduler: Any,
+    *,
+    seed: int,
+    val_interval: int,
+    writer: SummaryWriter,
+) -> _History:
+    """The trainer's handlers, in order: re-seeding, loss guard, validation, schedule, logs, the loss history.
+
+    Returns:
+        The history that records each iteration's loss and (on the evaluator, last) each validation's metrics.
+    """
+    EpochReseed(seed).attach(trainer)
+    NonFiniteLossGuard().attach(trainer)
+    if evaluator is not None:
+        ValidationHandler(interval=val_interval, validator=evaluator).attach(trainer)
+    if lr_scheduler is not None and not _is_plateau(lr_scheduler):
+        LrScheduleHandler(lr_scheduler, print_lr=False).attach(trainer)
+    StatsHandler(iteration_log=False, name="pipeline.training", tag_name="loss", output_transform=_loss_value).attach(
+        trainer
+    )
+    TensorBoardStatsHandler(writer, epoch_log=False, tag_name="train/loss", output_transform=_loss_value).attach(
+        trainer
+    )
+    LearningRateLogger(writer, optimizer).attach(trainer)
+    history = _History()
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, history.loss)
+    if evaluator is not None:
+        evaluator.add_event_handler(Events.EPOCH_COMPLETED, history.validation)
+    return history
+
+
+def checkpoint_state(
+    trainer: SupervisedTrainer,
+    evaluator: SupervisedEvaluator | None,
+    network: torch.nn.Module,
+    optimizer: Optimizer,
+    lr_scheduler: Any = None,
+    best_saver: AtomicCheckpointSaver | None = None,
+    early: EarlyStopHandler | None = None,
+    *,
+    extra_state: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The objects a resumable checkpoint saves and restores, in load order.
+
+    Args:
+        trainer: the trainer (its epoch and iteration).
+        evaluator: the evaluator (its best metric and epoch), or ``None``.
+        network: the trained network.
+        optimizer: its optimiser.
+        lr_scheduler: the schedule, or ``None``.
+        best_saver: the ``model.pt`` saver (its record of the best value), or ``None``.
+        early: the early-stopping handler (its counter), or ``None``.
+        extra_state: more stateful objects, loaded first (e.g. :class:`~pipeline.training.handlers.GradualUnfreeze`).
+
+    Returns:
+        ``{name: object with state_dict/load_state_dict}``.
+    """
+    save_dict: dict[str, Any] = dict(extra_state or {})
+    save_dict.update({"network": network, "optimizer": optimizer})
+    if lr_scheduler is not None:
+        save_dict["lr_scheduler"] = lr_scheduler
+    save_dict["trainer"] = trainer
+    if best_saver is not None:
+        save_dict["best_saver"] = best_saver
+    if early is not None:
+        save_dict["early_stop"] = early._handler
+    if evaluator is not None:
+        save_dict["evaluator_best"] = _BestMetricState(evaluator)
+    return save_dict
+
+
+def _attach_resume(trainer: SupervisedTrainer, run_dir: Path, save_dict: Mapping[str, Any]) -> Path | None:
+    """Load the newest complete checkpoint of ``run_dir`` into ``save_dict`` when the trainer starts.
+
+    Returns:
+        The checkpoint resumed from, or ``None`` when there is none.
+
+    Raises:
+        pipeline.training.checkpoint.CheckpointError: for a corrupt newest checkpoint (early, before training).
+    """
+    remove_partial_files(run_dir)
+    resumed_from = find_last_checkpoint(run_dir)
+    if resumed_from is not None:
+        load_checkpoint(resumed_from)  # fails early and clearly on a corrupt file
+        CheckpointLoader(str(resumed_from), dict(save_dict), map_location=trainer.state.device).attach(trainer)
+        logger.info("resuming from %s", resumed_from)
+    return resumed_from
+
+
+def _write_records(
+    run_dir: Path,
+    info: dict[str, Any],
+    resumed_from: Path | None,
+    network: torch.nn.Module,
+    model_card: Mapping[str, Any] | None,
+) -> None:
+    """Write ``run_info.json`` (with ``resumed_from`` when resuming) and the model card beside ``model.pt``."""
+    if resumed_from is not None:
+        info["resumed_from"] = resumed_from.name
+    write_run_info(run_dir, **info)
+    if model_card is not None:
+        from pipeline.training.model_card import write_model_card
+
+        write_model_card(run_dir / BEST_FILENAME, network, **model_card)
+
+
+def _run_trainer(trainer: SupervisedTrainer) -> None:
+    """Run the trainer; an unusable scan ends in its :class:`InputError`, not in MONAI's or torch's wrapper."""
+    try:
+        trainer.run()
+    except Exception as error:
+        input_error = _input_error_behind(error)
+        if input_error is None:
+            raise
+        raise input_error from error  # the MONAI/torch wrapper stays chained for debugging
+
+
+def _training_result(
+    run_dir: Path,
+    trainer: SupervisedTrainer,
+    evaluator: SupervisedEvaluator | None,
+    history: _History,
+    early: EarlyStopHandler | None,
+) -> TrainingResult:
+    """The :class:`TrainingResult` of a finished run."""
     validated = evaluator is not None and evaluator.state.best_metric_epoch > 0
     best_path = run_dir / BEST_FILENAME
     return TrainingResult(
