@@ -167,10 +167,9 @@ def baseline_recipe(bundle_dir: str | None = None) -> dict[str, Any]:
     parser.read_config(bundle_configs("common.yaml", "train_denoise.yaml", bundle_dir=bundle_dir))
     network = {key: parser.get_parsed_content(f"network_def#{key}") for key in _NETWORK_KEYS}
     network["block_inplanes"] = list(network["block_inplanes"])
-    optimizer = str(parser["optimizer"]["_target_"]).rsplit(".", 1)[-1].lower()
     return {
         "network": network,
-        "optimizer": optimizer,
-        "lr": float(parser.get_parsed_content("learning_rate")),
-        "weight_decay": float(parser.get_parsed_content("weight_decay")),
+        "optimizer": str(parser.get_parsed_content("fit_settings#optimizer")),
+        "lr": float(parser.get_parsed_content("fit_settings#lr")),
+        "weight_decay": float(parser.get_parsed_content("fit_settings#weight_decay")),
     }
