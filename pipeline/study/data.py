@@ -8,7 +8,7 @@ training, pretraining, labelled and held-out subjects are different people and t
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,21 +129,27 @@ def denoising_patches(items: Sequence[dict[str, Any]], patch: int, patches_per_s
 
 
 def labelled_sets(
-    items: Sequence[dict[str, Any]], n_train: int, n_small: int, n_test: int
+    items: Sequence[dict[str, Any]],
+    n_train: int,
+    n_small: int,
+    n_test: int,
+    load: Callable[[str], torch.Tensor] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Fixed classification sets: ``test``, ``large``, ``small`` (balanced, within ``large``) and ``val``.
 
     ``test`` holds the first ``n_test`` items, ``large`` the next ``n_train``, ``small`` the first ``n_small`` of
     ``large`` (half of each class) and ``val`` the rest (used once after training, never to pick an epoch).
 
-    Items carry the scaled volume in memory (``image``), the class (``label``) and the subject.
+    Items carry the scaled volume in memory (``image``, read by ``load``: by default the volume over its robust
+    maximum), the class (``label``) and the subject.
 
     Raises:
         ValueError: if there are fewer items than the sets need, or a class is missing from ``large``.
     """
     if len(items) < n_train + n_test + 2:
         raise ValueError(f"need {n_train + n_test + 2} labelled subjects, got {len(items)}")
-    loaded = [{"image": _scaled(i["image"]), "label": int(i["label"]), "subject": i["subject"]} for i in items]
+    load = load or _scaled
+    loaded = [{"image": load(i["image"]), "label": int(i["label"]), "subject": i["subject"]} for i in items]
     test, large, val = loaded[:n_test], loaded[n_test : n_test + n_train], loaded[n_test + n_train :]
     by_class = [[i for i in large if i["label"] == c] for c in (0, 1)]
     if min(len(c) for c in by_class) < n_small // 2:

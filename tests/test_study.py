@@ -1,0 +1,240 @@
+"""The study (``python -m pipeline.study``): its statistics, its cache, its arms, its data sets, its whole run.
+
+The statistics are checked against known values and scikit-learn; the cache against a counter and a killed run;
+each arm must build a network whose output differs from the baseline's; the quick study (every arm, every part, 3
+seeds) must write a report that answers every question, and continue after a kill without re-running finished runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from pipeline.study import plan, stats
+from pipeline.study.cache import RunCache
+from pipeline.study.data import labelled_sets, simulated_cohort
+from pipeline.study.transfer import encoder_classifier, pooled_features, pretraining_network
+from pipeline.training.batchnorm import reestimate_batchnorm
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_bootstrap_of_a_constant_table_is_that_constant():
+    assert stats.mean_interval(np.full((3, 5), 2.5), n_resamples=50) == (2.5, 2.5, 2.5)
+
+
+def test_paired_difference_removes_what_seeds_and_volumes_share():
+    rng = np.random.default_rng(0)
+    base = rng.normal(30.0, 3.0, (3, 8))  # large spread between volumes ...
+    est, low, high = stats.paired_difference(base + 0.5, base, n_resamples=200)
+    assert est == pytest.approx(0.5) and low == pytest.approx(0.5) and high == pytest.approx(0.5)  # ... cancels
+
+
+def test_the_interval_widens_with_the_bonferroni_level():
+    values = np.random.default_rng(1).normal(0.0, 1.0, (3, 10))
+    _, low95, high95 = stats.mean_interval(values, level=0.95, n_resamples=500)
+    _, low99, high99 = stats.mean_interval(values, level=stats.bonferroni_level(15), n_resamples=500)
+    assert low99 <= low95 < high95 <= high99
+    assert stats.bonferroni_level(4) == pytest.approx(0.9875)
+
+
+def test_paired_difference_refuses_tables_of_different_shapes():
+    with pytest.raises(ValueError, match="one shape"):
+        stats.paired_difference(np.zeros((3, 4)), np.zeros((3, 5)))
+
+
+@pytest.mark.parametrize(
+    ("estimate", "low", "high", "margin", "expected"),
+    [
+        (0.05, -0.2, 0.3, 0.1, "no difference"),
+        (0.5, 0.2, 0.8, 0.1, "better"),
+        (-0.5, -0.8, -0.2, 0.1, "worse"),
+        (0.5, -0.1, 1.1, 0.1, "inconclusive"),
+    ],
+)
+def test_verdict_follows_the_stated_rule(estimate, low, high, margin, expected):
+    assert stats.verdict(estimate, low, high, margin) == expected
+
+
+def test_auc_and_balanced_accuracy_agree_with_scikit_learn():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 40)
+    scores = labels * 0.3 + rng.random(40)
+    scores[:4] = 0.5  # ties
+    assert stats.auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
+    predicted = scores > 0.6
+    recall = [np.mean(predicted[labels == 1]), np.mean(~predicted[labels == 0])]
+    assert stats.balanced_accuracy(predicted, labels) == pytest.approx(np.mean(recall))
+    assert np.isnan(stats.auc(scores, np.ones(40)))
+
+
+def test_wilson_interval_of_a_known_proportion():
+    low, high = stats.proportion_interval(5, 10)
+    assert (round(low, 3), round(high, 3)) == (0.237, 0.763)
+
+
+# ---------------------------------------------------------------- cache
+
+
+def test_cache_computes_a_run_once_and_keeps_it(tmp_path):
+    calls = []
+    cache = RunCache(tmp_path, {"steps": 3})
+    first = cache.run("arms", "baseline/seed0", lambda: calls.append(1) or {"psnr": 30.0})
+    again = RunCache(tmp_path, {"steps": 3}).run("arms", "baseline/seed0", lambda: calls.append(1) or {})
+    assert first == again == {"psnr": 30.0} and calls == [1]
+    assert (tmp_path / "arms" / "baseline-seed0.json").is_file()
+
+
+def test_a_run_killed_half_way_leaves_nothing_and_runs_again(tmp_path):
+    cache = RunCache(tmp_path, {})
+
+    def killed():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.run("arms", "x", killed)
+    assert cache.get("arms", "x") is None
+    assert cache.run("arms", "x", lambda: {"done": True}) == {"done": True}
+
+
+def test_cache_refuses_results_of_other_settings(tmp_path):
+    RunCache(tmp_path, {"steps": 3, "seeds": 3})
+    with pytest.raises(ValueError, match="steps differ"):
+        RunCache(tmp_path, {"steps": 4, "seeds": 3})
+
+
+# ---------------------------------------------------------------- plan
+
+
+def test_the_baseline_is_the_bundles_default_denoiser():
+    from monai.bundle import ConfigParser
+
+    from networks import ResUnet3D
+    from pipeline.bundle_files import bundle_configs
+
+    recipe = plan.baseline_recipe()
+    parser = ConfigParser()
+    parser.read_config(bundle_configs("common.yaml", "train_denoise.yaml"))
+    shipped = {k: v.shape for k, v in parser.get_parsed_content("network_def").state_dict().items()}
+    assert {k: v.shape for k, v in ResUnet3D(**recipe["network"]).state_dict().items()} == shipped
+    assert recipe["lr"] == parser.get_parsed_content("learning_rate")
+    assert isinstance(parser.get_parsed_content("optimizer"), torch.optim.Adam) and recipe["optimizer"] == "adam"
+
+
+def test_every_arm_changes_one_thing_and_the_networks_output():
+    from pipeline.study.arms import arm_network, arm_training
+
+    recipe = plan.baseline_recipe()
+    names = [arm.name for arm in plan.ARMS]
+    assert len(names) == len(set(names)) and names[0] == "baseline"
+    assert set(plan.LONGER_ARMS) <= set(names)
+    x = torch.rand(1, 1, 24, 24, 24)
+    torch.manual_seed(0)
+    baseline = arm_network(plan.ARMS[0], recipe, 24).eval()
+    with torch.no_grad():
+        reference = baseline(x)
+    for arm in plan.ARMS[1:]:
+        assert len(arm.network) == 1 or (not arm.network and arm.training), arm.name  # SGD brings its own rate
+        if arm.network:
+            torch.manual_seed(0)
+            network = arm_network(arm, recipe, 24).eval()
+            with torch.no_grad():
+                output = network(x)
+            assert output.shape == x.shape
+            assert not torch.allclose(output, reference), f"{arm.name} does not change the network's output"
+        else:
+            assert arm_training(arm, recipe) != arm_training(plan.ARMS[0], recipe), arm.name
+
+
+def test_settings_refuse_a_small_set_larger_than_the_large_one():
+    with pytest.raises(ValueError, match="labelled_small"):
+        plan.StudySettings(labelled_train=10, labelled_small=20)
+
+
+# ---------------------------------------------------------------- data and transfer
+
+
+def test_cohorts_with_different_prefixes_are_different_people(tmp_path):
+    first = simulated_cohort(tmp_path / "a", 4, 1, "den-", spacing=6.0)
+    second = simulated_cohort(tmp_path / "b", 4, 2, "lab-", spacing=6.0, hard=True)
+    assert {i["subject"] for i in first}.isdisjoint({i["subject"] for i in second})
+    assert all(i["subject"].startswith("lab-") for i in second)
+
+
+def test_labelled_sets_are_disjoint_and_the_small_one_balanced(tmp_path):
+    items = [{"image": str(i), "label": i % 2, "subject": f"s{i}"} for i in range(16)]
+    sets = labelled_sets(items, n_train=8, n_small=4, n_test=6, load=lambda path: torch.zeros(1, 2, 2, 2))
+    ids = {name: {i["subject"] for i in part} for name, part in sets.items()}
+    assert ids["test"].isdisjoint(ids["large"]) and ids["test"].isdisjoint(ids["val"])
+    assert ids["small"] <= ids["large"] and ids["large"].isdisjoint(ids["val"])
+    assert sorted(i["label"] for i in sets["small"]) == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match="labelled subjects"):
+        labelled_sets(items[:10], n_train=8, n_small=4, n_test=6)
+
+
+def test_batchnorm_statistics_are_those_of_the_new_data_and_weights_stay():
+    network = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.BatchNorm3d(2))
+    weights = {k: v.clone() for k, v in network.state_dict().items() if "running" not in k and "num_batches" not in k}
+    data = [torch.randn(2, 1, 4, 4, 4) * 3 + 5 for _ in range(3)]
+    network.eval()
+    assert reestimate_batchnorm(network, data) == 1
+    with torch.no_grad():
+        features = torch.cat([network[0](x) for x in data])
+    expected = features.transpose(0, 1).reshape(2, -1).mean(1)
+    assert torch.allclose(network[1].running_mean, expected, atol=1e-5)
+    assert not network.training  # mode restored
+    assert all(torch.equal(network.state_dict()[k], v) for k, v in weights.items())
+    with pytest.raises(ValueError, match="no batch"):
+        reestimate_batchnorm(network, [])
+
+
+def test_the_denoiser_encoder_moves_into_the_classifier_and_gives_pooled_features(tmp_path):
+    recipe = plan.baseline_recipe()
+    torch.manual_seed(3)
+    denoiser = pretraining_network(recipe)
+    torch.save(denoiser.state_dict(), tmp_path / "model.pt")
+    classifier = encoder_classifier("denoiser", 0, recipe, str(tmp_path / "model.pt"))
+    encoder = denoiser.encoder.state_dict()
+    assert all(torch.equal(classifier.state_dict()[k], v) for k, v in encoder.items() if not k.startswith("fc."))
+    random = encoder_classifier("random", 0, recipe)
+    assert not torch.equal(random.state_dict()["conv1.weight"], classifier.state_dict()["conv1.weight"])
+    items = [{"image": torch.rand(1, 24, 24, 24), "label": 0} for _ in range(3)]
+    features = pooled_features(classifier, items, batch=2)
+    assert features.shape == (3, recipe["network"]["block_inplanes"][-1])
+    with pytest.raises(ValueError, match="kind"):
+        encoder_classifier("imagenet", 0, recipe)
+
+
+# ---------------------------------------------------------------- the quick study, end to end
+
+
+@pytest.mark.slow
+def test_quick_study_answers_every_question_and_continues_after_a_kill(tmp_path, caplog):
+    from pipeline.study.run import main
+
+    out = tmp_path / "study"
+    assert main(["--quick", "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    results = json.loads((out / "results.json").read_text())
+    for arm in plan.ARMS:
+        assert f"`{arm.name}`" in report or arm.name == "baseline"
+        assert arm.question in report
+    assert {row["arm"] for row in results["arms"]} == {arm.name for arm in plan.ARMS}
+    assert all(len(row["diff_psnr_brain"]) == 3 for row in results["arms"] if row["arm"] != "baseline")
+    assert results["ranking"]["short"] and results["settings"]["seeds"] >= 3
+    contrasts = {(c["evaluation"], c["size"]) for c in results["transfer"]["contrasts"]}
+    assert contrasts == {(e, s) for e in ("probe", "finetune") for s in ("small", "large")}
+    assert "skipped, no file given" in report
+    assert (out / "arms.png").stat().st_size > 0
+
+    # a kill loses only the run in progress: remove one finished run, the next call runs that one alone
+    (out / "runs" / "arms" / "lr_x3-seed1.json").unlink()
+    caplog.set_level(logging.INFO, logger="pipeline.study.run")
+    assert main(["--quick", "--out", str(out), "--parts", "arms"]) == 0
+    started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[")]
+    assert len(started) == 1 and "lr_x3/seed1" in started[0]
