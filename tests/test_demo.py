@@ -89,7 +89,13 @@ def test_quick_demo_end_to_end(tmp_path):
         "Logistic regression (floor)",
     ]
     for row in rows:
-        assert NUMBER.match(row[1]) and 0 <= float(row[1]) <= 1, row
+        value = row[1].split(" [")[0]
+        assert NUMBER.match(value) and 0 <= float(value) <= 1, row
+    for row in rows[:2]:  # the networks' test figures carry their 95 % bootstrap interval
+        low, high = (float(x) for x in row[1].split(" [")[1].rstrip("]").split(", "))
+        assert low <= float(row[1].split(" [")[0]) <= high, row
+    for entry in results["classification"].values():
+        assert len(entry["balanced_accuracy_interval"]) == 2 and len(entry["auc_interval"]) == 2
 
     # stage timings cover every stage
     stage_rows = table_rows(report, "stage")

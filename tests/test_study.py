@@ -15,7 +15,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from pipeline.study import plan, stats
+from pipeline.evaluation import stats
+from pipeline.study import plan
 from pipeline.study.cache import RunCache
 from pipeline.study.data import labelled_sets, simulated_cohort
 from pipeline.study.transfer import encoder_classifier, pooled_features, pretraining_network

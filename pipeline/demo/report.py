@@ -142,6 +142,14 @@ def _denoising_figures(
         doc.figure(path, f"{subject}: noisy input, ResUnet3D output, clean reference and |error|")
 
 
+def _with_interval(value: float, interval: Sequence[float] | None) -> str:
+    """``0.833 [0.500, 1.000]`` (``n/a`` for a missing value; the interval only when there is one)."""
+    text = rp.format_number(value, 3)
+    if interval is None or value is None:
+        return text
+    return f"{text} [{rp.format_number(interval[0], 3)}, {rp.format_number(interval[1], 3)}]"
+
+
 def _classification_section(doc: rp.Report, results: Mapping[str, Any], n_cases: int) -> None:
     settings, classification, curves = results["settings"], results["classification"], results["curves"]
     doc.heading("Classification: atrophy vs. control")
@@ -149,13 +157,22 @@ def _classification_section(doc: rp.Report, results: Mapping[str, Any], n_cases:
     for init, title in _INITS:
         scores = classification[init]
         epoch, best_val = best_point(curves[f"classifier_{init}"].get("balanced_accuracy", []))
-        rows.append([title, scores["balanced_accuracy"], scores["auc"], best_val, epoch])
+        rows.append(
+            [
+                title,
+                _with_interval(scores["balanced_accuracy"], scores.get("balanced_accuracy_interval")),
+                _with_interval(scores["auc"], scores.get("auc_interval")),
+                best_val,
+                epoch,
+            ]
+        )
     rows.append(["Logistic regression (floor)", results["logistic_floor_balanced_accuracy"], None, None, None])
     doc.table(
         ["classifier", "balanced accuracy (test)", "ROC AUC (test)", "best val balanced accuracy", "best epoch"],
         rows,
         digits=[0, 3, 3, 3, 0],
         note=(
+            "Brackets: 95 % interval, bootstrap over the test subjects. "
             f"Test: the {n_cases} held-out subjects' clean scans (the subjects CSV's) classified through "
             "`inference_classifier.yaml` with each run's best-validation weights. Both networks: same split, "
             f"{settings['classifier_epochs']} epochs, "

@@ -50,6 +50,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from pipeline.evaluation import stats
 from pipeline.demo.report import append_totals, write_report
 from pipeline.errors import OutputFolderError
 from pipeline.utils.files import atomic_path
@@ -379,7 +380,10 @@ def _mean_quality(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
 
 
 def _classification_scores(csv_path: Path, labels: Mapping[str, int]) -> dict[str, Any]:
-    """Balanced accuracy and ROC AUC of a predictions CSV (``prob_patient``) against the cohort labels."""
+    """Balanced accuracy and ROC AUC of a predictions CSV (``prob_patient``) against the cohort labels.
+
+    Each comes with its 95 % interval (``*_interval``: bootstrap over the test subjects).
+    """
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
     with open(csv_path, encoding="utf-8", newline="") as handle:
@@ -388,9 +392,17 @@ def _classification_scores(csv_path: Path, labels: Mapping[str, int]) -> dict[st
     prob = np.array([float(r[f"prob_{_CLASS_NAMES[1]}"]) for r in rows])
     predicted = np.array([_CLASS_NAMES.index(r["prediction"]) for r in rows])
     auc = float(roc_auc_score(truth, prob)) if len(set(truth.tolist())) == 2 else float("nan")
+    intervals = {  # 95 % bootstrap over the test subjects
+        name: list(stats.bootstrap(statistic, 1, len(rows))[1:])
+        for name, statistic in (
+            ("balanced_accuracy_interval", lambda _, c: stats.balanced_accuracy(predicted[c], truth[c])),
+            ("auc_interval", lambda _, c: stats.auc(prob[c], truth[c])),
+        )
+    }
     return {
         "balanced_accuracy": float(balanced_accuracy_score(truth, predicted)),
         "auc": auc,
+        **intervals,
         "n": len(rows),
         "subjects": {
             r["subject"]: {"label": int(labels[r["subject"]]), "prob_patient": float(prob[k])}

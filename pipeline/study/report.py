@@ -1,7 +1,8 @@
 """The study's report: every question with its answer, the number, its interval and the command that produced it.
 
-Reads the cached runs (:class:`pipeline.study.cache.RunCache`), computes the intervals (:mod:`pipeline.study.stats`)
-and writes ``results.json``, ``report.md``, ``arms.png`` (differences from the baseline) and ``transfer.png``.
+Reads the cached runs (:class:`pipeline.study.cache.RunCache`), computes the intervals
+(:mod:`pipeline.evaluation.stats`) and writes ``results.json``, ``report.md`` and ``arms.png`` (each arm's difference
+from the baseline with its interval).
 """
 
 from __future__ import annotations
@@ -15,10 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.evaluation.report import markdown_table, pyplot, save_figure
-from pipeline.study.arms import METRICS
-from pipeline.study.cache import RunCache
-from pipeline.study.plan import ARMS, LONGER_ARMS, StudySettings
-from pipeline.study.stats import (
+from pipeline.evaluation.stats import (
     NO_DIFFERENCE_DB,
     auc,
     balanced_accuracy,
@@ -27,6 +25,9 @@ from pipeline.study.stats import (
     paired_difference,
     verdict,
 )
+from pipeline.study.arms import METRICS
+from pipeline.study.cache import RunCache
+from pipeline.study.plan import ARMS, LONGER_ARMS, StudySettings
 from pipeline.utils.files import atomic_path
 
 __all__ = ["arms_results", "transfer_results", "write_report"]

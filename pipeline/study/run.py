@@ -2,7 +2,8 @@
 
 Runs part (a) (:mod:`pipeline.study.arms`), the longer-budget check of a few arms, and part (b)
 (:mod:`pipeline.study.transfer`); each finished run is cached under ``<out>/runs``, so a killed study continues where
-it stopped. Then writes ``<out>/results.json``, ``<out>/report.md`` and figures (:mod:`pipeline.study.report`).
+it stopped. Then writes ``<out>/results.json``, ``<out>/report.md`` and ``<out>/arms.png``
+(:mod:`pipeline.study.report`).
 """
 
 from __future__ import annotations
