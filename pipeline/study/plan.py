@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ARMS", "FULL", "LONGER_ARMS", "QUICK", "Arm", "StudySettings", "baseline_recipe"]
+__all__ = ["ARMS", "FULL", "LONGER_ARMS", "QUICK", "TINY", "Arm", "StudySettings", "baseline_recipe"]
 
 #: The ResUnet3D arguments the bundle shares between workflows (``network_def`` of ``common.yaml``).
 _NETWORK_KEYS = (
@@ -147,6 +147,20 @@ QUICK = StudySettings(
     finetune_steps=3,
     finetune_batch=2,
     bootstrap=200,
+)
+
+#: ``RESUNET3D_TINY=1``: every arm and part once more, smaller still (2 seeds, 1 step): seconds, wiring only.
+TINY = dataclasses.replace(
+    QUICK,
+    seeds=2,
+    steps=1,
+    pretrain_steps=1,
+    finetune_steps=1,
+    labelled_train=8,
+    labelled_small=4,
+    labelled_test=6,
+    eval_generated=1,
+    bootstrap=50,
 )
 
 

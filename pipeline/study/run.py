@@ -26,7 +26,7 @@ from pipeline.study.data import (
     noisy_eval_items,
     simulated_cohort,
 )
-from pipeline.study.plan import ARMS, FULL, LONGER_ARMS, QUICK, StudySettings, baseline_recipe
+from pipeline.study.plan import ARMS, FULL, LONGER_ARMS, QUICK, TINY, StudySettings, baseline_recipe
 from pipeline.study.report import write_report
 from pipeline.study.transfer import (
     encoder_classifier,
@@ -35,6 +35,7 @@ from pipeline.study.transfer import (
     logistic_floor,
     pretrain_denoiser,
 )
+from pipeline.utils import tiny
 from pipeline.utils.precision import resolve_precision
 
 __all__ = ["main", "run_study"]
@@ -260,11 +261,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pretrained", default=None, help="3D-ResNets / MedicalNet weights: a third encoder")
     parser.add_argument("--pretrained-depth", type=int, default=18, help="ResNet depth of --pretrained")
     args = parser.parse_args(argv)
-    settings = QUICK if args.quick else FULL
-    if args.seeds is not None:
-        settings = dataclasses.replace(settings, seeds=args.seeds)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("ignite.engine.engine").setLevel(logging.WARNING)  # each run's epochs: the study logs runs
+    settings = QUICK if args.quick else FULL
+    if tiny.enabled():
+        logger.info("%s is set: the study runs its TINY settings", tiny.ENV)
+        settings = TINY
+    if args.seeds is not None:
+        settings = dataclasses.replace(settings, seeds=args.seeds)
     command = "python -m pipeline.study" + (" --quick" if args.quick else "") + f" --out {args.out}"
     try:
         results = run_study(args.out, settings, args.parts, args.pretrained, args.pretrained_depth, command)

@@ -8,6 +8,7 @@ command as written and shrink only what costs time:
   next command (evaluation, inference, fine-tuning, ``ckpt_export``).
 * ``python -m pipeline.data.cohort``: at most 8 subjects at 8 mm or coarser (24^3 volumes).
 * ``python -m pipeline.demo``: the ``--quick`` settings.
+* ``python -m pipeline.study``: its ``TINY`` settings (every arm and part, 2 seeds, 1 step each).
 
 ``tests/test_readme_commands.py`` runs the READMEs' commands this way::
 
