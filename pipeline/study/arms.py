@@ -49,8 +49,9 @@ def denoise_volume(network: Any, item: Mapping[str, Any], patch: int) -> Any:
 
     inferer = SlidingWindowInferer(roi_size=[patch] * 3, sw_batch_size=4, overlap=0.25, mode="gaussian")
     network.eval()
+    device = next(network.parameters()).device
     with torch.no_grad():
-        return inferer(torch.as_tensor(item["image"])[None].float(), network)[0]
+        return inferer(torch.as_tensor(item["image"])[None].float().to(device), network)[0].float().cpu()
 
 
 def run_arm(

@@ -63,8 +63,9 @@ def arms_results(cache: RunCache, settings: StudySettings, part: str = "arms", n
             "arm": arm.name,
             "question": arm.question,
             "steps": runs[0]["steps"],
-            "seconds_per_step": float(np.mean([r["seconds_per_step"] for r in runs])),
-            "cpu_seconds": float(np.mean([r["cpu_seconds"] for r in runs])),
+            # medians over the seeds: a run slowed by another job on a shared machine does not move them
+            "seconds_per_step": float(np.median([r["seconds_per_step"] for r in runs])),
+            "cpu_seconds": float(np.median([r["cpu_seconds"] for r in runs])),
             "precision": runs[0].get("precision"),
         }
         for metric in METRICS:
@@ -161,7 +162,9 @@ def _arms_markdown(rows: Sequence[Mapping[str, Any]], level: float) -> list[str]
     table = []
     for row in rows:
         if row["arm"] == "baseline":
-            table.append(["baseline", row["psnr_brain"], "-", "-", "-", "-", "-", row["seconds_per_step"]])
+            table.append(
+                ["baseline", row["psnr_brain"], "-", "-", "-", "-", "-", row["seconds_per_step"], row["cpu_seconds"]]
+            )
             continue
         table.append(
             [
@@ -173,6 +176,7 @@ def _arms_markdown(rows: Sequence[Mapping[str, Any]], level: float) -> list[str]
                 _interval(row["diff_ssim_brain"], 3),
                 _interval(row.get("diff_psnr_brain_generated", [np.nan] * 3)),
                 row["seconds_per_step"],
+                row["cpu_seconds"],
             ]
         )
     headers = [
@@ -184,13 +188,16 @@ def _arms_markdown(rows: Sequence[Mapping[str, Any]], level: float) -> list[str]
         "Δ SSIM brain",
         "Δ PSNR brain, generated heads",
         "s/step",
+        "CPU s per run",
     ]
     return [
         f"Differences from the baseline with {level:.1%} intervals (Bonferroni over {len(rows) - 1} contrasts; paired "
         "bootstrap over seeds and volumes). Verdict on PSNR in the brain: *no difference* when the estimate is within "
-        f"±{NO_DIFFERENCE_DB} dB, *better*/*worse* when the interval excludes 0, else *inconclusive*.",
+        f"±{NO_DIFFERENCE_DB} dB, *better*/*worse* when the interval excludes 0, else *inconclusive*. Every arm "
+        f"trained {rows[0]['steps']} steps; s/step (wall) and CPU seconds (training, all threads) are medians over "
+        "the seeds.",
         "",
-        markdown_table(headers, table, digits=[2, 2, 2, 2, 2, 2, 2, 3]),
+        markdown_table(headers, table, digits=[2, 2, 2, 2, 2, 2, 2, 3, 0]),
     ]
 
 

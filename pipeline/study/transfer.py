@@ -134,11 +134,12 @@ def pooled_features(network: nn.Module, items: Sequence[Mapping[str, Any]], batc
     body = copy.deepcopy(network)
     body.fc = nn.Identity()
     body.eval()
+    device = next(body.parameters()).device
     out = []
     with torch.no_grad():
         for start in range(0, len(items), batch):
             x = torch.stack([torch.as_tensor(i["image"]).float() for i in items[start : start + batch]])
-            out.append(body(x).float().numpy())
+            out.append(body(x.to(device)).float().cpu().numpy())
     return np.concatenate(out)
 
 
