@@ -252,8 +252,8 @@ def train_with_checkpoints(
 
     The training is the pipeline's: :func:`pipeline.training.denoise.build_denoise_trainer` (MONAI's
     ``SupervisedTrainer``, L1 loss on float32 predictions, bf16 autocast or float32) with
-    :class:`pipeline.training.handlers.NonFiniteLossGuard` and :class:`pipeline.training.handlers.TimeBudget`, whose
-    clock counts data loading and training steps, not the evaluations, and sets the learning rate by it.
+    :class:`pipeline.training.handlers.NonFiniteLossGuard` and :class:`pipeline.training.handlers.TimeBudget`: its
+    clock counts data loading and training steps, not the evaluations, and sets the learning rate.
 
     Args:
         name: network name (:data:`NETWORKS`).
