@@ -24,22 +24,25 @@ process's CPU minutes (``time.process_time``: all its threads, so on 2 cores one
 minutes) so that other jobs on a shared machine do not shrink it; ``--clock wall`` counts wall-clock minutes
 instead, and both are reported.
 
-Training, the same for every network: Adam (peak lr 3e-3, ``--lr``) annealed to 0 over the budget by a cosine of the
-clock (``--schedule``), L1 loss, ``--precision auto`` (the project's rule, :mod:`pipeline.utils.precision`: bf16
-autocast on a
-CPU with native bf16, about 2.5x more steps per CPU minute than float32 on a 2-core AMD EPYC with AVX512-BF16; float32
-elsewhere, where bf16 is emulated and about 40x slower), batches of 4 patches of 32^3 (``--batch``, ``--patch``), 4 cut
-from each noisy volume (``--samples``: the noise and augmentations are drawn on the whole volume, so sharing them keeps
-the loader ahead of the steps), from ``transforms.presets.denoise_transforms(stage="train", augment=True)`` (bias field,
-contrast, intensity scale, resolution (Gaussian blur), left-right flips); half the volumes get Gaussian noise of sigma
-uniform in [5, 30]/255 and half Poisson noise of 50-1000 photons; cached with ``CacheDataset`` and served by
-``ThreadDataLoader``. A network whose loss becomes non-finite is trained again from the start at a third of the learning
-rate, then in float32 at both (MONAI's UNet diverges in bf16 at 3e-3, 1e-3 and 3e-4, not in float32); the rows and
-tables give the learning rate and precision each run trained with. The cohort has no skull (the template is
-skull-stripped), so "with and without skull" cannot be augmented from the shipped data. At each checkpoint
-(``--checkpoints`` minutes) every network denoises the test volumes as the bundle does (input scaled by its own 99.5th
-percentile, sliding window of ``--patch`` tiles, 4 per pass, Gaussian blending, ``torch.inference_mode``, the
-training precision) with overlap 0.25 (``--overlap``).
+Training, the same for every network, runs on the pipeline's MONAI ``SupervisedTrainer``
+(:func:`pipeline.training.denoise.build_denoise_trainer`, the training assembly of the bundle and ``train_denoiser``),
+with :class:`pipeline.training.handlers.TimeBudget` keeping the clock, setting the learning rate by it, scoring at the
+checkpoints and stopping at the budget, and :class:`pipeline.training.handlers.NonFiniteLossGuard` stopping a run whose
+loss turns non-finite: Adam (peak lr 3e-3, ``--lr``) annealed to 0 over the budget by a cosine of the clock
+(``--schedule``), L1 loss on float32 predictions, ``--precision auto`` (the project's rule,
+:mod:`pipeline.utils.precision`: bf16 autocast on a CPU with native bf16, about 2.5x more steps per CPU minute than
+float32 on a 2-core AMD EPYC with AVX512-BF16; float32 elsewhere, where bf16 is emulated and about 40x slower), batches
+of 4 patches of 32^3 (``--batch``, ``--patch``), 4 cut from each noisy volume (``--samples``: the noise and
+augmentations are drawn on the whole volume, so sharing them keeps the loader ahead of the steps), from
+``transforms.presets.denoise_transforms(stage="train", augment=True)`` (bias field, contrast, intensity scale,
+resolution (Gaussian blur), left-right flips); half the volumes get Gaussian noise of sigma uniform in [5, 30]/255 and
+half Poisson noise of 50-1000 photons; cached with ``CacheDataset`` and served by ``ThreadDataLoader``. A network whose
+loss becomes non-finite is trained again from the start at a third of the learning rate, then in float32 at both
+(MONAI's UNet diverges in bf16 at 3e-3, 1e-3 and 3e-4, not in float32); the rows and tables give the learning rate and
+precision each run trained with. The cohort has no skull (the template is skull-stripped), so "with and without skull"
+cannot be augmented from the shipped data. At each checkpoint (``--checkpoints`` minutes) every network denoises the
+test volumes as the bundle does (input scaled by its own 99.5th percentile, sliding window of ``--patch`` tiles, 4 per
+pass, Gaussian blending, ``torch.inference_mode``, the training precision) with overlap 0.25 (``--overlap``).
 
 The settings were chosen on ResUnet3D with 5-minute pilots on the same cohort (mean test PSNR, Gaussian 15, 1
 thread): float32 64^3 x 2 at lr 1e-3 25.1 dB (114 steps); bf16 27.4 (297 steps); bf16 at lr 3e-3 28.6; 32^3 x 4
@@ -53,7 +56,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -61,6 +63,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from ignite.engine import Engine
 
 from benchmarks._common import (
     announce,
@@ -76,12 +79,16 @@ from benchmarks._common import (
     write_json,
 )
 from benchmarks.classical import bm4d_available, evaluate_methods
+from pipeline.errors import NonFiniteLossError
 from pipeline.evaluation.metrics import masked_psnr, masked_ssim
+from pipeline.training.denoise import build_denoise_trainer
+from pipeline.training.handlers import NonFiniteLossGuard, TimeBudget
 from transforms.intensity import robust_max
 
 __all__ = ["NETWORKS", "Diverged", "denoise_with_network", "main", "train_with_checkpoints"]
 
 NETWORKS = ("unet", "basicunet", "flexibleunet", "resunet3d")
+_MAX_EPOCHS = 10**9  # the time budget, not the epochs, ends training
 
 
 class Diverged(RuntimeError):
@@ -243,7 +250,10 @@ def train_with_checkpoints(
 ) -> list[dict[str, Any]]:
     """Train one network for ``max(checkpoints_min)`` minutes, scoring every case at each checkpoint.
 
-    The clock counts data loading and training steps, not the evaluations.
+    The training is the pipeline's: :func:`pipeline.training.denoise.build_denoise_trainer` (MONAI's
+    ``SupervisedTrainer``, L1 loss on float32 predictions, bf16 autocast or float32) with
+    :class:`pipeline.training.handlers.NonFiniteLossGuard` and :class:`pipeline.training.handlers.TimeBudget`: its
+    clock counts data loading and training steps, not the evaluations, and sets the learning rate.
 
     Args:
         name: network name (:data:`NETWORKS`).
@@ -269,66 +279,71 @@ def train_with_checkpoints(
     Raises:
         Diverged: when the training loss becomes non-finite.
     """
+    if clock not in ("cpu", "wall"):
+        raise ValueError(f"clock must be 'cpu' or 'wall', got {clock!r}")
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
     torch.manual_seed(seed)
     model = build_denoiser(name, size, **(resunet or {}) if name == "resunet3d" else {})
     loader = _training_loader(items, patch, batch, seed, samples)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     rows: list[dict[str, Any]] = []
-    if clock not in ("cpu", "wall"):
-        raise ValueError(f"clock must be 'cpu' or 'wall', got {clock!r}")
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
-    budget_s = max(checkpoints_min) * 60
-    timer = time.process_time if clock == "cpu" else time.perf_counter
-    trained_s, wall_s, steps, loss = 0.0, 0.0, 0, torch.zeros(())
-    pending = list(checkpoints_min)
-    iterator = iter(loader)
-    while pending:
-        start, wall_start = timer(), time.perf_counter()
-        try:
-            data = next(iterator)
-        except StopIteration:
-            iterator = iter(loader)
-            data = next(iterator)
-        if schedule == "cosine":
-            for group in optimizer.param_groups:
-                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * min(trained_s / budget_s, 1.0)))
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            prediction = model(torch.as_tensor(data["image"]))
-        loss = torch.nn.functional.l1_loss(prediction.float(), torch.as_tensor(data["label"]))
-        if not torch.isfinite(loss):
-            raise Diverged(f"{name}: non-finite loss at step {steps + 1} (lr {lr:g})")
-        loss.backward()
-        optimizer.step()
-        steps += 1
-        trained_s += timer() - start
-        wall_s += time.perf_counter() - wall_start
-        while pending and trained_s >= pending[0] * 60:
-            minutes = pending.pop(0)
-            scored = _score(model, cases, patch, overlap, bf16)
-            for row in scored:
-                rows.append(
-                    {
-                        "network": name,
-                        "minutes": minutes,
-                        "clock": clock,
-                        "wall_minutes": round(wall_s / 60, 2),
-                        "steps": steps,
-                        "loss": round(float(loss.detach()), 5),
-                        **row,
-                    }
-                )
-            mean = {
-                k: np.mean([r["psnr"] for r in scored if r["noise"] == k and r["volume"] != "real_scan"])
-                for k in ("gaussian", "poisson")
-            }
-            print(
-                f"{name:13s} {minutes:6.2f} min {steps:5d} steps  mean test PSNR gaussian {mean['gaussian']:.2f} "
-                f"poisson {mean['poisson']:.2f}",
-                flush=True,
-            )
+    minutes_of = {m * 60: m for m in checkpoints_min}
+
+    def checkpoint(engine: Engine, seconds: float) -> None:
+        scored = _score(model, cases, patch, overlap, bf16)
+        rows.extend(_checkpoint_rows(name, minutes_of[seconds], clock, budget.wall_s, engine, scored))
+
+    budget = TimeBudget(
+        max(checkpoints_min) * 60,
+        clock=clock,
+        checkpoints_s=list(minutes_of),
+        on_checkpoint=checkpoint,
+        lr_schedule=schedule,
+    )
+    trainer = build_denoise_trainer(
+        model,
+        loader,
+        optimizer,
+        torch.nn.L1Loss(),
+        max_epochs=_MAX_EPOCHS,
+        precision="bf16" if bf16 else "fp32",
+        train_handlers=[NonFiniteLossGuard(), budget],
+    )
+    try:
+        trainer.run()
+    except NonFiniteLossError as error:
+        raise Diverged(f"{name}: non-finite loss at step {trainer.state.iteration} (lr {lr:g})") from error
+    return rows
+
+
+def _checkpoint_rows(
+    name: str, minutes: float, clock: str, wall_s: float, trainer: Engine, scored: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The rows of one checkpoint's scores (with the trainer's steps and last loss), and its printed line."""
+    steps = trainer.state.iteration
+    loss = round(float(torch.as_tensor(trainer.state.output["loss"]).detach()), 5)
+    rows = [
+        {
+            "network": name,
+            "minutes": minutes,
+            "clock": clock,
+            "wall_minutes": round(wall_s / 60, 2),
+            "steps": steps,
+            "loss": loss,
+            **row,
+        }
+        for row in scored
+    ]
+    mean = {
+        k: np.mean([r["psnr"] for r in scored if r["noise"] == k and r["volume"] != "real_scan"])
+        for k in ("gaussian", "poisson")
+    }
+    print(
+        f"{name:13s} {minutes:6.2f} min {steps:5d} steps  mean test PSNR gaussian {mean['gaussian']:.2f} "
+        f"poisson {mean['poisson']:.2f}",
+        flush=True,
+    )
     return rows
 
 

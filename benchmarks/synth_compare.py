@@ -7,9 +7,11 @@ Run (one process per recipe and seed; two can share a 2-core machine, the budget
     python -m benchmarks.synth_compare summary results/*.json
 
 Both recipes train the demo's small ResUnet3D (``pipeline.demo.run.DemoSettings.denoiser``) from the same seeded
-initial weights with Adam (peak lr 3e-3, cosine over the budget), L1 loss, batches of 4 patches of 32^3, bf16
-autocast, one torch thread, until this process has spent ``--cpu-seconds`` of CPU time on data *and* steps (one-time
-preparation, i.e. building the cohort or reading the template maps, is not counted):
+initial weights on the pipeline's MONAI ``SupervisedTrainer`` (:func:`pipeline.training.denoise.build_denoise_trainer`
+with :class:`pipeline.training.handlers.TimeBudget` and ``NonFiniteLossGuard``): Adam (peak lr 3e-3, cosine of the
+clock over the budget), L1 loss, batches of 4 patches of 32^3, bf16 autocast, one torch thread, until this process
+has spent ``--cpu-seconds`` of CPU time on data *and* steps (one-time preparation, i.e. building the cohort, caching
+its volumes or reading the template maps, is not counted):
 
 * ``demo``: the demo's data: paired ``gaussian15/`` -> ``clean/`` volumes of a small demo cohort (skull-stripped
   MNI152 warps at 2 mm, one fixed noise sample per subject), patches inside the brain
@@ -41,9 +43,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from ignite.engine import Engine, Events
 
 from benchmarks._common import build_denoiser, load_real_scan, machine_info, noisy_copy, write_json
 from pipeline.evaluation.metrics import masked_psnr
+from pipeline.training.denoise import build_denoise_trainer
+from pipeline.training.handlers import NonFiniteLossGuard, TimeBudget
 
 __all__ = ["RECIPES", "main", "summarise", "train_recipe"]
 
@@ -76,7 +81,7 @@ def _split(cohort: Any) -> dict[str, list[str]]:
     return {part: sorted(r["subject_id"] for r in rows if r["split"] == part) for part in ("train", "val", "test")}
 
 
-def _demo_batches(cohort: Any, seed: int) -> Any:
+def _demo_loader(cohort: Any, seed: int) -> Any:
     from monai.data import CacheDataset, DataLoader
 
     from transforms.presets import denoise_transforms
@@ -88,25 +93,17 @@ def _demo_batches(cohort: Any, seed: int) -> Any:
     ]
     chain = denoise_transforms(stage="train", patch_size=32, paired=True, num_samples=2, seed=seed)
     dataset = CacheDataset(items, chain, cache_rate=1.0, num_workers=0, progress=False)
-    loader = DataLoader(dataset, batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    while True:
-        yield from loader
+    return DataLoader(dataset, batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(seed))
 
 
-def _synth_batches(seed: int) -> Any:
+def _synth_loader(seed: int) -> Any:
     from monai.data import DataLoader, Dataset
 
     from pipeline.data.synth import load_tissue_maps, synth_items
     from transforms.synth import synth_transforms
 
     items = synth_items(load_tissue_maps(), 64)
-    loader = DataLoader(Dataset(items, synth_transforms(patch_size=32, seed=seed)), batch_size=4, shuffle=False)
-    while True:
-        yield from loader
-
-
-def _plain(x: Any) -> torch.Tensor:
-    return (x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)).float()
+    return DataLoader(Dataset(items, synth_transforms(patch_size=32, seed=seed)), batch_size=4, shuffle=False)
 
 
 def train_recipe(recipe: str, seed: int, cpu_seconds: float, cohort: Any, lr: float = 3e-3) -> tuple[Any, dict]:
@@ -127,25 +124,29 @@ def train_recipe(recipe: str, seed: int, cpu_seconds: float, cohort: Any, lr: fl
 
     torch.manual_seed(seed)
     network = build_denoiser("resunet3d", **dict(DemoSettings().denoiser))
-    batches = _demo_batches(cohort, seed) if recipe == "demo" else _synth_batches(seed)
+    loader = _demo_loader(cohort, seed) if recipe == "demo" else _synth_loader(seed)
     optimizer = torch.optim.Adam(network.parameters(), lr=lr)
+    budget = TimeBudget(cpu_seconds, clock="cpu", lr_schedule="cosine")
+    trainer = build_denoise_trainer(
+        network,
+        loader,
+        optimizer,
+        torch.nn.L1Loss(),
+        max_epochs=10**9,  # the budget ends training
+        precision="bf16",
+        train_handlers=[NonFiniteLossGuard(), budget],
+    )
     losses, identity = [], []
-    start_cpu, start_wall, steps = time.process_time(), time.perf_counter(), 0
-    network.train()
-    while (spent := time.process_time() - start_cpu) < cpu_seconds:
-        for group in optimizer.param_groups:
-            group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * min(spent / cpu_seconds, 1.0)))
-        batch = next(batches)
-        image, label = _plain(batch["image"]), _plain(batch["label"])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            pred = network(image)
-        loss = torch.nn.functional.l1_loss(pred.float(), label)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        identity.append(float(torch.nn.functional.l1_loss(image, label)))
-        steps += 1
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def record(engine: Engine) -> None:
+        output = engine.state.output
+        losses.append(float(output["loss"].detach()))
+        identity.append(float(torch.nn.functional.l1_loss(output["image"].float(), output["label"].float())))
+
+    start_cpu, start_wall = time.process_time(), time.perf_counter()
+    trainer.run()
+    steps = trainer.state.iteration
     log = {
         "steps": steps,
         "cpu_s": round(time.process_time() - start_cpu, 1),

@@ -302,6 +302,48 @@ def test_quality_training_stops_with_diverged_on_a_non_finite_loss(nifti_volumes
         )
 
 
+def test_quality_trains_with_the_pipelines_supervised_trainer_and_scores_at_each_checkpoint(
+    nifti_volumes, monkeypatch, capsys
+):
+    from monai.engines import SupervisedTrainer
+
+    from pipeline.training.handlers import NonFiniteLossGuard, TimeBudget
+
+    built = []
+    original = quality.build_denoise_trainer
+
+    def spy(*args, **kwargs):
+        trainer = original(*args, **kwargs)
+        built.append((trainer, kwargs))
+        return trainer
+
+    monkeypatch.setattr(quality, "build_denoise_trainer", spy)
+    items = [{"image": str(path)} for path in nifti_volumes]
+    rng = np.random.default_rng(0)
+    clean = rng.uniform(0.2, 0.8, (24, 24, 24)).astype(np.float32)
+    noisy = clean + rng.normal(0, 15 / 255, clean.shape).astype(np.float32)
+    cases = [
+        {"noise": kind, "volume": "v", "noisy": noisy, "clean": clean, "mask": np.ones(clean.shape, bool)}
+        for kind in ("gaussian", "poisson")
+    ]
+    marks = [0.002, 0.004]  # wall minutes: 0.12 and 0.24 s
+    rows = quality.train_with_checkpoints(
+        "unet", "small", items, cases, marks, patch=16, batch=2, seed=0, clock="wall", lr=1e-3, samples=2
+    )
+    ((trainer, kwargs),) = built
+    assert isinstance(trainer, SupervisedTrainer) and kwargs["precision"] == "fp32"
+    handlers = kwargs["train_handlers"]
+    assert [type(h) for h in handlers] == [NonFiniteLossGuard, TimeBudget]
+    assert trainer.optimizer.param_groups[0]["lr"] < 1e-3  # annealed by the clock
+    assert [r["minutes"] for r in rows] == [0.002, 0.002, 0.004, 0.004]
+    first, last = rows[0], rows[-1]
+    assert 1 <= first["steps"] <= last["steps"] == trainer.state.iteration
+    assert math.isfinite(last["loss"]) and last["clock"] == "wall" and last["network"] == "unet"
+    assert handlers[1].elapsed_s >= 0.004 * 60
+    printed = capsys.readouterr().out
+    assert printed.count("unet            0.00 min") == 2 and "mean test PSNR gaussian" in printed
+
+
 def test_quality_retries_a_diverged_network_at_a_lower_lr_then_in_float32():
     assert quality._attempts("bf16", 3e-3) == [("bf16", 3e-3), ("bf16", 1e-3), ("fp32", 3e-3), ("fp32", 1e-3)]
     assert [p for p, _ in quality._attempts("fp32", 3e-3)] == ["fp32"] * 3

@@ -24,3 +24,22 @@ def test_summary_pairs_seeds_and_gives_t_intervals(tmp_path, capsys):
     assert diff["seeds"] == 3 and diff["mean"] == pytest.approx(1.0)  # paired differences 1.0, 1.5, 0.5
     assert diff["ci95"] == pytest.approx(4.303 * 0.5 / 3**0.5)
     assert "synth - demo" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # bf16 by design: emulated, and slow, on a CPU without native bf16
+def test_train_recipe_runs_on_the_pipelines_trainer_for_its_cpu_budget(monkeypatch):
+    from monai.engines import SupervisedTrainer
+
+    from benchmarks import synth_compare
+
+    built = []
+    original = synth_compare.build_denoise_trainer
+
+    def spy(*args, **kwargs):
+        built.append(original(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(synth_compare, "build_denoise_trainer", spy)
+    _, log = synth_compare.train_recipe("synth", 0, 1.0, cohort=None)
+    assert isinstance(built[0], SupervisedTrainer) and log["steps"] == built[0].state.iteration >= 1
+    assert log["cpu_s"] >= 1.0 and log["last50_l1"] > 0 and log["last50_identity_l1"] > 0

@@ -1,4 +1,4 @@
-"""Engine plug-ins: re-seeding, non-finite-loss guard, TensorBoard, unfreezing, mixed precision, channels-last.
+"""Engine plug-ins: re-seeding, loss guard, time budget, TensorBoard, unfreezing, mixed precision, channels-last.
 
 Everything here attaches to MONAI's ``SupervisedTrainer``/``SupervisedEvaluator`` (ignite engines) through
 ``attach(engine)`` or is passed to them as an inferer, so bundle configs can list them by ``_target_``.
@@ -7,6 +7,8 @@ Everything here attaches to MONAI's ``SupervisedTrainer``/``SupervisedEvaluator`
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -33,6 +35,7 @@ __all__ = [
     "LearningRateLogger",
     "NonFiniteLossGuard",
     "TensorBoardSlices",
+    "TimeBudget",
     "middle_slices",
 ]
 
@@ -98,6 +101,109 @@ class NonFiniteLossGuard:
                 "optimiser step, the last checkpoint is unaffected. Lower the learning rate, check the inputs for "
                 "NaN/Inf voxels, or disable mixed precision."
             )
+
+
+class TimeBudget:
+    """Train for a time budget: a learning rate by the clock, callbacks at checkpoint times, a stop at the budget.
+
+    The clock counts the trainer's own time: fetching each batch, the step and the other handlers, but not what
+    ``on_checkpoint`` does (e.g. evaluations), so scoring pauses it. ``clock="cpu"`` counts this process's CPU time
+    (``time.process_time``, all threads: other jobs on a shared machine do not shrink the budget), ``"wall"``
+    wall-clock time (``time.perf_counter``). Before each iteration a ``"cosine"`` schedule sets every parameter
+    group's learning rate to ``base_lr * (1 + cos(pi * elapsed / budget)) / 2``, annealing it to 0 over the budget
+    whatever the number of steps; ``"constant"`` leaves it alone. After each iteration, every checkpoint time that
+    has been passed is handed, in ascending order, to ``on_checkpoint(engine, checkpoint_s)``; once the budget is
+    spent the trainer is terminated (it finishes that iteration).
+
+    Attributes ``elapsed_s`` (on ``clock``) and ``wall_s`` (wall-clock seconds of the same counted intervals) hold
+    the trainer time so far; both restart at each ``engine.run``.
+
+    Args:
+        budget_s: training seconds on ``clock``, > 0.
+        clock: ``"cpu"`` or ``"wall"``.
+        checkpoints_s: times (seconds on ``clock``) at which to call ``on_checkpoint``; sorted here.
+        on_checkpoint: ``callback(engine, checkpoint_s)``; its own time is not counted.
+        lr_schedule: ``"cosine"`` or ``"constant"``.
+        optimizer: the optimiser whose learning rate ``"cosine"`` sets (default the engine's ``optimizer``, as
+            MONAI's ``SupervisedTrainer`` has).
+        base_lr: the peak learning rate (default each group's learning rate when the run starts).
+
+    Raises:
+        ValueError: for a budget <= 0, a negative checkpoint time, an unknown clock or schedule.
+    """
+
+    def __init__(
+        self,
+        budget_s: float,
+        clock: str = "cpu",
+        checkpoints_s: Sequence[float] = (),
+        on_checkpoint: Callable[[Engine, float], None] | None = None,
+        lr_schedule: str = "constant",
+        optimizer: Optimizer | None = None,
+        base_lr: float | None = None,
+    ) -> None:
+        if not budget_s > 0:
+            raise ValueError(f"budget_s must be > 0, got {budget_s}.")
+        if clock not in ("cpu", "wall"):
+            raise ValueError(f"clock must be 'cpu' or 'wall', got {clock!r}.")
+        if lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}.")
+        if any(t < 0 for t in checkpoints_s):
+            raise ValueError(f"checkpoints_s must be >= 0, got {list(checkpoints_s)}.")
+        self.budget_s = float(budget_s)
+        self.clock = clock
+        self.checkpoints_s = sorted(checkpoints_s)
+        self.on_checkpoint = on_checkpoint
+        self.lr_schedule = lr_schedule
+        self.optimizer = optimizer
+        self.base_lr = base_lr
+        self.elapsed_s = 0.0
+        self.wall_s = 0.0
+        self._pending: list[float] = []
+        self._base_lrs: list[float] = []
+        self._mark = (0.0, 0.0)
+
+    def attach(self, engine: Engine) -> None:
+        """Register on the trainer's ``STARTED``, ``ITERATION_STARTED`` and ``ITERATION_COMPLETED``."""
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.ITERATION_STARTED, self._set_lr)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._count)
+
+    def _now(self) -> tuple[float, float]:
+        wall = time.perf_counter()
+        return (time.process_time() if self.clock == "cpu" else wall), wall
+
+    def _groups(self, engine: Engine) -> list[dict[str, Any]]:
+        optimizer = self.optimizer or getattr(engine, "optimizer", None)
+        if optimizer is None:
+            raise ValueError("lr_schedule='cosine' needs an optimizer (given, or the engine's `optimizer`).")
+        return optimizer.param_groups
+
+    def _start(self, engine: Engine) -> None:
+        self.elapsed_s, self.wall_s = 0.0, 0.0
+        self._pending = list(self.checkpoints_s)
+        if self.lr_schedule == "cosine":
+            self._base_lrs = [group["lr"] if self.base_lr is None else self.base_lr for group in self._groups(engine)]
+        self._mark = self._now()
+
+    def _set_lr(self, engine: Engine) -> None:
+        if self.lr_schedule != "cosine":
+            return
+        factor = 0.5 * (1.0 + math.cos(math.pi * min(self.elapsed_s / self.budget_s, 1.0)))
+        for group, base in zip(self._groups(engine), self._base_lrs, strict=False):
+            group["lr"] = base * factor
+
+    def _count(self, engine: Engine) -> None:
+        now, wall = self._now()
+        self.elapsed_s += now - self._mark[0]
+        self.wall_s += wall - self._mark[1]
+        while self._pending and self.elapsed_s >= self._pending[0]:
+            checkpoint = self._pending.pop(0)
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(engine, checkpoint)
+        if self.elapsed_s >= self.budget_s:
+            engine.terminate()
+        self._mark = self._now()
 
 
 class CopyBatchKeys:
