@@ -235,6 +235,7 @@ def test_quick_study_answers_every_question_and_continues_after_a_kill(tmp_path,
     # a kill loses only the run in progress: remove one finished run, the next call runs that one alone
     (out / "runs" / "arms" / "lr_x3-seed1.json").unlink()
     caplog.set_level(logging.INFO, logger="pipeline.study.run")
+    caplog.clear()
     assert main(["--quick", "--out", str(out), "--parts", "arms"]) == 0
     started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[")]
     assert len(started) == 1 and "lr_x3/seed1" in started[0]
