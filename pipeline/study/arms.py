@@ -18,9 +18,11 @@ from networks import ResUnet3D
 from pipeline.evaluation.metrics import volume_quality
 from pipeline.study.plan import Arm, StudySettings
 from pipeline.training.denoise import train_denoiser
+from pipeline.training.engines import TrainingResult
+from pipeline.training.runinfo import read_run_info
 from pipeline.utils.seed import seed_everything
 
-__all__ = ["METRICS", "arm_network", "arm_training", "denoise_volume", "run_arm"]
+__all__ = ["METRICS", "arm_network", "arm_training", "denoise_volume", "run_arm", "train_for_steps"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,56 @@ def denoise_volume(network: Any, item: Mapping[str, Any], patch: int) -> Any:
         return inferer(torch.as_tensor(item["image"])[None].float().to(device), network)[0].float().cpu()
 
 
+def train_for_steps(
+    network: Any,
+    train_data: Any,
+    val_items: Sequence[Mapping[str, Any]],
+    run_dir: Path,
+    steps: int,
+    seed: int,
+    patch: int,
+    **optimizer: Any,
+) -> tuple[TrainingResult, int]:
+    """Train a denoiser for about ``steps`` steps (whole epochs of one volume each) and validate once, at the end.
+
+    The cosine schedule spans the whole budget, ``model.pt`` is the final network (the one validation picks nothing)
+    and one checkpoint is kept.
+
+    Args:
+        network: the denoiser.
+        train_data: one item per step (:func:`pipeline.study.data.denoising_patches`).
+        val_items: the volumes validated after the last step.
+        run_dir: the run folder.
+        steps: the budget, rounded up to whole epochs.
+        seed: the run seed.
+        patch: the training patch side, also the validation's sliding window.
+        **optimizer: ``optimizer``, ``lr``, ``weight_decay`` (and ``momentum``) of :func:`train_denoiser`.
+
+    Returns:
+        The training result and the number of steps run.
+    """
+    epochs = max(1, math.ceil(steps / len(train_data)))
+    result = train_denoiser(
+        train_data,
+        list(val_items),
+        network,
+        run_dir,
+        max_epochs=epochs,
+        batch_size=1,
+        scheduler="cosine",
+        roi_size=patch,
+        sw_batch_size=4,
+        val_interval=epochs,
+        checkpoint_every=epochs,
+        keep_checkpoints=1,
+        seed=seed,
+        resume=False,
+        progress=False,
+        **optimizer,
+    )
+    return result, epochs * len(train_data)
+
+
 def run_arm(
     arm: Arm,
     seed: int,
@@ -82,46 +134,31 @@ def run_arm(
         ``{"arm", "seed", "steps", "seconds", "cpu_seconds", "seconds_per_step", "precision", "volumes": [{subject,
         metric: value}], "final_loss"}``.
     """
-    steps = steps or settings.steps
-    epochs = max(1, math.ceil(steps / len(train_data)))
     seed_everything(seed)
     network = arm_network(arm, recipe, settings.patch)
     optim = arm_training(arm, recipe)
     shutil.rmtree(run_dir, ignore_errors=True)  # a run killed half-way starts again from its first step
     wall, cpu = time.perf_counter(), time.process_time()
-    result = train_denoiser(
-        train_data,
-        list(val_items),
+    result, done = train_for_steps(
         network,
+        train_data,
+        val_items,
         run_dir,
-        max_epochs=epochs,
-        batch_size=1,
+        steps or settings.steps,
+        seed,
+        settings.patch,
         optimizer=optim["optimizer"],
         lr=optim["lr"],
         momentum=optim["momentum"],
         weight_decay=recipe["weight_decay"],
-        scheduler="cosine",
-        roi_size=settings.patch,
-        sw_batch_size=4,
-        val_interval=epochs,
-        checkpoint_every=epochs,
-        keep_checkpoints=1,
-        seed=seed,
-        resume=False,
-        progress=False,
     )
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    done = epochs * len(train_data)
     volumes = []
     for item in eval_items:
         output = denoise_volume(network, item, settings.patch)
         quality = volume_quality(output, item["label"], item["mask"])
         volumes.append({"subject": item["subject"], **{k: float(quality[k]) for k in METRICS}})
-    info = {}
-    if (run_dir / "run_info.json").is_file():
-        import json
-
-        info = json.loads((run_dir / "run_info.json").read_text())
+    precision = read_run_info(run_dir)["config"]["arguments"]["precision"]
     shutil.rmtree(run_dir, ignore_errors=True)
     logger.info("%s seed %d: %d steps in %.0f s", arm.name, seed, done, wall)
     return {
@@ -131,7 +168,7 @@ def run_arm(
         "seconds": wall,
         "cpu_seconds": cpu,
         "seconds_per_step": wall / done,
-        "precision": info.get("config", {}).get("arguments", {}).get("precision"),
+        "precision": precision,
         "final_loss": result.losses[-1] if result.losses else None,
         "volumes": volumes,
     }

@@ -25,11 +25,11 @@ import torch
 from torch import nn
 
 from networks import ResUnet3D
+from pipeline.study.arms import train_for_steps
 from pipeline.study.plan import StudySettings
 from pipeline.training.batchnorm import reestimate_batchnorm
 from pipeline.training.checkpoint import load_network_state
 from pipeline.training.classify import build_classifier, finetune_classifier
-from pipeline.training.denoise import train_denoiser
 from pipeline.utils.seed import seed_everything
 
 __all__ = [
@@ -73,32 +73,23 @@ def pretrain_denoiser(
     """
     seed_everything(seed)
     network = pretraining_network(recipe)
-    epochs = max(1, math.ceil(settings.pretrain_steps / len(train_data)))
     started = time.perf_counter()
-    train_denoiser(
-        train_data,
-        list(val_items),
+    _, steps = train_for_steps(
         network,
+        train_data,
+        val_items,
         run_dir,
-        max_epochs=epochs,
-        batch_size=1,
+        settings.pretrain_steps,
+        seed,
+        PRETRAIN_PATCH,
         optimizer=recipe["optimizer"],
         lr=recipe["lr"],
         weight_decay=recipe["weight_decay"],
-        scheduler="cosine",
-        roi_size=PRETRAIN_PATCH,
-        sw_batch_size=4,
-        val_interval=epochs,
-        checkpoint_every=epochs,
-        keep_checkpoints=1,
-        seed=seed,
-        resume=False,
-        progress=False,
     )
     return {
         "weights": str(run_dir / "model.pt"),
         "run_dir": str(run_dir),
-        "steps": epochs * len(train_data),
+        "steps": steps,
         "seconds": time.perf_counter() - started,
     }
 
