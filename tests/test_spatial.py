@@ -83,6 +83,21 @@ def test_random_patches_are_centred_inside_the_mask():
         random_patches("image", (8, 0, 8))
 
 
+def test_background_share_of_patch_centres_is_the_one_asked_for():
+    img = np.random.default_rng(0).uniform(size=(1, 24, 24, 24)).astype(np.float32)
+    mask = np.zeros_like(img)
+    mask[0, 8:16, 8:16, 8:16] = 1  # a brain in the middle of air
+    for background in (0.0, 0.3):
+        steps = Compose(random_patches(["image", "mask"], 6, num_samples=400, background=background))
+        patches = steps.set_random_state(1)({"image": img, "mask": mask})
+        outside = np.mean([float(p["mask"][0, 3, 3, 3]) == 0 for p in patches])
+        # binomial(400, 0.3): 4 standard deviations is 0.09
+        assert abs(outside - background) < 0.095, (background, outside)
+    for bad in (-0.1, 1.0, True):
+        with pytest.raises(ValueError, match="background"):
+            random_patches("image", 8, background=bad)
+
+
 def test_small_volumes_are_padded_before_patching():
     img = np.ones((1, 6, 10, 12), dtype=np.float32)
     out = Compose(random_patches(["image", "mask"], patch_size=8)).set_random_state(0)({"image": img, "mask": img})

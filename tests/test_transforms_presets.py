@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 from monai.data import CacheDataset, DataLoader, PersistentDataset
-from monai.transforms import Invertd
+from monai.transforms import Compose, Invertd
 
 from transforms.intensity import percentile_stats
-from transforms.presets import classify_transforms, denoise_transforms
+from transforms.presets import classify_transforms, denoise_transforms, fresh_noise
 
 # Non-RAS orientation (axes permuted, two flipped) and anisotropic voxels.
 AFFINE = np.array([[0.0, 0.0, -1.5, 40.0], [-1.0, 0.0, 0.0, 20.0], [0.0, 2.0, 0.0, -30.0], [0.0, 0.0, 0.0, 1.0]])
@@ -179,3 +179,35 @@ def test_preset_validation():
         denoise_transforms("val", noise="gaussian", level=400)
     with pytest.raises(ValueError, match="stage"):
         classify_transforms("eval")
+
+
+def test_fresh_noise_draws_new_noise_on_the_clean_target_at_every_call():
+    rng = np.random.default_rng(0)
+    clean = torch.as_tensor(rng.uniform(0.2, 1.0, size=(1, 16, 16, 16)).astype(np.float32))
+    item = {"image": clean + 0.5, "label": clean}  # a stale noisy input, to be replaced
+    steps = Compose(fresh_noise("gaussian15")).set_random_state(3)
+    first, second = steps(item), steps(item)
+    for out in (first, second):
+        residual = (out["image"] - clean).numpy()
+        assert abs(residual.mean()) < 0.01  # the input is the clean target plus noise, not the stale one
+        assert residual.std() == pytest.approx(15 / 255, rel=0.1)
+        assert torch.equal(out["label"], clean)
+    assert not torch.equal(first["image"], second["image"])
+    ranged = Compose(fresh_noise("rician", level=(20, 40))).set_random_state(0)(item)
+    assert (ranged["image"] >= 0).all()  # a magnitude
+    assert fresh_noise("") == []
+    with pytest.raises(ValueError, match="needs a level"):
+        fresh_noise("gaussian")
+    with pytest.raises(ValueError, match="noise name"):
+        fresh_noise("speckle5")
+
+
+def test_train_background_share_keeps_the_whole_field_of_view(scans):
+    paths, _, _ = scans
+    item = {"image": str(paths["clean"])}
+    chain = denoise_transforms("train", patch_size=8, num_samples=64, seed=0, background=0.5)
+    patches = chain(item)
+    outside = np.mean([float(p["mask"][0, 4, 4, 4]) == 0 for p in patches])
+    assert 0.25 < outside < 0.75
+    inside_only = denoise_transforms("train", patch_size=8, num_samples=64, seed=0)(item)
+    assert all(float(p["mask"][0, 4, 4, 4]) == 1 for p in inside_only)

@@ -52,7 +52,7 @@ from monai.transforms import (
 
 from transforms.intensity import ScalePercentiled
 from transforms.io import LoadScand, canonical_transforms
-from transforms.noise import NOISE_NAMES, make_noise
+from transforms.noise import NOISE_NAMES, make_noise, parse_noise_name
 from transforms.spatial import (
     HeadMaskd,
     center_crop,
@@ -61,7 +61,7 @@ from transforms.spatial import (
     random_patches,
 )
 
-__all__ = ["STAGES", "classify_transforms", "denoise_transforms", "intensity_augmentation"]
+__all__ = ["STAGES", "classify_transforms", "denoise_transforms", "fresh_noise", "intensity_augmentation"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,47 @@ def _fixed_level(level: float | Sequence[float]) -> float:
     return float(level)
 
 
+def fresh_noise(
+    noise: str,
+    level: float | Sequence[float] | None = None,
+    image_key: str = "image",
+    label_key: str = "label",
+    counts: float = 200.0,
+) -> list[MapTransform]:
+    """Replace the input by its clean target plus noise drawn afresh at every call (paired data, fresh noise).
+
+    A folder of noisy files holds one noise draw per scan, so a network trained on it for many epochs learns those
+    draws; with these steps at the end of the training chain every patch gets a new one (the noisy files still
+    validate and test). The noise is added on the normalised scale (``reference=1``): after ``ScalePercentiled``
+    the clean target's robust maximum is about 1, so ``gaussian15`` means std 15/255 of it, as in the files.
+
+    Args:
+        noise: a noise name as the folders are named, e.g. ``"gaussian15"``, ``"rician10"``, ``"poisson200"``;
+            ``""`` returns no step (train on the noisy files as they are).
+        level: overrides the name's level: a number or a ``(low, high)`` range drawn per patch (a blind denoiser).
+        image_key: the network input, replaced.
+        label_key: the clean target, copied.
+        counts: full-dose counts for ``lowdose``.
+
+    Returns:
+        ``[DeleteItemsd, CopyItemsd, <noise>]``, or ``[]`` for ``noise=""``.
+
+    Raises:
+        ValueError: unknown noise name, no level, or a level out of the model's range.
+    """
+    if not noise:
+        return []
+    name, named_level = parse_noise_name(noise)
+    level = named_level if level is None else level
+    if level is None:
+        raise ValueError(f"fresh noise {noise!r} needs a level: name it (e.g. 'gaussian15') or pass level=.")
+    return [
+        DeleteItemsd(keys=image_key),
+        CopyItemsd(keys=label_key, names=image_key),
+        make_noise(name, level, keys=image_key, counts=counts),
+    ]
+
+
 def denoise_transforms(
     stage: str = "train",
     patch_size: Sequence[int] | int = 64,
@@ -126,6 +167,7 @@ def denoise_transforms(
     val_roi: Sequence[int] | int | None = None,
     id_key: str | None = None,
     mask_file: bool = False,
+    background: float = 0.0,
 ) -> Compose:
     """Preprocessing for training, validating and applying the denoiser.
 
@@ -149,6 +191,8 @@ def denoise_transforms(
         mask_file: the item's ``mask`` is a path to a brain mask on the scan's grid (e.g. the demo cohort's
             ``masks/``), loaded with nearest-neighbour resampling and binarised at 0.5; otherwise the mask is
             ``HeadMask`` of the clean scan.
+        background: share of training patches centred outside the brain mask (then the whole field of view is
+            kept; with 0 the volume is cropped to the brain's bounding box plus ``margin``).
 
     Returns:
         A ``Compose``; with ``stage="train"`` it returns a list of ``num_samples`` dictionaries per item.
@@ -187,8 +231,9 @@ def denoise_transforms(
         steps.append(ScalePercentiled(keys=pair, stats_key="image", **scale_kw))
     keys = ["image", "label", "mask"]
     if stage == "train":
-        steps.append(foreground_crop(keys, source_key="mask", margin=margin))
-        steps += random_patches(keys, patch_size, w_key="mask", num_samples=num_samples)
+        if not background:
+            steps.append(foreground_crop(keys, source_key="mask", margin=margin))
+        steps += random_patches(keys, patch_size, w_key="mask", num_samples=num_samples, background=background)
         if augment:
             steps.append(RandFlipd(keys=keys, spatial_axis=0, prob=0.5))
         return Compose(steps).set_random_state(seed=seed)

@@ -10,8 +10,8 @@ per RGB/HSV channel, no hole filling, no component selection), hence the other n
 
 The helpers return MONAI dictionary transforms: :func:`foreground_crop` (``CropForegroundd`` on the mask),
 :func:`divisible_pad` (``DivisiblePadd``, for a network whose total stride is ``k``), :func:`random_patches`
-(``RandWeightedCropd``: patch centres drawn with probability proportional to the mask, i.e. uniformly inside
-the brain) and :func:`center_crop` (``ResizeWithPadOrCropd``: centre crop, padding where the scan is smaller).
+(patch centres drawn uniformly inside the brain with ``RandWeightedCropd``, or a set share of them outside it, in air
+and skull, with ``RandCropByPosNegLabeld``) and :func:`center_crop` (``ResizeWithPadOrCropd``: centre crop, padding where the scan is smaller).
 All are invertible through ``Invertd``.
 """
 
@@ -28,6 +28,7 @@ from monai.transforms import (
     CropForegroundd,
     DivisiblePadd,
     MapTransform,
+    RandCropByPosNegLabeld,
     RandWeightedCropd,
     ResizeWithPadOrCropd,
     SpatialPadd,
@@ -207,31 +208,46 @@ def random_patches(
     patch_size: Sequence[int] | int,
     w_key: str = "mask",
     num_samples: int = 1,
+    background: float = 0.0,
 ) -> list[MapTransform]:
-    """Foreground-weighted random patches: pad to at least ``patch_size``, then ``RandWeightedCropd``.
+    """Random patches centred in the brain, or a set share of them outside it.
 
-    Patch centres are drawn with probability proportional to ``w_key`` (the 0/1 mask: uniformly inside the
-    brain; background centres are never drawn while the mask has a foreground voxel).
+    With ``background=0`` patch centres are drawn with probability proportional to ``w_key`` (the 0/1 mask:
+    uniformly inside the brain, ``RandWeightedCropd``). With ``background > 0`` each centre lies outside the mask
+    with that probability and inside it otherwise, uniformly in each (``RandCropByPosNegLabeld``), so the network
+    also learns what to do with air, skull and scalp: a denoiser trained on brain patches only leaves the noise
+    outside the brain almost untouched.
 
     Args:
         keys: keys to crop together (image, label, mask).
         patch_size: patch size ``(H, W, D)`` or one int.
-        w_key: key of the sampling weights.
+        w_key: key of the 0/1 brain mask (sampling weights).
         num_samples: patches per volume; the item becomes a list of ``num_samples`` dictionaries.
+        background: probability that a patch centre lies outside the mask, in ``[0, 1)``.
 
     Returns:
-        ``[SpatialPadd, RandWeightedCropd]``.
+        ``[SpatialPadd, RandWeightedCropd]`` or ``[SpatialPadd, RandCropByPosNegLabeld]``.
 
     Raises:
-        ValueError: non-positive ``patch_size`` or ``num_samples``.
+        ValueError: non-positive ``patch_size`` or ``num_samples``, or ``background`` outside ``[0, 1)``.
     """
     size = _check_size(patch_size, "patch_size")
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
-    return [
-        SpatialPadd(keys=keys, spatial_size=size, mode="constant"),
-        RandWeightedCropd(keys=keys, w_key=w_key, spatial_size=size, num_samples=int(num_samples)),
-    ]
+    if isinstance(background, bool) or not isinstance(background, (int, float)) or not 0.0 <= background < 1.0:
+        raise ValueError(f"background must be a share in [0, 1), got {background!r}.")
+    pad = SpatialPadd(keys=keys, spatial_size=size, mode="constant")
+    if background == 0:
+        return [pad, RandWeightedCropd(keys=keys, w_key=w_key, spatial_size=size, num_samples=int(num_samples))]
+    crop = RandCropByPosNegLabeld(
+        keys=keys,
+        label_key=w_key,
+        spatial_size=size,
+        pos=1.0 - float(background),
+        neg=float(background),
+        num_samples=int(num_samples),
+    )
+    return [pad, crop]
 
 
 def center_crop(keys: KeysCollection, roi_size: Sequence[int] | int) -> ResizeWithPadOrCropd:

@@ -110,6 +110,11 @@ class DemoSettings:
         batch_size: denoiser volumes per batch.
         num_samples: patches drawn per volume and epoch.
         learning_rate: denoiser learning rate (Adam, cosine schedule).
+        train_noise: noise drawn afresh on the clean target for every training patch (``train_denoise.yaml``'s
+            ``train_noise``; the cohort's noise, so the test volumes' noise model); ``""`` trains on the one fixed
+            draw per subject in ``gaussian15/``, which the network learns by heart.
+        background_fraction: share of training patches centred outside the brain (the cohort's air): with none the
+            network never sees the background and leaves its noise in place.
         val_interval: validate the denoiser every this many epochs (whole volumes; the best one is kept).
         denoise_val_subjects: cohort *train* subjects held back to validate the denoiser.
         classifier_epochs: epochs of each classifier.
@@ -139,6 +144,8 @@ class DemoSettings:
     batch_size: int = 2
     num_samples: int = 2
     learning_rate: float = 3e-3
+    train_noise: str = "gaussian15"
+    background_fraction: float = 0.25
     val_interval: int = 4
     denoise_val_subjects: int = 2
     classifier_epochs: int = 24
@@ -168,6 +175,8 @@ class DemoSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.subjects < 8:
             raise ValueError(f"subjects must be >= 8 (each split part needs both classes), got {self.subjects}")
+        if not 0 <= self.background_fraction < 1:
+            raise ValueError(f"background_fraction must be in [0, 1), got {self.background_fraction}")
         for name in ("learning_rate", "classifier_learning_rate"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
@@ -487,6 +496,8 @@ def _train_denoiser(out: Path, settings: DemoSettings, cohort: _CohortInfo) -> N
         batch_size=settings.batch_size,
         num_samples=settings.num_samples,
         learning_rate=settings.learning_rate,
+        train_noise=settings.train_noise,
+        background_fraction=settings.background_fraction,
         val_interval=settings.val_interval,
         cache_rate=1.0,
         num_workers=0,
@@ -806,6 +817,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.demo
         "--quick", action="store_true", help="a smoke run: 8 small subjects, one epoch each (also RESUNET3D_TINY=1)"
     )
     parser.add_argument("--fresh", action="store_true", help="start over even if --out holds this run")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed of the cohort, splits, weights and data order (default: 0)"
+    )
     args = parser.parse_args(argv)
     from pipeline.utils.tiny import enabled as tiny
 
@@ -814,6 +828,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.demo
         check_out(args.out)
         _setup_logging(args.out)
         settings = QUICK if args.quick else DEFAULT
+        if args.seed is not None:
+            settings = dataclasses.replace(settings, seed=args.seed)
         announce(settings, quick=args.quick)
         results = run_demo(args.out, settings, fresh=args.fresh)
     except OutputFolderError as error:
