@@ -285,6 +285,21 @@ def test_override_reaches_the_network_and_unet_is_one_line(paired6):
     assert net(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 1, 16, 16, 16)
 
 
+def test_fresh_training_noise_and_background_patches_reach_the_training_items(paired6):
+    overrides = {"dataset_dir": os.fspath(paired6), "cache_rate": 0.0, **FAST}
+    workflow = create_workflow(TRAIN, logging_file=False, train_noise="gaussian15", background_fraction=0.5, **overrides)
+    dataset = workflow.parser.get_parsed_content("train::dataset")
+    first, second = dataset[0], dataset[0]
+    for patches in (first, second):
+        residual = torch.cat([(p["image"] - p["label"]).flatten() for p in patches])
+        assert float(residual.std()) == pytest.approx(15 / 255, rel=0.15)  # fresh noise on the normalised scale
+    assert not torch.equal(first[0]["image"] - first[0]["label"], second[0]["image"] - second[0]["label"])
+    crop = workflow.parser.get_parsed_content("train::patches")[-1]
+    assert (crop.cropper.pos_ratio, type(crop).__name__) == (0.5, "RandCropByPosNegLabeld")
+    plain = create_workflow(TRAIN, logging_file=False, **overrides)
+    assert plain.parser.get_parsed_content("train::noise") == []  # the default trains on the noisy files
+
+
 def test_notes_run_reproduces_the_notes_settings():
     workflow = create_workflow(cfg("train_denoise.yaml", "notes_run.yaml"), logging_file=False, initialize=False)
     parser = workflow.parser
