@@ -181,7 +181,7 @@ def test_the_demo_announces_its_plan_and_duration_for_the_cpu_it_runs_on(caplog)
     with caplog.at_level(logging.INFO, logger="pipeline.demo"):
         lines = demo.announce(demo.DEFAULT, hardware=avx2)
     assert [r.getMessage() for r in caplog.records] == lines
-    assert lines[0].startswith("demo: build a 32-subject cohort at 2 mm, train the denoiser for 40 epochs")
+    assert lines[0].startswith("demo: build a 32-subject cohort at 2 mm, train the denoiser for 80 epochs")
     assert lines[1].startswith("expected: about 17 min on this machine (2 logical CPUs, AVX2 only, no AVX-512)")
     assert "8.6 min with AVX-512 + AVX512-BF16, 17.3 min with AVX2 only" in lines[1]
     assert lines[2].startswith("CPU: AMD EPYC 7B12, 2 logical CPUs, AVX2, no AVX-512")

@@ -139,7 +139,7 @@ class DemoSettings:
             "residual_output": True,
         }
     )
-    denoise_epochs: int = 40
+    denoise_epochs: int = 80
     patch_size: int = 32
     batch_size: int = 2
     num_samples: int = 2
