@@ -36,10 +36,12 @@ __all__ = [
     "describe_cpu",
     "expected_duration",
     "format_table",
+    "head_mask",
     "load_real_scan",
     "load_template",
     "machine_info",
     "median_seconds",
+    "nibabel_data_dir",
     "noisy_copy",
     "poisson_scale",
     "write_json",
@@ -294,6 +296,32 @@ def load_template() -> tuple[np.ndarray, np.ndarray]:
     return np.array(template.t1), template.mask > 0.5
 
 
+def nibabel_data_dir() -> Path:
+    """The folder of the test data that ships inside the installed nibabel package (real scans among them).
+
+    Returns:
+        ``<nibabel>/tests/data``.
+    """
+    import nibabel as nib
+
+    return Path(nib.__file__).parent / "tests" / "data"
+
+
+def head_mask(volume: np.ndarray) -> np.ndarray:
+    """The head of a scan without a brain mask: its Otsu foreground with holes filled.
+
+    Args:
+        volume: a 3-D volume (any intensity scale).
+
+    Returns:
+        The boolean mask, same shape.
+    """
+    from scipy import ndimage
+    from skimage.filters import threshold_otsu
+
+    return ndimage.binary_fill_holes(volume > threshold_otsu(volume))
+
+
 def load_real_scan() -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Load the real T1 scan of a person that ships with nibabel's test data, scaled to [0, 1], with a head mask.
 
@@ -307,17 +335,14 @@ def load_real_scan() -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         ``(volume, mask, info)`` with ``info`` holding the path, shape, spacing and estimated noise sigma (0-255).
     """
     import nibabel as nib
-    from scipy import ndimage
-    from skimage.filters import threshold_otsu
     from skimage.restoration import estimate_sigma
 
     from transforms.intensity import ScalePercentile
 
-    path = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
-    image = nib.load(path)
+    image = nib.load(nibabel_data_dir() / "anatomical.nii")
     data = np.asarray(image.get_fdata(), dtype=np.float32)
     volume = np.asarray(ScalePercentile(lower=0.5, nonzero=False, clip=True)(data[None])[0], dtype=np.float32)
-    mask = ndimage.binary_fill_holes(volume > threshold_otsu(volume))
+    mask = head_mask(volume)
     sigma = float(estimate_sigma(volume))
     info = {
         "path": REAL_SCAN,
@@ -334,23 +359,24 @@ def noisy_copy(clean: np.ndarray, kind: str, seed: int, level: float = 15.0) -> 
 
     Args:
         clean: the clean volume on the [0, 1] scale (the reference intensity is 1).
-        kind: ``"gaussian"`` (``RandGaussianNoise255``: sigma = ``level`` / 255 of the [0, 1] range) or
-            ``"poisson"`` (``RandPoissonNoise``: ``Poisson(clean * s) / s`` with ``s`` = :func:`poisson_scale`, so
-            variance = mean / s).
+        kind: ``"gaussian"`` (``RandGaussianNoise255``: sigma = ``level`` / 255 of the [0, 1] range),
+            ``"rician"`` (``RandRicianNoise``: the magnitude of the volume plus complex Gaussian noise of that sigma
+            per channel) or ``"poisson"`` (``RandPoissonNoise``: ``Poisson(clean * s) / s`` with ``s`` =
+            :func:`poisson_scale`, so variance = mean / s).
         seed: seed of the transform's random state.
-        level: Gaussian sigma on the 0-255 scale (ignored for Poisson).
+        level: Gaussian or Rician sigma on the 0-255 scale (ignored for Poisson).
 
     Returns:
         The noisy float32 volume (not clipped).
 
     Raises:
-        ValueError: if ``kind`` is not one of the two names, or the volume does not suit the model.
+        ValueError: if ``kind`` is not one of the three names, or the volume does not suit the model.
     """
     from transforms.noise import make_noise
 
-    if kind not in ("gaussian", "poisson"):
-        raise ValueError(f"kind must be 'gaussian' or 'poisson', got {kind!r}")
-    noise = make_noise(kind, level if kind == "gaussian" else poisson_scale(), keys=None).set_random_state(seed)
+    if kind not in ("gaussian", "rician", "poisson"):
+        raise ValueError(f"kind must be 'gaussian', 'rician' or 'poisson', got {kind!r}")
+    noise = make_noise(kind, poisson_scale() if kind == "poisson" else level, keys=None).set_random_state(seed)
     return np.asarray(noise(np.asarray(clean, dtype=np.float32)[None])[0], dtype=np.float32)
 
 

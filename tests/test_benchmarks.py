@@ -54,7 +54,7 @@ def test_noisy_copy_statistics_and_seeding():
     np.testing.assert_array_equal(gauss, _common.noisy_copy(clean, "gaussian", seed=1))
     assert not np.array_equal(gauss, _common.noisy_copy(clean, "gaussian", seed=2))
     with pytest.raises(ValueError, match="kind"):
-        _common.noisy_copy(clean, "rician", seed=0)
+        _common.noisy_copy(clean, "speckle", seed=0)
 
 
 def test_template_is_the_cohort_template_on_the_whole_grid():
