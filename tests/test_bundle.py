@@ -287,7 +287,8 @@ def test_override_reaches_the_network_and_unet_is_one_line(paired6):
 
 def test_fresh_training_noise_and_background_patches_reach_the_training_items(paired6):
     overrides = {"dataset_dir": os.fspath(paired6), "cache_rate": 0.0, **FAST}
-    workflow = create_workflow(TRAIN, logging_file=False, train_noise="gaussian15", background_fraction=0.5, **overrides)
+    fresh = {"train_noise": "gaussian15", "background_fraction": 0.5}
+    workflow = create_workflow(TRAIN, logging_file=False, **fresh, **overrides)
     dataset = workflow.parser.get_parsed_content("train::dataset")
     first, second = dataset[0], dataset[0]
     for patches in (first, second):
@@ -298,6 +299,7 @@ def test_fresh_training_noise_and_background_patches_reach_the_training_items(pa
     assert (crop.cropper.pos_ratio, type(crop).__name__) == (0.5, "RandCropByPosNegLabeld")
     plain = create_workflow(TRAIN, logging_file=False, **overrides)
     assert plain.parser.get_parsed_content("train::noise") == []  # the default trains on the noisy files
+    assert plain.parser.get_parsed_content("background_fraction") == 0.25
 
 
 def test_notes_run_reproduces_the_notes_settings():

@@ -11,8 +11,8 @@ per RGB/HSV channel, no hole filling, no component selection), hence the other n
 The helpers return MONAI dictionary transforms: :func:`foreground_crop` (``CropForegroundd`` on the mask),
 :func:`divisible_pad` (``DivisiblePadd``, for a network whose total stride is ``k``), :func:`random_patches`
 (patch centres drawn uniformly inside the brain with ``RandWeightedCropd``, or a set share of them outside it, in air
-and skull, with ``RandCropByPosNegLabeld``) and :func:`center_crop` (``ResizeWithPadOrCropd``: centre crop, padding where the scan is smaller).
-All are invertible through ``Invertd``.
+and skull, with ``RandCropByPosNegLabeld``) and :func:`center_crop` (``ResizeWithPadOrCropd``: centre crop, padding
+where the scan is smaller). All are invertible through ``Invertd``.
 """
 
 from __future__ import annotations
