@@ -1,7 +1,7 @@
 """Trained denoisers against NL means, a Gaussian filter and BM4D on every real head scan shipped in the packages.
 
 Run: ``python -m benchmarks.real_scans --weights RUN/model.pt [--weights OTHER/model.pt --label other]
-[--levels 5 10 15 25] [--noises gaussian rician] [--scans anatomical ...] [--skip bm4d] [--quick]
+[--levels 5 10 15 25] [--noises gaussian rician] [--scans anatomical ...] [--skip bm4d] [--adapt 15] [--quick]
 [--out benchmarks/results/real_scans.json]``.
 
 Scans (:func:`real_scans`; nothing is downloaded): the real scans of a person in nibabel's test data
@@ -31,6 +31,10 @@ bundle's 32^3 tiles (``--roi``; the card's training patch is not the tile, as in
 0.25 (``--overlap``), Gaussian blending, ``torch.inference_mode``, ``--precision`` (auto: bf16 on a CPU with native
 bf16, as the bundle)).
 
+Adaptation (``--adapt LEVEL ...``): each network is also fine-tuned, without any clean reference, on the site's own
+noisy scans (every scan at one noise type and level, written to a temporary folder) with the blind-spot loss and the
+held-out guard of ``adapt.yaml`` (:func:`adapt_to_site`), and scored again as ``<label>+n2s``.
+
 Scores: PSNR (data range 1) and SSIM (:func:`pipeline.evaluation.metrics.volume_quality`) in the head mask and over the
 whole volume, seconds (wall and CPU) per volume for the run that is scored (tuning not counted). The issue's targets,
 as differences measured side by side: each network - NL means >= +1 dB, - best Gaussian filter >= +1 dB,
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -73,6 +78,7 @@ __all__ = [
     "TARGETS",
     "RealScan",
     "differences",
+    "adapt_to_site",
     "load_denoiser",
     "main",
     "noisy_cases",
@@ -284,6 +290,55 @@ def score_network(
     return _scored(case, label, lambda: denoise_with_network(model, case["noisy"], patch, overlap, bf16))
 
 
+def adapt_to_site(
+    model: torch.nn.Module, cases: Sequence[dict[str, Any]], folder: Path, iterations: int, seed: int
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Self-supervised adaptation on a folder of the noisy scans themselves, no clean reference (``adapt.yaml``).
+
+    The noisy volumes of ``cases`` (one site: every scan at one noise type and level) are written to ``folder`` as
+    NIfTI and :func:`pipeline.training.adapt.adapt_denoiser` fine-tunes a copy of ``model`` on them with the
+    blind-spot loss and its held-out guard, with the bundle's preprocessing (load, orient, divide by the robust
+    maximum). The references are never read.
+
+    Args:
+        model: the trained denoiser (left unchanged).
+        cases: the site's noisy cases (:func:`noisy_cases`).
+        folder: an empty folder for the site's scans and the adapted weights.
+        iterations: adaptation steps at most.
+        seed: seeds the patches, masks and hold-out.
+
+    Returns:
+        ``(adapted copy, or the unchanged copy when the guard refused it; the adaptation's report)``.
+    """
+    import copy
+
+    import nibabel as nib
+    from monai.transforms import Compose
+
+    from pipeline.training.adapt import adapt_denoiser
+    from transforms.intensity import ScalePercentiled
+    from transforms.io import LoadScand, canonical_transforms
+
+    scans = folder / "scans"
+    scans.mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        nib.save(nib.Nifti1Image(case["noisy"].astype(np.float32), np.eye(4)), scans / f"{case['scan']}.nii.gz")
+    items = [{"image": str(path), "subject": path.name.split(".")[0]} for path in sorted(scans.iterdir())]
+    preprocessing = Compose(
+        [
+            LoadScand(keys="image"),
+            *canonical_transforms("image", None),
+            ScalePercentiled(keys="image", stats_key="image", lower=None, upper=99.5, nonzero=True, clip=False),
+        ]
+    )
+    network = copy.deepcopy(model)
+    result = adapt_denoiser(
+        network, items, preprocessing, folder / "adapted.pt", patch_size=32, iterations=iterations, seed=seed
+    )
+    report = {"accepted": result.accepted, "reason": result.reason, "iterations": result.iterations}
+    return network.eval(), report | {"start_loss": result.start_loss, "best_loss": result.best_loss}
+
+
 def load_denoiser(weights: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild a trained denoiser from its model card and load its weights, as ``pipeline.inference.infer`` does.
 
@@ -435,6 +490,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap (the bundle's default)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="the networks' precision")
     parser.add_argument("--quick", action="store_true", help="one scan, one level, no BM4D, short grids: a smoke run")
+    parser.add_argument(
+        "--adapt", type=float, nargs="*", default=[], help="levels at which each network is also adapted to the site"
+    )
+    parser.add_argument("--adapt-iterations", type=int, default=200, help="blind-spot adaptation steps at most")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(default_out("real_scans")))
     args = parser.parse_args(argv)
@@ -468,6 +527,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{case['scan']} {case['noise']} {case['level']:g}: PSNR head "
             + ", ".join(f"{r['method']} {r['psnr_head']:.2f}" for r in mine)
         )
+    adaptations = []
+    for label, (model, _) in networks.items():
+        for level in args.adapt:
+            for noise in args.noises:
+                site = [c for c in cases if c["noise"] == noise and c["level"] == float(level)]
+                if not site:
+                    continue
+                with tempfile.TemporaryDirectory() as tmp:
+                    adapted, report = adapt_to_site(model, site, Path(tmp), args.adapt_iterations, args.seed)
+                adaptations.append({"network": label, "noise": noise, "level": float(level)} | report)
+                print(f"{label} adapted to {noise} {level:g}: {report['reason']}", flush=True)
+                rows += [
+                    score_network(c, f"{label}+n2s", adapted, args.roi, args.overlap, precision == "bf16") for c in site
+                ]
+    if adaptations:
+        labels += [f"{label}+n2s" for label in networks]
     diffs = differences(rows, labels)
     _print_tables(rows, scans, diffs)
     ratios = _targets(diffs, labels)
@@ -507,6 +582,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "scans": [s.info() for s in scans],
         "left_out": LEFT_OUT,
         "rows": rows,
+        "adaptations": adaptations,
         "differences": diffs,
         "ratios": ratios,
     }

@@ -118,3 +118,19 @@ def test_quick_run_scores_a_trained_network_file_and_writes_the_json(tmp_path, c
 def test_networks_are_named_by_label_then_by_folder_and_repeated_names_are_numbered():
     assert real_scans._labels(["runs/a/model.pt", "runs/b/model.pt"], ["mine"]) == ["mine", "b"]
     assert real_scans._labels(["runs/a/model.pt", "runs/a/best.pt"], []) == ["a (1)", "a (2)"]
+
+
+def test_adaptation_to_the_site_never_reads_the_reference_and_is_scored_beside(tmp_path, anatomical):
+    weights = make_model(tmp_path / "tiny" / "model.pt")
+    model, _ = real_scans.load_denoiser(weights)
+    (case,) = real_scans.noisy_cases([anatomical], ["gaussian"], [15.0], seed=0)
+    blind = dict(case, clean=None, mask=None)  # adaptation must not need the reference
+    adapted, report = real_scans.adapt_to_site(model, [blind], tmp_path / "site", iterations=2, seed=0)
+    assert adapted is not model and {"accepted", "reason", "start_loss", "best_loss"} <= set(report)
+    assert report["iterations"] <= 2 and isinstance(report["reason"], str)
+    out = tmp_path / "adapt.json"
+    args = ["--quick", "--weights", str(weights), "--adapt", "15", "--adapt-iterations", "2", "--out", str(out)]
+    data = real_scans.main(args)
+    assert [(a["network"], a["noise"]) for a in data["adaptations"]] == [("tiny", "gaussian"), ("tiny", "rician")]
+    assert {r["method"] for r in data["rows"]} >= {"tiny", "tiny+n2s"}
+    assert {d["network"] for d in data["differences"]} == {"tiny", "tiny+n2s"}
