@@ -23,8 +23,8 @@ from torch import nn
 from torch.optim import Optimizer
 
 from networks import FREEZE_ORDER, freeze_until
-from pipeline.training.batchnorm import reestimate_batchnorm
 from pipeline.errors import NonFiniteLossError
+from pipeline.training.batchnorm import reestimate_batchnorm
 from pipeline.utils.seed import epoch_seed, reseed
 
 __all__ = [
