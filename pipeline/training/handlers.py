@@ -6,6 +6,7 @@ Everything here attaches to MONAI's ``SupervisedTrainer``/``SupervisedEvaluator`
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -108,8 +109,6 @@ class BatchNormRefresh:
 
     def __call__(self, engine: Engine | None = None) -> None:
         """Re-estimate the statistics from the next ``batches`` batches of a new pass over the loader."""
-        import itertools
-
         layers = reestimate_batchnorm(self.network, itertools.islice(iter(self.loader), self.batches), self.device)
         if layers:
             logger.debug("re-estimated %d batch-norm layers on %d training batches", layers, self.batches)
