@@ -6,7 +6,6 @@ Everything here attaches to MONAI's ``SupervisedTrainer``/``SupervisedEvaluator`
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import time
@@ -25,12 +24,10 @@ from torch.optim import Optimizer
 
 from networks import FREEZE_ORDER, freeze_until
 from pipeline.errors import NonFiniteLossError
-from pipeline.training.batchnorm import reestimate_batchnorm
 from pipeline.utils.seed import epoch_seed, reseed
 
 __all__ = [
     "AutocastInferer",
-    "BatchNormRefresh",
     "ChannelsLastInferer",
     "CopyBatchKeys",
     "EpochReseed",
@@ -74,44 +71,6 @@ class EpochReseed:
             loader = getattr(engine, "data_loader", None)
             datasets = [getattr(loader, "dataset", None)]
         reseed(epoch_seed(self.seed, engine.state.epoch), *datasets)
-
-
-class BatchNormRefresh:
-    """Re-estimate the batch-norm running statistics on fresh training batches before each validation.
-
-    Running statistics follow the last few batches (momentum 0.1). When batches differ a lot (a few patches of a
-    volume, some of them in the air around the head), they swing from batch to batch, and a network evaluated with
-    them swings too: a denoiser's validation PSNR jumped by 3-6 dB between consecutive checks while its training
-    loss did not. Replacing them by a cumulative average over ``batches`` new batches
-    (:func:`pipeline.training.batchnorm.reestimate_batchnorm`, no gradient, weights untouched) makes the evaluated
-    and the saved network the one its weights describe. Training steps use batch statistics and are unaffected.
-
-    Args:
-        network: the trained network.
-        loader: the training data loader (a new iterator is drawn at each refresh).
-        batches: batches averaged (0 turns the handler off).
-        interval: refresh every ``interval`` epochs; list it before ``ValidationHandler`` with the same interval.
-        device: where the forward passes run.
-    """
-
-    def __init__(
-        self, network: nn.Module, loader: Any, batches: int = 16, interval: int = 1, device: Any = "cpu"
-    ) -> None:
-        if isinstance(batches, bool) or int(batches) < 0 or int(interval) < 1:
-            raise ValueError(f"batches must be >= 0 and interval >= 1, got {batches} and {interval}")
-        self.network, self.loader, self.batches = network, loader, int(batches)
-        self.interval, self.device = int(interval), device
-
-    def attach(self, engine: Engine) -> None:
-        """Register on the trainer's ``EPOCH_COMPLETED`` every ``interval`` epochs."""
-        if self.batches:
-            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
-
-    def __call__(self, engine: Engine | None = None) -> None:
-        """Re-estimate the statistics from the next ``batches`` batches of a new pass over the loader."""
-        layers = reestimate_batchnorm(self.network, itertools.islice(iter(self.loader), self.batches), self.device)
-        if layers:
-            logger.debug("re-estimated %d batch-norm layers on %d training batches", layers, self.batches)
 
 
 class NonFiniteLossGuard:
