@@ -25,6 +25,7 @@ from pipeline.training.model_card import (
     ModelConfigMismatchError,
     build_network,
     card_path,
+    copy_model_card,
     export_torchscript,
     load_torchscript,
     read_model_card,
@@ -144,3 +145,17 @@ def test_torchscript_exports_embed_the_card_and_denoise_alike(trained, scan, tmp
         config_file=configs,
     )
     assert read_model_card(tmp_path / "monai.ts")["network_def"] == card["network_def"]
+
+
+def test_weights_derived_from_others_get_their_card_only_when_written(tmp_path):
+    network = ResUnet3D(model_depth=10, block_inplanes=[4, 8, 8, 8], levels=2)
+    source, target = tmp_path / "model.pt", tmp_path / "adapted.pt"
+    torch.save(network.state_dict(), source)
+    write_model_card(source, network, "denoise")
+    assert copy_model_card(source, target) is None and not card_path(target).exists()  # refused: no weights
+    torch.save(network.state_dict(), target)
+    assert copy_model_card(source, target) == card_path(target)
+    card = read_model_card(target)
+    assert card["derived_from"] == str(source)
+    assert {k: v for k, v in card.items() if k != "derived_from"} == read_model_card(source)
+    assert isinstance(build_network(card), ResUnet3D)

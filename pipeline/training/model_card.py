@@ -51,6 +51,7 @@ __all__ = [
     "apply_model_card",
     "build_network",
     "card_path",
+    "copy_model_card",
     "export_torchscript",
     "load_torchscript",
     "network_config",
@@ -221,6 +222,28 @@ def read_model_card(weights: str | os.PathLike) -> dict[str, Any] | None:
     if not isinstance(card, dict) or CARD_KEY not in card:
         raise CheckpointError(f"{source} is not a model card (no {CARD_KEY!r} section).")
     return card
+
+
+def copy_model_card(source: str | os.PathLike, target: str | os.PathLike) -> Path | None:
+    """Give weights derived from ``source`` (e.g. adapted to a site) its card, noting where they came from.
+
+    Nothing is written when ``target`` does not exist (an adaptation that was refused) or ``source`` has no card.
+
+    Args:
+        source: the weights the new ones started from (their card is read).
+        target: the new weights file.
+
+    Returns:
+        The card written, or ``None``.
+    """
+    card = read_model_card(source)
+    if card is None or not Path(target).is_file():
+        return None
+    path = card_path(target)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({**card, "derived_from": os.fspath(source)}, indent=2) + "\n", encoding="utf-8")
+    logger.info("wrote the model card %s (from %s)", path, card_path(source))
+    return path
 
 
 def build_network(card: Mapping[str, Any]) -> torch.nn.Module:
