@@ -87,9 +87,9 @@ _CLASS_NAMES = ("control", "patient")
 #: The demo's figures (README, report) were measured in float32; ``precision: auto`` would turn bf16 on where the CPU
 #: has it natively and change them, so the demo pins float32 on every CPU.
 _PRECISION = "fp32"
-#: Wall minutes of the default demo on 2 idle cores, set-up excluded: a 2-core AMD EPYC with AVX-512 and AVX512-BF16
-#: (README, 2026-11-26) and a 2-core AMD EPYC with AVX2 only (issue 11).
-_MEASURED_MIN = {"avx512": 8.6, "avx2": 17.3}
+#: Wall minutes of the default demo on 2 idle cores, set-up excluded (README, 2026-11-27): a 2-core Intel Xeon with
+#: AVX-512, AVX512-BF16 and AMX, and the same CPU with torch's and oneDNN's kernels limited to AVX2.
+_MEASURED_MIN = {"avx512": 13.7, "avx2": 18.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +191,7 @@ class DemoSettings:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-#: The demo ``make demo`` runs (sized for about 15 minutes on 2 CPU cores).
+#: The demo ``make demo`` runs (14 minutes on 2 AVX-512 cores, 18 with AVX2 kernels only).
 DEFAULT = DemoSettings()
 
 #: A smoke run of every stage in about a minute: 8 subjects at 4 mm (40x48x40), one epoch each.
@@ -747,8 +747,8 @@ def _machine() -> dict[str, Any]:
 def announce(settings: DemoSettings, quick: bool = False, hardware: Any = None) -> list[str]:
     """Log what the demo is about to do and roughly how long it takes on this machine.
 
-    The estimate scales the default demo's measured wall time on 2 cores (:data:`_MEASURED_MIN`: 8.6 min with
-    AVX-512, 17.3 min with AVX2 only; float32 either way) by the number of logical CPUs; ``--quick`` takes about a
+    The estimate scales the default demo's measured wall time on 2 cores (:data:`_MEASURED_MIN`: 13.7 min with
+    AVX-512, 18.0 min with AVX2 kernels; float32 either way) by the number of logical CPUs; ``--quick`` takes about a
     minute.
 
     Args:
@@ -771,8 +771,8 @@ def announce(settings: DemoSettings, quick: bool = False, hardware: Any = None) 
         f" denoise and classify the held-out subjects, score {', '.join(settings.classical)}, write report.md",
         f"expected: about {minutes:.0f} min on this machine ({cores} logical CPUs, "
         + ("AVX-512" if kind == "avx512" else "AVX2 only, no AVX-512")
-        + f"); measured on 2 idle cores: {_MEASURED_MIN['avx512']} min with AVX-512 + AVX512-BF16, "
-        f"{_MEASURED_MIN['avx2']} min with AVX2 only (set-up excluded)"
+        + f"); measured on 2 idle cores: {_MEASURED_MIN['avx512']} min with AVX-512 + AMX, "
+        f"{_MEASURED_MIN['avx2']} min with AVX2 kernels only (set-up excluded)"
         + ("; the --quick smoke run takes about a minute" if quick else ""),
         f"CPU: {hardware.describe_cpu()}",
         f"precision: {_PRECISION} on every CPU (the demo's reported figures were measured in float32)",
@@ -809,7 +809,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.demo
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Build the demo cohort, train the denoiser and two classifiers, run inference, write a report.",
-        epilog=f"example:\n  {prog} --out demo --quick   # every stage in about a minute (without --quick: 15 min)",
+        epilog=f"example:\n  {prog} --out demo --quick   # every stage in about a minute (without --quick: 14-18 min on 2 cores)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default: demo)")
