@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(format_table(summary["differences"], ["contrast", "region", "mean dB", "low", "high", "beats"]))
     result = {"machine": machine_info(), "seeds": args.seeds, "settings": base.to_dict()} | summary
     result["demo_seconds"] = [round(r["total_wall_s"], 1) for r in results]
-    write_json(json.loads(json.dumps(result)), args.out)
+    write_json(result, args.out)
     return result
 
 

@@ -110,9 +110,9 @@ class DemoSettings:
         batch_size: denoiser volumes per batch.
         num_samples: patches drawn per volume and epoch.
         learning_rate: denoiser learning rate (Adam, cosine schedule).
-        train_noise: noise drawn afresh on the clean target for every training patch (``train_denoise.yaml``'s
-            ``train_noise``; the cohort's noise, so the test volumes' noise model); ``""`` trains on the one fixed
-            draw per subject in ``gaussian15/``, which the network learns by heart.
+        fresh_noise: draw the cohort's noise (the noise of its ``gaussian15/`` folder, so the test volumes' noise
+            model) afresh on the clean target for every training patch (``train_denoise.yaml``'s ``train_noise``);
+            ``False`` trains on the folder's one fixed draw per subject, which the network learns by heart.
         background_fraction: share of training patches centred outside the brain (the cohort's air): with none the
             network never sees the background and leaves its noise in place.
         val_interval: validate the denoiser every this many epochs (whole volumes; the best one is kept).
@@ -144,7 +144,7 @@ class DemoSettings:
     batch_size: int = 2
     num_samples: int = 2
     learning_rate: float = 3e-3
-    train_noise: str = "gaussian15"
+    fresh_noise: bool = True
     background_fraction: float = 0.25
     val_interval: int = 4
     denoise_val_subjects: int = 2
@@ -496,7 +496,7 @@ def _train_denoiser(out: Path, settings: DemoSettings, cohort: _CohortInfo) -> N
         batch_size=settings.batch_size,
         num_samples=settings.num_samples,
         learning_rate=settings.learning_rate,
-        train_noise=settings.train_noise,
+        train_noise=cohort.noise_dir if settings.fresh_noise else "",
         background_fraction=settings.background_fraction,
         val_interval=settings.val_interval,
         cache_rate=1.0,
