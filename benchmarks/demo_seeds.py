@@ -1,20 +1,24 @@
 """The demo's denoising figures over seeds: does ResUnet3D beat non-local means, in the brain and over the volume?
 
-Run: ``python -m benchmarks.demo_seeds [--seeds 0 1 2] [--work runs/demo_seeds] [--out ...json] [--quick]``.
+Run: ``python -m benchmarks.demo_seeds [--seeds 0 1 2] [--work runs/demo_seeds] [--out ...json] [--quick]
+[--set noise_range=[5,25] ...]``.
 
 For each seed, :func:`pipeline.demo.run.run_demo` runs the default demo (``make demo``'s settings, that seed: a new
 cohort, split, weights and data order) with one classifier epoch instead of 24, since the classifiers come after
-the denoiser and change none of its figures. It then reads each run's ``results.json`` and prints, per seed and
-pooled, every method's PSNR in the brain mask and over the whole volume on the held-out test volumes, and the
-differences ResUnet3D - non-local means and ResUnet3D - best Gaussian filter with 95 % intervals (two-level
-bootstrap over seeds and test volumes, :func:`pipeline.evaluation.stats.paired_difference`). The classical filters
-are tuned on each cohort's validation subjects, as in the demo. Finished seeds are reused (the demo resumes).
+the denoiser and change none of its figures; ``--set NAME=JSON`` changes any other
+:class:`~pipeline.demo.run.DemoSettings` field, to compare a recipe at equal budget. It then reads each run's
+``results.json`` and prints, per seed and pooled, every method's PSNR in the brain mask and over the whole volume on
+the held-out test volumes, and the differences ResUnet3D - non-local means and ResUnet3D - best Gaussian filter with
+95 % intervals (two-level bootstrap over seeds and test volumes, :func:`pipeline.evaluation.stats.paired_difference`).
+The classical filters are tuned on each cohort's validation subjects, as in the demo. Finished seeds are reused (the
+demo resumes).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +69,23 @@ def collect(results: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
     return {"per_seed": per_seed, "differences": differences}
 
 
+def _settings(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[str, Any]:
+    """``NAME=JSON`` pairs as DemoSettings fields (a parser error names a bad one)."""
+    from pipeline.demo.run import DemoSettings
+
+    fields = {f.name for f in dataclasses.fields(DemoSettings)}
+    changes = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or name not in fields:
+            parser.error(f"--set {pair!r}: expected NAME=JSON with NAME one of {sorted(fields)}")
+        try:
+            changes[name] = json.loads(value)
+        except json.JSONDecodeError as error:
+            parser.error(f"--set {pair!r}: the value is not JSON ({error})")
+    return changes
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command line; returns the result written to ``--out``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -72,11 +93,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--work", type=Path, default=Path("runs/demo_seeds"), help="one demo folder per seed")
     parser.add_argument("--out", type=Path, default=default_out("demo_seeds"))
     parser.add_argument("--quick", action="store_true", help="the demo's --quick settings (a smoke run)")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="NAME=JSON", help="DemoSettings changes, e.g. noise_range=[5,25]"
+    )
     args = parser.parse_args(argv)
 
     from pipeline.demo.run import DEFAULT, QUICK, run_demo
 
     base = QUICK if args.quick else dataclasses.replace(DEFAULT, classifier_epochs=1)
+    base = dataclasses.replace(base, **_settings(parser, args.set))
     announce(
         "benchmarks.demo_seeds",
         f"the demo's cohort, denoiser and scores for seeds {args.seeds} (1 classifier epoch)",

@@ -32,8 +32,9 @@ bundle's 32^3 tiles (``--roi``; the card's training patch is not the tile, as in
 bf16, as the bundle)).
 
 Adaptation (``--adapt LEVEL ...``): each network is also fine-tuned, without any clean reference, on the site's own
-noisy scans (every scan at one noise type and level, written to a temporary folder) with the blind-spot loss and the
-held-out guard of ``adapt.yaml`` (:func:`adapt_to_site`), and scored again as ``<label>+n2s``.
+noisy scans (every scan at one noise type and level, written to a temporary folder) with ``adapt.yaml``'s loss
+(``--adapt-loss``, default the blind-spot ``n2s``) and held-out guard (``--adapt-criterion``, default ``sure``)
+(:func:`adapt_to_site`), and scored again as ``<label>+<loss>``.
 
 Scores: PSNR (data range 1) and SSIM (:func:`pipeline.evaluation.metrics.volume_quality`) in the head mask and over the
 whole volume, seconds (wall and CPU) per volume for the run that is scored (tuning not counted). The issue's targets,
@@ -69,6 +70,7 @@ from benchmarks._common import (
 from benchmarks.quality import denoise_with_network
 from pipeline.evaluation.classical import bm4d_available, get_denoiser, tune
 from pipeline.evaluation.metrics import volume_quality
+from pipeline.training.adapt import CRITERIA, LOSSES
 from transforms.intensity import robust_max
 
 __all__ = [
@@ -291,14 +293,20 @@ def score_network(
 
 
 def adapt_to_site(
-    model: torch.nn.Module, cases: Sequence[dict[str, Any]], folder: Path, iterations: int, seed: int
+    model: torch.nn.Module,
+    cases: Sequence[dict[str, Any]],
+    folder: Path,
+    iterations: int,
+    seed: int,
+    loss: str = "n2s",
+    criterion: str = "sure",
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Self-supervised adaptation on a folder of the noisy scans themselves, no clean reference (``adapt.yaml``).
 
     The noisy volumes of ``cases`` (one site: every scan at one noise type and level) are written to ``folder`` as
-    NIfTI and :func:`pipeline.training.adapt.adapt_denoiser` fine-tunes a copy of ``model`` on them with the
-    blind-spot loss and its held-out guard, with the bundle's preprocessing (load, orient, divide by the robust
-    maximum). The references are never read.
+    NIfTI and :func:`pipeline.training.adapt.adapt_denoiser` fine-tunes a copy of ``model`` on them with ``loss`` and
+    the held-out guard's ``criterion``, with the bundle's preprocessing (load, orient, divide by the robust maximum).
+    The references are never read.
 
     Args:
         model: the trained denoiser (left unchanged).
@@ -306,6 +314,8 @@ def adapt_to_site(
         folder: an empty folder for the site's scans and the adapted weights.
         iterations: adaptation steps at most.
         seed: seeds the patches, masks and hold-out.
+        loss: the adaptation loss (:data:`pipeline.training.adapt.LOSSES`).
+        criterion: the guard's check (:data:`pipeline.training.adapt.CRITERIA`).
 
     Returns:
         ``(adapted copy, or the unchanged copy when the guard refused it; the adaptation's report)``.
@@ -333,10 +343,19 @@ def adapt_to_site(
     )
     network = copy.deepcopy(model)
     result = adapt_denoiser(
-        network, items, preprocessing, folder / "adapted.pt", patch_size=32, iterations=iterations, seed=seed
+        network,
+        items,
+        preprocessing,
+        folder / "adapted.pt",
+        patch_size=32,
+        iterations=iterations,
+        seed=seed,
+        loss=loss,
+        criterion=criterion,
     )
-    report = {"accepted": result.accepted, "reason": result.reason, "iterations": result.iterations}
-    return network.eval(), report | {"start_loss": result.start_loss, "best_loss": result.best_loss}
+    keys = ("accepted", "reason", "iterations", "criterion", "start_loss", "best_loss", "psnr_gain_db", "noise_levels")
+    report = {key: value for key, value in result.to_dict().items() if key in keys}
+    return network.eval(), {"loss": loss} | report
 
 
 def load_denoiser(weights: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -493,7 +512,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--adapt", type=float, nargs="*", default=[], help="levels at which each network is also adapted to the site"
     )
-    parser.add_argument("--adapt-iterations", type=int, default=200, help="blind-spot adaptation steps at most")
+    parser.add_argument("--adapt-iterations", type=int, default=200, help="adaptation steps at most")
+    parser.add_argument("--adapt-loss", default="n2s", choices=LOSSES, help="adapt.yaml's adapt_loss")
+    parser.add_argument("--adapt-criterion", default="sure", choices=CRITERIA, help="adapt.yaml's guard criterion")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(default_out("real_scans")))
     args = parser.parse_args(argv)
@@ -535,14 +556,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if not site:
                     continue
                 with tempfile.TemporaryDirectory() as tmp:
-                    adapted, report = adapt_to_site(model, site, Path(tmp), args.adapt_iterations, args.seed)
+                    adapted, report = adapt_to_site(
+                        model, site, Path(tmp), args.adapt_iterations, args.seed, args.adapt_loss, args.adapt_criterion
+                    )
                 adaptations.append({"network": label, "noise": noise, "level": float(level)} | report)
                 print(f"{label} adapted to {noise} {level:g}: {report['reason']}", flush=True)
                 rows += [
-                    score_network(c, f"{label}+n2s", adapted, args.roi, args.overlap, precision == "bf16") for c in site
+                    score_network(c, f"{label}+{args.adapt_loss}", adapted, args.roi, args.overlap, precision == "bf16")
+                    for c in site
                 ]
     if adaptations:
-        labels += [f"{label}+n2s" for label in networks]
+        labels += [f"{label}+{args.adapt_loss}" for label in networks]
     diffs = differences(rows, labels)
     _print_tables(rows, scans, diffs)
     ratios = _targets(diffs, labels)

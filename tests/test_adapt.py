@@ -127,6 +127,7 @@ def test_recorrupted_pairs_have_the_stated_noise():
 def test_adaptation_reduces_the_held_out_blind_spot_loss_and_saves(noisy_folder, tmp_path):
     items = [{"image": os.fspath(noisy_folder / "s0.nii.gz"), "subject": "s0"}]
     network = tiny_network(residual=False)  # a random start: its output is far from the scan
+    statistics = {k: v.clone() for k, v in network.state_dict().items() if "running" in k}
     result = adapt_denoiser(
         network,
         items,
@@ -144,6 +145,7 @@ def test_adaptation_reduces_the_held_out_blind_spot_loss_and_saves(noisy_folder,
     assert result.history[0][0] == 0 and result.saved == os.fspath(tmp_path / "adapted.pt")
     assert 15 < result.noise_levels["s0"] < 30  # sigma 20/255 of the clean maximum, estimated blind
     state = torch.load(tmp_path / "adapted.pt", weights_only=True)
+    assert statistics and all(torch.equal(state[k], v) for k, v in statistics.items())  # freeze_norm held
     fresh = tiny_network(seed=1)
     fresh.load_state_dict(state)
     report = json.loads((tmp_path / "adaptation.json").read_text())

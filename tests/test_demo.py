@@ -130,6 +130,11 @@ def test_settings_are_validated():
         DemoSettings(denoise_epochs=0)
     with pytest.raises(ValueError, match="learning_rate"):
         DemoSettings(learning_rate=0.0)
+    with pytest.raises(ValueError, match="noise_range"):
+        DemoSettings(noise_range=(25.0, 5.0))
+    with pytest.raises(ValueError, match="noise_range"):
+        DemoSettings(noise_range=(5.0, 25.0), fresh_noise=False)  # a folder holds one level
+    assert DemoSettings(noise_range=(5.0, 25.0)).to_dict()["noise_range"] == [5.0, 25.0]
     assert DemoSettings().to_dict() == json.loads(json.dumps(DemoSettings().to_dict()))
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
+import argparse
 
-from benchmarks.demo_seeds import collect
+import numpy as np
+import pytest
+
+from benchmarks.demo_seeds import _settings, collect
 
 
 def fake_result(rng: np.random.Generator, gain: float) -> dict:
@@ -32,3 +35,14 @@ def test_a_clear_gain_is_reported_as_beating_and_no_gain_is_not():
         assert abs(row["mean dB"] - 0.8) < 0.1 and row["beats"]
     even = collect([fake_result(rng, 0.0) for _ in range(3)], [0, 1, 2])
     assert not any(d["beats"] for d in even["differences"] if d["contrast"] == "resunet3d - nl_means")
+
+
+def test_set_changes_demo_settings_by_name_and_rejects_unknown_names():
+    parser = argparse.ArgumentParser()
+    assert _settings(parser, ["noise_range=[5, 25]", "denoise_epochs=40"]) == {
+        "noise_range": [5, 25],
+        "denoise_epochs": 40,
+    }
+    for bad in ("epochs=40", "noise_range", "noise_range=[5,"):
+        with pytest.raises(SystemExit):
+            _settings(parser, [bad])

@@ -113,6 +113,9 @@ class DemoSettings:
         fresh_noise: draw the cohort's noise (the noise of its ``gaussian15/`` folder, so the test volumes' noise
             model) afresh on the clean target for every training patch (``train_denoise.yaml``'s ``train_noise``);
             ``False`` trains on the folder's one fixed draw per subject, which the network learns by heart.
+        noise_range: with ``fresh_noise``, draw each patch's noise level from this ``(low, high)`` range (0-255
+            scale, ``train_denoise.yaml``'s ``train_noise_level``) instead of the folder's one level: a blind
+            denoiser for scans whose noise level is not known. ``None`` trains at the folder's level.
         background_fraction: share of training patches centred outside the brain (the cohort's air): with none the
             network never sees the background and leaves its noise in place.
         val_interval: validate the denoiser every this many epochs (whole volumes; the best one is kept).
@@ -145,6 +148,7 @@ class DemoSettings:
     num_samples: int = 2
     learning_rate: float = 3e-3
     fresh_noise: bool = True
+    noise_range: tuple[float, float] | None = None
     background_fraction: float = 0.25
     val_interval: int = 4
     denoise_val_subjects: int = 2
@@ -175,6 +179,12 @@ class DemoSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.subjects < 8:
             raise ValueError(f"subjects must be >= 8 (each split part needs both classes), got {self.subjects}")
+        if self.noise_range is not None and not (
+            len(self.noise_range) == 2 and 0 < self.noise_range[0] <= self.noise_range[1] and self.fresh_noise
+        ):
+            raise ValueError(
+                f"noise_range must be (low, high), 0 < low <= high, with fresh_noise; got {self.noise_range}"
+            )
         if not 0 <= self.background_fraction < 1:
             raise ValueError(f"background_fraction must be in [0, 1), got {self.background_fraction}")
         for name in ("learning_rate", "classifier_learning_rate"):
@@ -497,6 +507,7 @@ def _train_denoiser(out: Path, settings: DemoSettings, cohort: _CohortInfo) -> N
         num_samples=settings.num_samples,
         learning_rate=settings.learning_rate,
         train_noise=cohort.noise_dir if settings.fresh_noise else "",
+        train_noise_level=list(settings.noise_range) if settings.noise_range else None,
         background_fraction=settings.background_fraction,
         val_interval=settings.val_interval,
         cache_rate=1.0,
@@ -741,7 +752,6 @@ def _machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "monai": monai.__version__,
     }
-
 
 
 def announce(settings: DemoSettings, quick: bool = False, hardware: Any = None) -> list[str]:
