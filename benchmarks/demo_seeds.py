@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     announce(
         "benchmarks.demo_seeds",
         f"the demo's cohort, denoiser and scores for seeds {args.seeds} (1 classifier epoch)",
-        "about 6 min per seed on 2 cores with AVX-512" if not args.quick else "about 1 min per seed",
+        "about 10 min per seed on 2 cores with AVX-512" if not args.quick else "about 1 min per seed",
         precision="fp32",
     )
     results = []
