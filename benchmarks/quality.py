@@ -7,13 +7,17 @@ Data: a demo cohort (``pipeline.data.cohort.build_cohort``: subjects warped from
 80 x 96 x 80, skull-stripped) in a temporary folder. Its subject-level split (``subjects.csv``) gives the training
 subjects, one validation subject (used only to tune the classical filters' parameters) and the held-out test
 subjects, whose ``gaussian15/`` (sigma 15/255 of the robust maximum) and ``poisson/`` (200 photons at it) files are
-scored. Scores are on the clean scan's robust-maximum scale (the 99.5th percentile of its non-zero voxels = 1, the
-noise levels' own reference): PSNR with data range 1 and SSIM, both inside the cohort's brain mask.
+scored, and a Rician copy of each (the cohort has no Rician folder): the magnitude of the clean scan plus complex
+Gaussian noise of sigma 15/255 of the robust maximum per channel (``benchmarks._common.noisy_copy``), seeded per
+subject from ``--seed`` (:func:`transforms.noise.item_seed` of ``<subject>-rician15``). Scores are on the clean scan's
+robust-maximum scale (the 99.5th percentile of its non-zero voxels = 1, the noise levels' own reference): PSNR with
+data range 1 and SSIM, both inside the cohort's brain mask. The validation subject's volumes of all three noise kinds
+tune the classical filters, one parameter per kind.
 
 The real scan of another person: ``nibabel/tests/data/anatomical.nii`` (a T1 of a real head, 2 mm, 33 x 41 x 25,
 not skull-stripped, with its own noise, estimated and reported); it is scaled to [0, 1] by its 0.5th/99.5th
-percentiles, gets sigma 15/255 Gaussian or 200-count Poisson noise (seeded), and the original is the reference;
-the mask is its Otsu head foreground.
+percentiles, gets sigma 15/255 Gaussian, 200-count Poisson or sigma 15/255 Rician noise (seeded), and the original
+is the reference; the mask is its Otsu head foreground.
 
 Networks: MONAI UNet, BasicUNet, FlexibleUNet(resnet18) and ResUnet3D (``benchmarks._common.build_denoiser``;
 ResUnet3D in the demo's configuration, ``pipeline.demo.run.DemoSettings.denoiser``: depth 10, levels 3, 16-128
@@ -35,10 +39,11 @@ float32 on a 2-core AMD EPYC with AVX512-BF16; float32 elsewhere, where bf16 is 
 of 4 patches of 32^3 (``--batch``, ``--patch``), 4 cut from each noisy volume (``--samples``: the noise and
 augmentations are drawn on the whole volume, so sharing them keeps the loader ahead of the steps), from
 ``transforms.presets.denoise_transforms(stage="train", augment=True)`` (bias field, contrast, intensity scale,
-resolution (Gaussian blur), left-right flips); half the volumes get Gaussian noise of sigma uniform in [5, 30]/255 and
-half Poisson noise of 50-1000 photons; cached with ``CacheDataset`` and served by ``ThreadDataLoader``. A network whose
-loss becomes non-finite is trained again from the start at a third of the learning rate, then in float32 at both
-(MONAI's UNet diverges in bf16 at 3e-3, 1e-3 and 3e-4, not in float32); the rows and tables give the learning rate and
+resolution (Gaussian blur), left-right flips); a third of the volumes get Gaussian noise of sigma uniform in
+[5, 30]/255, a third Poisson noise of 50-1000 photons and a third Rician noise of sigma uniform in [5, 30]/255 per
+channel (:data:`TRAINING_NOISE`); cached with ``CacheDataset`` and served by ``ThreadDataLoader``. A network whose loss
+becomes non-finite is trained again from the start at a third of the learning rate, then in float32 at both (MONAI's
+UNet diverges in bf16 at 3e-3, 1e-3 and 3e-4, not in float32); the rows and tables give the learning rate and
 precision each run trained with. The cohort has no skull (the template is skull-stripped), so "with and without skull"
 cannot be augmented from the shipped data. At each checkpoint (``--checkpoints`` minutes) every network denoises the
 test volumes as the bundle does (input scaled by its own 99.5th percentile, sliding window of ``--patch`` tiles, 4 per
@@ -85,9 +90,28 @@ from pipeline.training.denoise import build_denoise_trainer
 from pipeline.training.handlers import NonFiniteLossGuard, TimeBudget
 from transforms.intensity import robust_max
 
-__all__ = ["NETWORKS", "Diverged", "denoise_with_network", "main", "train_with_checkpoints"]
+__all__ = [
+    "NETWORKS",
+    "NOISES",
+    "RICIAN_LEVEL",
+    "TRAINING_NOISE",
+    "Diverged",
+    "denoise_with_network",
+    "main",
+    "train_with_checkpoints",
+]
 
 NETWORKS = ("unet", "basicunet", "flexibleunet", "resunet3d")
+#: The scored noise kinds and their short names in the tables and JSON fields (``g15_psnr``, ``real_ric_psnr``, ...).
+NOISES = {"gaussian": "g15", "poisson": "poi", "rician": "ric"}
+#: Rician sigma of the scored volumes on the 0-255 scale of the robust maximum (the cohort's Gaussian level).
+RICIAN_LEVEL = 15.0
+#: The training noise, one third of the volumes each: (name, level range in ``transforms.noise.make_noise``'s units).
+TRAINING_NOISE: tuple[tuple[str, tuple[float, float]], ...] = (
+    ("gaussian", (5.0, 30.0)),
+    ("poisson", (50.0, 1000.0)),
+    ("rician", (5.0, 30.0)),
+)
 _MAX_EPOCHS = 10**9  # the time budget, not the epochs, ends training
 
 
@@ -124,9 +148,17 @@ def denoise_with_network(
     return out[0, 0].numpy() * scale
 
 
-def _cohort_cases(cohort: Any) -> tuple[list[dict[str, Any]], dict[str, tuple], list[dict[str, Any]], list[str]]:
-    """Read the cohort's split: test cases, classical tuning volumes (one val subject), training items, test IDs."""
+def _cohort_cases(
+    cohort: Any, seed: int = 0
+) -> tuple[list[dict[str, Any]], dict[str, tuple], list[dict[str, Any]], list[str]]:
+    """Read the cohort's split: test cases, classical tuning volumes (one val subject), training items, test IDs.
+
+    Gaussian and Poisson volumes are the cohort's files; the Rician ones are made here from the scaled clean scan
+    (:func:`benchmarks._common.noisy_copy`, sigma :data:`RICIAN_LEVEL`/255), seeded per subject from ``seed``.
+    """
     import nibabel as nib
+
+    from transforms.noise import item_seed
 
     with open(cohort.subjects_csv, newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -144,20 +176,19 @@ def _cohort_cases(cohort: Any) -> tuple[list[dict[str, Any]], dict[str, tuple], 
         clean = load(folders["clean"], subject)
         ref = robust_max(clean)
         mask = load(folders["masks"], subject) > 0.5
-        return {
-            "noise": kind,
-            "volume": subject,
-            "noisy": load(noisy_dirs[kind], subject) / ref,
-            "clean": clean / ref,
-            "mask": mask,
-        }
+        clean = clean / ref
+        if kind == "rician":
+            noisy = noisy_copy(clean, "rician", item_seed(seed, f"{subject}-rician{RICIAN_LEVEL:g}"), RICIAN_LEVEL)
+        else:
+            noisy = load(noisy_dirs[kind], subject) / ref
+        return {"noise": kind, "volume": subject, "noisy": noisy, "clean": clean, "mask": mask}
 
     test = sorted(s for s, p in split.items() if p == "test")
     val = sorted(s for s, p in split.items() if p == "val")
     train = sorted(s for s, p in split.items() if p == "train")
-    cases = [case(s, kind) for kind in ("gaussian", "poisson") for s in test]
+    cases = [case(s, kind) for kind in NOISES for s in test]
     tuning = {}
-    for kind in ("gaussian", "poisson"):
+    for kind in NOISES:
         c = case(val[0], kind)
         tuning[kind] = (c["noisy"], c["clean"], c["mask"])
     items = [{"image": str(folders["clean"] / f"{s}.nii.gz"), "subject": s} for s in train]
@@ -165,24 +196,34 @@ def _cohort_cases(cohort: Any) -> tuple[list[dict[str, Any]], dict[str, tuple], 
 
 
 def _real_cases(seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The real scan with seeded Gaussian (``seed``), Poisson (``seed + 1``) and Rician noise (``item_seed``)."""
+    from transforms.noise import item_seed
+
     volume, mask, info = load_real_scan()
+    seeds = {
+        "gaussian": seed,
+        "poisson": seed + 1,
+        "rician": item_seed(seed, f"real_scan-rician{RICIAN_LEVEL:g}"),
+    }
     cases = [
         {
             "noise": kind,
             "volume": "real_scan",
-            "noisy": noisy_copy(volume, kind, seed + i),
+            "noisy": noisy_copy(volume, kind, seeds[kind], RICIAN_LEVEL if kind == "rician" else 15.0),
             "clean": volume,
             "mask": mask,
         }
-        for i, kind in enumerate(("gaussian", "poisson"))
+        for kind in NOISES
     ]
     return cases, info
 
 
 def _training_loader(items: list[dict[str, Any]], patch: int, batch: int, seed: int, samples: int = 1) -> Any:
-    """Half Gaussian (sigma 5-30 /255), half Poisson (50-1000 photons) items, augmented, cached, shuffled (seeded).
+    """Items in thirds (:data:`TRAINING_NOISE`), augmented, cached and shuffled (seeded).
 
-    Each noisy volume gives ``samples`` patches, so a batch of ``batch`` patches holds ``batch // samples`` volumes.
+    A third of the volumes get Gaussian noise (sigma 5-30 /255), a third Poisson (50-1000 photons) and a third Rician
+    (sigma 5-30 /255 per channel). Each noisy volume gives ``samples`` patches, so a batch of ``batch`` patches holds
+    ``batch // samples`` volumes.
     """
     if samples < 1 or batch % samples:
         raise ValueError(f"samples must be >= 1 and divide batch ({batch}), got {samples}")
@@ -207,7 +248,7 @@ def _training_loader(items: list[dict[str, Any]], patch: int, batch: int, seed: 
             num_workers=0,
             progress=False,
         )
-        for i, (noise, level) in enumerate((("gaussian", (5.0, 30.0)), ("poisson", (50.0, 1000.0))))
+        for i, (noise, level) in enumerate(TRAINING_NOISE)
     ]
     generator = torch.Generator().manual_seed(seed)
     return ThreadDataLoader(
@@ -335,22 +376,16 @@ def _checkpoint_rows(
         }
         for row in scored
     ]
-    mean = {
-        k: np.mean([r["psnr"] for r in scored if r["noise"] == k and r["volume"] != "real_scan"])
-        for k in ("gaussian", "poisson")
-    }
-    print(
-        f"{name:13s} {minutes:6.2f} min {steps:5d} steps  mean test PSNR gaussian {mean['gaussian']:.2f} "
-        f"poisson {mean['poisson']:.2f}",
-        flush=True,
-    )
+    test = {kind: [r["psnr"] for r in scored if r["noise"] == kind and r["volume"] != "real_scan"] for kind in NOISES}
+    means = " ".join(f"{kind} {np.mean(psnr):.2f}" for kind, psnr in test.items() if psnr)
+    print(f"{name:13s} {minutes:6.2f} min {steps:5d} steps  mean test PSNR {means}", flush=True)
     return rows
 
 
 def _summarise(rows: list[dict[str, Any]], label: str) -> dict[str, Any]:
     """Mean PSNR/SSIM/seconds of one method over the test volumes, per noise, plus its real-scan PSNR/SSIM."""
     out: dict[str, Any] = {"method": label}
-    for kind, short in (("gaussian", "g15"), ("poisson", "poi")):
+    for kind, short in NOISES.items():
         test = [r for r in rows if r["noise"] == kind and r["volume"] != "real_scan"]
         real = [r for r in rows if r["noise"] == kind and r["volume"] == "real_scan"]
         if test:
@@ -449,10 +484,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs.append(("resunet3d", _default_checkpoints(args.resunet_minutes)))
     budget = sum(max(marks) for _, marks in runs)
     if args.quick:
-        expected = expected_duration(21, 25)  # CPU seconds on the 2-core Xeon (AMX) / 1.5
+        # CPU seconds on the 2-core Xeon (AMX) / 1.5 with Gaussian and Poisson cases, x 1.2 for the Rician ones (a
+        # quick run with them took 98 s wall against 82 s without, on the same shared machine)
+        expected = expected_duration(25, 30)
     else:  # the training budget dominates; the classical filters take minutes, BM4D tens of minutes
         threads = torch.get_num_threads() if args.clock == "cpu" else 1
-        extra = 20 if bm4d_available() and "bm4d" not in args.skip else 5
+        extra = 30 if bm4d_available() and "bm4d" not in args.skip else 8  # three noise kinds (20 / 5 for two)
         minutes = budget / threads + extra + len(runs) * 2
         expected = (
             f"about {minutes:.0f} min: {budget:g} training minutes ({args.clock} clock, {threads} thread(s)), the"
@@ -476,7 +513,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"({time.perf_counter() - start:.1f} s)",
             flush=True,
         )
-        cases, tuning, items, test_ids = _cohort_cases(cohort)
+        cases, tuning, items, test_ids = _cohort_cases(cohort, args.seed)
         real_cases, real_info = _real_cases(args.seed)
         all_cases = cases + real_cases
         classical = evaluate_methods(all_cases, tuning, quick=args.quick, skip=tuple(args.skip))
@@ -546,8 +583,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "g15_cpu_s",
         "poi_psnr",
         "poi_ssim",
+        "ric_psnr",
+        "ric_ssim",
         "real_g15_psnr",
         "real_poi_psnr",
+        "real_ric_psnr",
     ]
     print(format_table(summary, cols))
     print(f"\nPSNR vs. training minutes ({args.clock} clock; held-out cohort mean; real scan)\n")
@@ -560,8 +600,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "precision",
         "g15_psnr",
         "poi_psnr",
+        "ric_psnr",
         "real_g15_psnr",
         "real_poi_psnr",
+        "real_ric_psnr",
     ]
     print(format_table(curves, curve_cols))
     ratios = _ratios(summary, args.minutes)
@@ -575,6 +617,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "subjects": args.subjects,
             "spacing_mm": params.spacing,
             "test_subjects": test_ids,
+            "noise": {
+                "gaussian": f"sigma {params.gaussian_level:g}/255 of the robust maximum (the cohort's gaussian folder)",
+                "poisson": f"{params.poisson_scale:g} photons at the robust maximum (poisson/)",
+                "rician": f"sigma {RICIAN_LEVEL:g}/255 of the robust maximum per channel, seeded per subject",
+            },
+            "training_noise": {noise: list(level) for noise, level in TRAINING_NOISE},
             "training_subjects": len(items),
             "minutes_per_network": args.minutes,
             "resunet3d_long_minutes": args.resunet_minutes,
@@ -625,11 +673,13 @@ def _ratios(summary: list[dict[str, Any]], minutes: float) -> dict[str, Any]:
 
     diff(longest, "bm4d", "g15_psnr", 1.0, f"{longest} - BM4D, Gaussian 15")
     diff(longest, "bm4d", "poi_psnr", 0.0, f"{longest} - BM4D, Poisson")
+    diff(longest, "bm4d", "ric_psnr", 0.0, f"{longest} - BM4D, Rician 15")
     diff(longest, "nl_means", "real_g15_psnr", 1.0, f"{longest} - NL means, real scan, Gaussian 15")
     for other in ("unet", "basicunet", "flexibleunet"):
         name = f"{other} ({minutes:g} min)"
         diff(same, name, "g15_psnr", 0.0, f"{same} - {name}, Gaussian 15")
         diff(same, name, "poi_psnr", 0.0, f"{same} - {name}, Poisson")
+        diff(same, name, "ric_psnr", 0.0, f"{same} - {name}, Rician 15")
     if longest and "g15_s" in by[longest]:
         for other, target in (("bm4d", 20.0), ("nl_means", 1.0)):
             if other in by and "g15_s" in by[other]:

@@ -43,9 +43,10 @@ def summarise(data: dict[str, Any], name: str) -> str:
     ]
     kind = data.get("benchmark", name)
     if kind == "quality":
-        cols = ["method", "g15_psnr", "g15_ssim", "g15_s", "poi_psnr", "poi_ssim", "real_g15_psnr", "real_poi_psnr"]
+        cols = ["method", "g15_psnr", "g15_ssim", "g15_s", "poi_psnr", "poi_ssim", "ric_psnr", "ric_ssim"]
+        cols += ["real_g15_psnr", "real_poi_psnr", "real_ric_psnr"]
         lines += [format_table(data["summary"], cols), ""]
-        curve = ["network", "minutes", "wall_minutes", "steps", "g15_psnr", "poi_psnr", "real_g15_psnr"]
+        curve = ["run", "minutes", "wall_minutes", "steps", "g15_psnr", "poi_psnr", "ric_psnr", "real_g15_psnr"]
         lines += [format_table(data["curves"], curve), ""]
     elif kind in _COLUMNS and "rows" in data:
         columns = [c for c in _COLUMNS[kind] if any(c in r for r in data["rows"])]

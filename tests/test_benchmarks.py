@@ -229,8 +229,12 @@ def test_quality_quick(tmp_path, capsys):
     long_run = [r for r in data["curves"] if r["run"] == "resunet3d (0.03 min)"]
     assert [r["minutes"] for r in long_run] == [0.03] and long_run[0]["steps"] >= 1
     for row in data["summary"]:
-        for key in ("g15_psnr", "poi_psnr", "real_g15_psnr", "real_poi_psnr"):
+        for key in ("g15_psnr", "poi_psnr", "ric_psnr", "real_g15_psnr", "real_poi_psnr", "real_ric_psnr"):
             assert math.isfinite(row[key])
+    for rows in (data["classical_rows"], data["network_rows"]):  # every noise kind on every volume, Rician included
+        volumes = {*data["setup"]["test_subjects"], "real_scan"}
+        assert {(r["noise"], r["volume"]) for r in rows} == {(k, v) for k in quality.NOISES for v in volumes}
+    assert set(data["setup"]["noise"]) == set(data["setup"]["training_noise"]) == {"gaussian", "poisson", "rician"}
     assert data["curves"][0]["steps"] >= 1
     assert {r["precision"] for r in data["curves"]} == {"fp32"} == {data["setup"]["precision"]}  # auto, conftest
     assert data["setup"]["real_scan"]["path"].endswith("anatomical.nii")
@@ -238,26 +242,72 @@ def test_quality_quick(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "benchmarks.quality: a 5-subject cohort at 4 mm" in printed and "precision: auto -> fp32" in printed
     assert "[1/2] training resunet3d for 0.02 cpu min (fp32" in printed
+    assert "mean test PSNR gaussian" in printed and " poisson " in printed and " rician " in printed
 
 
 def test_quality_ratios_compare_the_longest_resunet_with_bm4d_and_the_same_budget_with_monai():
     summary = [
-        {"method": "bm4d", "g15_psnr": 31.0, "poi_psnr": 30.0, "g15_s": 60.0, "g15_cpu_s": 60.0},
-        {"method": "unet (10 min)", "g15_psnr": 29.0, "poi_psnr": 29.5},
-        {"method": "resunet3d (10 min)", "g15_psnr": 29.5, "poi_psnr": 29.4, "g15_s": 3.0, "g15_cpu_s": 6.0},
-        {"method": "resunet3d (60 min)", "g15_psnr": 32.5, "poi_psnr": 29.9, "g15_s": 2.0, "g15_cpu_s": 4.0},
+        {"method": "bm4d", "g15_psnr": 31.0, "poi_psnr": 30.0, "ric_psnr": 30.5, "g15_s": 60.0, "g15_cpu_s": 60.0},
+        {"method": "unet (10 min)", "g15_psnr": 29.0, "poi_psnr": 29.5, "ric_psnr": 29.0},
+        {"method": "resunet3d (10 min)", "g15_psnr": 29.5, "poi_psnr": 29.4, "ric_psnr": 29.25}
+        | {"g15_s": 3.0, "g15_cpu_s": 6.0},
+        {"method": "resunet3d (60 min)", "g15_psnr": 32.5, "poi_psnr": 29.9, "ric_psnr": 30.75}
+        | {"g15_s": 2.0, "g15_cpu_s": 4.0},
     ]
     ratios = quality._ratios(summary, 10)
     assert ratios["resunet3d (60 min) - BM4D, Gaussian 15 (target >= +1 dB)"] == "+1.50 dB, met"
     assert ratios["resunet3d (60 min) - BM4D, Poisson (target >= +0 dB)"] == "-0.10 dB, missed"
+    assert ratios["resunet3d (60 min) - BM4D, Rician 15 (target >= +0 dB)"] == "+0.25 dB, met"
     assert ratios["resunet3d (10 min) - unet (10 min), Gaussian 15 (target >= +0 dB)"] == "+0.50 dB, met"
     assert ratios["resunet3d (10 min) - unet (10 min), Poisson (target >= +0 dB)"] == "-0.10 dB, missed"
+    assert ratios["resunet3d (10 min) - unet (10 min), Rician 15 (target >= +0 dB)"] == "+0.25 dB, met"
     assert ratios["bm4d seconds / ResUnet3D seconds per volume (target >= 20x)"].startswith("30.0x wall (15.0x CPU")
 
 
 def test_quality_training_loader_needs_whole_volumes_per_batch():
     with pytest.raises(ValueError, match="divide batch"):
         quality._training_loader([], patch=16, batch=4, seed=0, samples=3)
+
+
+def test_quality_training_loader_noises_a_third_of_the_volumes_each_gaussian_poisson_and_rician(nifti_volumes):
+    from transforms.noise import RandGaussianNoise255d, RandPoissonNoised, RandRicianNoised
+
+    items = [{"image": str(path)} for path in nifti_volumes]
+    loader = quality._training_loader(items, patch=16, batch=2, seed=0, samples=2)
+    datasets = loader.dataset.datasets
+    assert [len(d) for d in datasets] == [len(items)] * 3
+    kinds = [[type(t) for t in d.transform.transforms if "Noise" in type(t).__name__] for d in datasets]
+    assert kinds == [[RandGaussianNoise255d], [RandPoissonNoised], [RandRicianNoised]]
+    assert [noise for noise, _ in quality.TRAINING_NOISE] == ["gaussian", "poisson", "rician"]
+    assert dict(quality.TRAINING_NOISE)["rician"] == (5.0, 30.0)
+
+
+def test_quality_cases_add_a_seeded_rician_copy_of_each_scaled_clean_volume(tmp_path):
+    from pipeline.data.cohort import CohortParameters, build_cohort
+    from transforms.intensity import robust_max
+
+    cohort = build_cohort(tmp_path / "cohort", n_subjects=5, seed=3, params=CohortParameters(spacing=8.0))
+    cases, tuning, _, test_ids = quality._cohort_cases(cohort, seed=7)
+    assert set(tuning) == {"gaussian", "poisson", "rician"}
+    by = {(c["noise"], c["volume"]): c for c in cases}
+    assert set(by) == {(k, s) for k in ("gaussian", "poisson", "rician") for s in test_ids}
+    for subject in test_ids:
+        rician, gaussian = by["rician", subject], by["gaussian", subject]
+        np.testing.assert_array_equal(rician["clean"], gaussian["clean"])
+        assert robust_max(rician["clean"]) == pytest.approx(1.0)
+        assert rician["noisy"].shape == rician["clean"].shape and rician["noisy"].dtype == np.float32
+        assert np.all(rician["noisy"] >= 0) and not np.allclose(rician["noisy"], gaussian["noisy"])
+        residual = (rician["noisy"] - rician["clean"])[rician["clean"] > 0.5]  # bright: Rician ~ Gaussian there
+        assert np.std(residual) == pytest.approx(15 / 255, rel=0.2)
+    again, _, _, _ = quality._cohort_cases(cohort, seed=7)
+    other, _, _, _ = quality._cohort_cases(cohort, seed=8)
+    first = next(i for i, c in enumerate(cases) if c["noise"] == "rician")
+    np.testing.assert_array_equal(again[first]["noisy"], cases[first]["noisy"])
+    assert not np.array_equal(other[first]["noisy"], cases[first]["noisy"])
+    real, _ = quality._real_cases(0)
+    noisy = {c["noise"]: c["noisy"] for c in real}
+    assert list(noisy) == ["gaussian", "poisson", "rician"]
+    assert np.all(noisy["rician"] >= 0) and not np.allclose(noisy["rician"], noisy["gaussian"])
 
 
 @pytest.mark.slow
@@ -324,7 +374,7 @@ def test_quality_trains_with_the_pipelines_supervised_trainer_and_scores_at_each
     noisy = clean + rng.normal(0, 15 / 255, clean.shape).astype(np.float32)
     cases = [
         {"noise": kind, "volume": "v", "noisy": noisy, "clean": clean, "mask": np.ones(clean.shape, bool)}
-        for kind in ("gaussian", "poisson")
+        for kind in ("gaussian", "poisson", "rician")
     ]
     marks = [0.002, 0.004]  # wall minutes: 0.12 and 0.24 s
     rows = quality.train_with_checkpoints(
@@ -335,13 +385,15 @@ def test_quality_trains_with_the_pipelines_supervised_trainer_and_scores_at_each
     handlers = kwargs["train_handlers"]
     assert [type(h) for h in handlers] == [NonFiniteLossGuard, TimeBudget]
     assert trainer.optimizer.param_groups[0]["lr"] < 1e-3  # annealed by the clock
-    assert [r["minutes"] for r in rows] == [0.002, 0.002, 0.004, 0.004]
+    assert [r["minutes"] for r in rows] == [0.002] * 3 + [0.004] * 3
+    assert [r["noise"] for r in rows] == ["gaussian", "poisson", "rician"] * 2
     first, last = rows[0], rows[-1]
     assert 1 <= first["steps"] <= last["steps"] == trainer.state.iteration
     assert math.isfinite(last["loss"]) and last["clock"] == "wall" and last["network"] == "unet"
     assert handlers[1].elapsed_s >= 0.004 * 60
     printed = capsys.readouterr().out
     assert printed.count("unet            0.00 min") == 2 and "mean test PSNR gaussian" in printed
+    assert " poisson " in printed and " rician " in printed
 
 
 def test_quality_retries_a_diverged_network_at_a_lower_lr_then_in_float32():
