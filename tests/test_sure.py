@@ -148,3 +148,49 @@ def test_the_summary_counts_harmful_acceptances_and_bootstraps_the_gain():
     assert first["accepted"] == 3 and first["harmful accepted"] == 1 and first["worst accepted"] == -0.5
     assert first["gain volume"].startswith("+0.33 [")
     assert second["accepted"] == 0 and second["gain brain"] == "+0.00 [+0.00, +0.00]"
+
+
+def test_sure_at_scaled_sigmas_is_linear_in_the_scale_squared_and_the_first_value_is_the_plain_estimate():
+    _, batch = noisy_batch()
+    smooth = GaussianFilter(3, 1.0)
+    plain = heldout_sure(smooth, [batch])
+    values = heldout_sure(smooth, [batch], sigma_scales=(0.5, 2.0))
+    assert values[0] == pytest.approx(plain)
+    # SURE(k sigma) = residual + k^2 stein: three points on one line in k^2
+    slope = (values[2] - values[1]) / (4.0 - 0.25)
+    assert values[0] == pytest.approx(values[1] + slope * (1.0 - 0.25), rel=1e-5)
+    # a smoother gains with a larger assumed sigma, so the band can reverse a ranking that rests on sigma
+    assert values[2] < values[0] < values[1] or values[2] > values[0] > values[1]
+
+
+def test_a_gain_that_depends_on_the_assumed_sigma_is_refused_by_the_band():
+    """Smoothing more looks better when sigma is assumed larger: the guard accepts only a gain that holds across."""
+    from pipeline.training.adapt import HeldOutGuard
+
+    _, batch = noisy_batch(sigmas=(0.3, 0.3))
+    light, heavy = GaussianFilter(3, 0.6), GaussianFilter(3, 0.8)
+    band = (
+        heldout_sure(light, [batch], sigma_scales=(0.75, 1.25)),
+        heldout_sure(heavy, [batch], sigma_scales=(0.75, 1.25)),
+    )
+    assert band[1][0] < band[0][0] and band[1][1] > band[0][1]  # heavier wins at the estimate, loses at 0.75 x
+
+    class Engine:  # what HeldOutGuard reads of an ignite engine
+        class state:
+            iteration = 0
+
+        def terminate(self):
+            pass
+
+    for scales, taken in (((), True), ((0.75, 1.25), False)):
+        current = {"net": light}
+        guard = HeldOutGuard(
+            torch.nn.Conv3d(1, 1, 1),
+            lambda _, now=current, scales=scales: heldout_sure(now["net"], [batch], sigma_scales=scales),
+        )
+        engine = Engine()
+        engine.state.iteration = 0
+        guard.check(engine)
+        current["net"], engine.state.iteration = heavy, 1
+        guard.check(engine)
+        assert (guard.best_iteration == 1) == taken
