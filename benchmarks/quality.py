@@ -85,6 +85,7 @@ from benchmarks._common import (
 )
 from benchmarks.classical import bm4d_available, evaluate_methods
 from pipeline.errors import NonFiniteLossError
+from pipeline.evaluation.classical import OUTPUT_FLOOR
 from pipeline.evaluation.metrics import masked_psnr, masked_ssim
 from pipeline.training.denoise import build_denoise_trainer
 from pipeline.training.handlers import NonFiniteLossGuard, TimeBudget
@@ -120,13 +121,18 @@ class Diverged(RuntimeError):
 
 
 def denoise_with_network(
-    model: torch.nn.Module, noisy: np.ndarray, patch: int, overlap: float = 0.5, bf16: bool = False
+    model: torch.nn.Module,
+    noisy: np.ndarray,
+    patch: int,
+    overlap: float = 0.5,
+    bf16: bool = False,
+    floor: float | None = OUTPUT_FLOOR,
 ) -> np.ndarray:
     """Denoise one (H, W, D) volume as the bundle's inference does, returning it on the input's scale.
 
     The input is divided by its own robust maximum (what ``ScalePercentiled`` does at inference), run through
     ``sliding_window_inference`` (``patch``^3 tiles, 4 per pass, Gaussian blending) under
-    ``torch.inference_mode``, and multiplied back.
+    ``torch.inference_mode``, multiplied back and floored (``inference.yaml``'s ``output_min``).
 
     Args:
         model: the network (put in eval mode here).
@@ -134,6 +140,7 @@ def denoise_with_network(
         patch: tile edge (voxels).
         overlap: sliding-window overlap (the bundle's is 0.5).
         bf16: run the network under ``torch.autocast`` in bfloat16 (blending stays float32).
+        floor: outputs below it are set to it; ``None`` keeps them.
 
     Returns:
         The denoised float32 volume (H, W, D).
@@ -145,7 +152,8 @@ def denoise_with_network(
     x = torch.from_numpy(np.ascontiguousarray(noisy / scale, dtype=np.float32))[None, None]
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         out = sliding_window_inference(x, patch, 4, model, overlap=overlap, mode="gaussian").float()
-    return out[0, 0].numpy() * scale
+    denoised = out[0, 0].numpy() * scale
+    return denoised if floor is None else np.maximum(denoised, floor)
 
 
 def _cohort_cases(

@@ -5,6 +5,7 @@ import pytest
 
 from pipeline.evaluation.classical import (
     CLASSICAL_DENOISERS,
+    OUTPUT_FLOOR,
     bm4d_available,
     estimate_noise_sigma,
     get_denoiser,
@@ -42,6 +43,15 @@ def test_each_denoiser_keeps_the_shape_and_removes_noise(name):
     np.testing.assert_array_equal(case["noisy"], before)  # the input is not modified
     noisy_psnr = masked_psnr(case["noisy"], case["clean"], case["mask"])
     assert masked_psnr(out, case["clean"], case["mask"]) > noisy_psnr + 1.0
+
+
+def test_outputs_are_floored_alike_unless_floor_is_none():
+    noisy = phantom()["noisy"] - 0.2  # negative around the phantom
+    method = get_denoiser("gaussian")
+    raw = method(noisy, 0.5, floor=None)
+    assert raw.min() < 0
+    np.testing.assert_array_equal(method(noisy, 0.5), np.maximum(raw, OUTPUT_FLOOR))
+    np.testing.assert_array_equal(method(noisy, 0.5, floor=-0.1), np.maximum(raw, -0.1))
 
 
 def test_tune_picks_the_best_scoring_parameter_on_the_tuning_volumes():

@@ -113,6 +113,19 @@ def test_denoised_output_is_in_the_scans_own_space(scans, tmp_path, identity_wei
         np.testing.assert_allclose(out.get_fdata(), src.get_fdata(), rtol=1e-5, atol=1e-4)
 
 
+def test_outputs_are_floored_at_output_min_unless_it_is_null(tmp_path, identity_weights):
+    signed = blob_volume((20, 22, 24), seed=3) - 20.0  # negative in the air, as a denoiser's output can be
+    assert signed.min() < 0 < signed.max()
+    source = tmp_path / "signed.nii.gz"
+    nib.save(nib.Nifti1Image(signed, np.diag([1.5, 1.5, 1.5, 1.0])), source)
+    for output_min, expected in ((0.0, np.maximum(signed, 0.0)), (-5.0, np.maximum(signed, -5.0)), (None, signed)):
+        out = tmp_path / f"out{output_min}"
+        assert denoise_scans(source, out, identity_weights, device="cpu", output_min=output_min, **IDENTITY).count(
+            "done"
+        )
+        np.testing.assert_allclose(nib.load(output_file(source, out)).get_fdata(), expected, rtol=1e-5, atol=1e-4)
+
+
 def test_resampled_inference_comes_back_on_the_scans_grid(scans, tmp_path, identity_weights):
     summary = denoise_scans(
         scans / "oblique.nii.gz", tmp_path / "out", identity_weights, device="cpu", spacing=[2.0, 2.0, 2.0], **IDENTITY

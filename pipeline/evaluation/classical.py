@@ -39,6 +39,7 @@ from pipeline.evaluation.metrics import masked_psnr
 
 __all__ = [
     "CLASSICAL_DENOISERS",
+    "OUTPUT_FLOOR",
     "ClassicalDenoiser",
     "bm4d_available",
     "estimate_noise_sigma",
@@ -48,6 +49,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Denoised intensities below this are set to it (``inference.yaml``'s ``output_min``): magnitude MRI and PET are never
+#: negative, so every method is compared with the same floor.
+OUTPUT_FLOOR: float | None = 0.0
 
 
 def _as_volume(volume: Any) -> np.ndarray:
@@ -146,12 +151,14 @@ class ClassicalDenoiser:
     param: str
     quick_grid: tuple[Any, ...] = ()
 
-    def __call__(self, volume: Any, param: Any = None) -> np.ndarray:
+    def __call__(self, volume: Any, param: Any = None, floor: float | None = OUTPUT_FLOOR) -> np.ndarray:
         """Denoise one volume.
 
         Args:
             volume: noisy volume ``(H, W, D)``, finite.
             param: the parameter; ``None`` takes the grid's first value when the grid has one value.
+            floor: outputs below it are set to it, as ``inference.yaml``'s ``output_min`` does to the network's, so
+                the two are compared alike; ``None`` keeps them.
 
         Returns:
             The denoised volume, float32, same shape.
@@ -164,7 +171,8 @@ class ClassicalDenoiser:
             if len(self.grid) != 1:
                 raise ValueError(f"param is required for {self.name} (tune it, or pick one of {list(self.grid)})")
             param = self.grid[0]
-        return np.asarray(self.fn(array, param), dtype=np.float32)
+        denoised = np.asarray(self.fn(array, param), dtype=np.float32)
+        return denoised if floor is None else np.maximum(denoised, floor)
 
     def grid_for(self, quick: bool = False) -> tuple[Any, ...]:
         """The candidate parameters (``quick_grid`` when ``quick`` and it is set).
