@@ -119,6 +119,9 @@ class DemoSettings:
         background_fraction: share of training patches centred outside the brain (the cohort's air): with none the
             network never sees the background and leaves its noise in place.
         val_interval: validate the denoiser every this many epochs (whole volumes; the best one is kept).
+        window: sliding-window tile edge (voxels) of the denoiser's validation and inference, as the bundle's
+            ``patch_size``; ``None`` runs each volume in one window (exact and fastest with batch norm, but a network
+            whose normalisation uses the input's own statistics needs the training patch's size).
         denoise_val_subjects: cohort *train* subjects held back to validate the denoiser.
         classifier_epochs: epochs of each classifier.
         classifier_batch_size: classifier batch size.
@@ -151,6 +154,7 @@ class DemoSettings:
     noise_range: tuple[float, float] | None = None
     background_fraction: float = 0.25
     val_interval: int = 4
+    window: int | None = None
     denoise_val_subjects: int = 2
     classifier_epochs: int = 24
     classifier_batch_size: int = 4
@@ -185,6 +189,8 @@ class DemoSettings:
             raise ValueError(
                 f"noise_range must be (low, high), 0 < low <= high, with fresh_noise; got {self.noise_range}"
             )
+        if self.window is not None and self.window < 8:
+            raise ValueError(f"window must be None or >= 8 voxels, got {self.window}")
         if not 0 <= self.background_fraction < 1:
             raise ValueError(f"background_fraction must be in [0, 1), got {self.background_fraction}")
         for name in ("learning_rate", "classifier_learning_rate"):
@@ -486,6 +492,11 @@ def _network_overrides(settings: DemoSettings, prefix: str = "network_def", enco
     return {f"{prefix}::{k}": v for k, v in net.items() if not encoder_only or k in _ENCODER_KEYS}
 
 
+def _window(settings: DemoSettings, cohort: _CohortInfo) -> list[int]:
+    """The denoiser's sliding-window tile: ``settings.window`` cubed, or the whole volume in one window."""
+    return list(cohort.shape) if settings.window is None else [settings.window] * 3
+
+
 def _train_denoiser(out: Path, settings: DemoSettings, cohort: _CohortInfo) -> None:
     """Stage 2: ``train_denoise.yaml`` on the denoiser's split, noisy -> clean."""
     from pipeline.utils.seed import seed_everything
@@ -513,7 +524,7 @@ def _train_denoiser(out: Path, settings: DemoSettings, cohort: _CohortInfo) -> N
         cache_rate=1.0,
         num_workers=0,
         seed=settings.seed,
-        **{"validate::inferer::roi_size": cohort.shape},  # whole volumes in one window: exact and fastest
+        **{"validate::inferer::roi_size": _window(settings, cohort)},
         **_network_overrides(settings),
     )
 
@@ -558,7 +569,7 @@ def _denoise_test_scans(out: Path, settings: DemoSettings, cohort: _CohortInfo) 
         weights=out / "models" / "denoiser" / "model.pt",
         overwrite=True,
         precision=_PRECISION,
-        patch_size=cohort.shape,
+        patch_size=_window(settings, cohort),
         num_workers=0,
         **_network_overrides(settings),
     )
