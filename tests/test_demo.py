@@ -135,6 +135,8 @@ def test_settings_are_validated():
     with pytest.raises(ValueError, match="noise_range"):
         DemoSettings(noise_range=(5.0, 25.0), fresh_noise=False)  # a folder holds one level
     assert DemoSettings(noise_range=(5.0, 25.0)).to_dict()["noise_range"] == [5.0, 25.0]
+    with pytest.raises(ValueError, match="window"):
+        DemoSettings(window=4)
     assert DemoSettings().to_dict() == json.loads(json.dumps(DemoSettings().to_dict()))
 
 

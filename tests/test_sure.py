@@ -4,6 +4,7 @@ reference does, trains, and guards adaptation (with ``benchmarks.adaptation``, w
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import nibabel as nib
@@ -95,6 +96,39 @@ def test_sure_adaptation_trains_a_network_and_reports_the_estimated_gain(noisy_f
     assert result.scale == pytest.approx((result.noise_levels["s0"] / 255) ** 2, rel=1e-4)
     report = json.loads((tmp_path / "adaptation.json").read_text())
     assert report["loss"] == "sure" and report["psnr_gain_db"] == pytest.approx(result.psnr_gain_db)
+
+
+def test_magnitude_scans_are_warned_about_when_the_loss_or_check_assumes_gaussian_noise(
+    noisy_folder,  # noqa: F811
+    tmp_path,
+    caplog,
+):
+    magnitude = tmp_path / "magnitude.nii.gz"
+    image = nib.load(noisy_folder / "s0.nii.gz")
+    nib.save(nib.Nifti1Image(np.abs(np.asarray(image.dataobj)), image.affine), magnitude)
+    for path, loss, criterion, warned in (
+        (magnitude, "sure", "sure", True),
+        (magnitude, "n2s", "blindspot", False),  # neither assumes Gaussian noise
+        (noisy_folder / "s0.nii.gz", "sure", "sure", False),  # negative voxels: additive noise
+    ):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="pipeline.training.adapt"):
+            adapt_denoiser(
+                tiny_network(),
+                [{"image": os.fspath(path), "subject": "s0"}],
+                preprocessing(),
+                tmp_path / "adapted.pt",
+                loss=loss,
+                criterion=criterion,
+                patch_size=16,
+                iterations=2,
+                check_every=1,
+                batch_size=2,
+                num_samples=2,
+            )
+        assert ("no negative voxel" in caplog.text) is warned, (loss, criterion, path)
+        if warned:
+            assert os.fspath(path) in caplog.text and "Rician" in caplog.text
 
 
 def test_a_check_that_needs_a_noise_level_names_the_scan_when_it_has_none(noisy_folder, tmp_path):  # noqa: F811
