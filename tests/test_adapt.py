@@ -209,7 +209,7 @@ def test_adapt_yaml_adapts_a_trained_model_on_a_folder(noisy_folder, tmp_path):
         learning_rate=0.003,
         num_workers=0,
         device="cpu",
-        **{"network_def::residual_output": True},
+        **{"network_def::residual_output": True, "network_def::norm": "batch"},  # tiny_network's (frozen) batch norm
         **overrides,
     )
     try:

@@ -130,7 +130,7 @@ def test_the_baseline_is_the_bundles_default_denoiser():
 def test_every_arm_changes_one_thing_and_the_networks_output():
     from pipeline.study.arms import arm_network, arm_training
 
-    recipe = plan.baseline_recipe()
+    recipe = plan.baseline_recipe(norm=plan.FULL.norm)
     names = [arm.name for arm in plan.ARMS]
     assert len(names) == len(set(names)) and names[0] == "baseline"
     assert set(plan.LONGER_ARMS) <= set(names)

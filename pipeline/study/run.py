@@ -239,7 +239,7 @@ def run_study(
     if unknown:
         raise ValueError(f"unknown parts {unknown}: choose from {list(PARTS)}")
     out = Path(out)
-    recipe = baseline_recipe()
+    recipe = baseline_recipe(norm=settings.norm)
     precision = resolve_precision("auto", "cpu")
     stamp = {**settings.as_dict(), "recipe": recipe, "precision": precision, "pretrained": pretrained}
     cache = RunCache(out / "runs", stamp)

@@ -536,7 +536,8 @@ def adapt_denoiser(
         logger.warning(
             "%d of %d scans have no negative voxel (%s): magnitude data, whose noise is Rician, not the additive "
             "Gaussian noise that the %r loss and the %r check assume where the signal is low; on cohort volumes with "
-            "Rician noise of 25/255 the SURE loss lost 0.1-0.7 dB and its check did not see it (benchmarks.adaptation)",
+            "Rician noise of 25/255 the SURE loss lost 0.3-0.7 dB over the volume and its check did not see it "
+            "(benchmarks.adaptation)",
             len(magnitude),
             len(items),
             ", ".join(magnitude[:3]) + (", ..." if len(magnitude) > 3 else ""),

@@ -49,6 +49,7 @@ _TINY_DENOISER = {
     "conv1_t_size": 3,
     "conv1_t_stride": 1,
     "residual_output": True,
+    "norm": "instance",  # the bundle's default
 }
 
 
