@@ -414,7 +414,9 @@ def test_check_properties(configs, kind, paired6, subjects10, tmp_path):
     if "distill.yaml" in configs[-1]:
         from pipeline.training.classify import build_classifier
 
-        teacher = build_classifier("scratch", num_classes=2, model_depth=10, block_inplanes=[4, 8, 8, 8])
+        teacher = build_classifier(  # with common.yaml's shared norm, which teacher_def takes
+            "scratch", num_classes=2, model_depth=10, block_inplanes=[4, 8, 8, 8], norm="instance"
+        )
         torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
         overrides.update(teacher_ckpt=os.fspath(tmp_path / "teacher.pt"), teacher_depth=10)
         overrides["teacher_def::block_inplanes"] = [4, 8, 8, 8]
