@@ -87,9 +87,9 @@ _CLASS_NAMES = ("control", "patient")
 #: The demo's figures (README, report) were measured in float32; ``precision: auto`` would turn bf16 on where the CPU
 #: has it natively and change them, so the demo pins float32 on every CPU.
 _PRECISION = "fp32"
-#: Wall minutes of the default demo on 2 idle cores, set-up excluded (README, 2026-11-27): a 2-core Intel Xeon with
-#: AVX-512, AVX512-BF16 and AMX, and the same CPU with torch's and oneDNN's kernels limited to AVX2.
-_MEASURED_MIN = {"avx512": 13.7, "avx2": 18.0}
+#: Wall minutes of the default demo on 2 idle cores, set-up excluded (README, 2026-12-06): a 2-core AMD EPYC with
+#: AVX-512 and AVX512-BF16, and the same CPU with torch's and oneDNN's kernels limited to AVX2.
+_MEASURED_MIN = {"avx512": 10.7, "avx2": 11.8}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,7 +211,7 @@ class DemoSettings:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-#: The demo ``make demo`` runs (14 minutes on 2 AVX-512 cores, 18 with AVX2 kernels only).
+#: The demo ``make demo`` runs (11 minutes on 2 AVX-512 cores, 12 with AVX2 kernels only).
 DEFAULT = DemoSettings()
 
 #: A smoke run of every stage in about a minute: 8 subjects at 4 mm (40x48x40), one epoch each.
@@ -773,8 +773,8 @@ def _machine() -> dict[str, Any]:
 def announce(settings: DemoSettings, quick: bool = False, hardware: Any = None) -> list[str]:
     """Log what the demo is about to do and roughly how long it takes on this machine.
 
-    The estimate scales the default demo's measured wall time on 2 cores (:data:`_MEASURED_MIN`: 13.7 min with
-    AVX-512, 18.0 min with AVX2 kernels; float32 either way) by the number of logical CPUs; ``--quick`` takes about a
+    The estimate scales the default demo's measured wall time on 2 cores (:data:`_MEASURED_MIN`: 10.7 min with
+    AVX-512, 11.8 min with AVX2 kernels; float32 either way) by the number of logical CPUs; ``--quick`` takes about a
     minute.
 
     Args:
@@ -797,7 +797,7 @@ def announce(settings: DemoSettings, quick: bool = False, hardware: Any = None) 
         f" denoise and classify the held-out subjects, score {', '.join(settings.classical)}, write report.md",
         f"expected: about {minutes:.0f} min on this machine ({cores} logical CPUs, "
         + ("AVX-512" if kind == "avx512" else "AVX2 only, no AVX-512")
-        + f"); measured on 2 idle cores: {_MEASURED_MIN['avx512']} min with AVX-512 + AMX, "
+        + f"); measured on 2 idle cores: {_MEASURED_MIN['avx512']} min with AVX-512, "
         f"{_MEASURED_MIN['avx2']} min with AVX2 kernels only (set-up excluded)"
         + ("; the --quick smoke run takes about a minute" if quick else ""),
         f"CPU: {hardware.describe_cpu()}",
