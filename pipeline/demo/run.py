@@ -835,7 +835,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.demo
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Build the demo cohort, train the denoiser and two classifiers, run inference, write a report.",
-        epilog=f"example:\n  {prog} --out demo --quick   # every stage in about a minute (without --quick: 14-18 min on 2 cores)",
+        epilog=f"example:\n  {prog} --out demo --quick   # every stage in about a minute (without --quick: 11-12 min on 2 cores)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default: demo)")
