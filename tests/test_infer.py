@@ -118,7 +118,8 @@ def test_outputs_are_floored_at_output_min_unless_it_is_null(tmp_path, identity_
     assert signed.min() < 0 < signed.max()
     source = tmp_path / "signed.nii.gz"
     nib.save(nib.Nifti1Image(signed, np.diag([1.5, 1.5, 1.5, 1.0])), source)
-    for output_min, expected in ((0.0, np.maximum(signed, 0.0)), (-5.0, np.maximum(signed, -5.0)), (None, signed)):
+    cases = ((0.0, np.maximum(signed, 0.0)), (-5.0, np.maximum(signed, -5.0)), (None, signed), (False, signed))
+    for output_min, expected in cases:
         out = tmp_path / f"out{output_min}"
         assert denoise_scans(source, out, identity_weights, device="cpu", output_min=output_min, **IDENTITY).count(
             "done"

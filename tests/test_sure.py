@@ -108,6 +108,7 @@ def test_magnitude_scans_are_warned_about_when_the_loss_or_check_assumes_gaussia
     nib.save(nib.Nifti1Image(np.abs(np.asarray(image.dataobj)), image.affine), magnitude)
     for path, loss, criterion, warned in (
         (magnitude, "sure", "sure", True),
+        (magnitude, "n2s", "sure", True),  # the check assumes Gaussian noise
         (magnitude, "n2s", "blindspot", False),  # neither assumes Gaussian noise
         (noisy_folder / "s0.nii.gz", "sure", "sure", False),  # negative voxels: additive noise
     ):
@@ -129,6 +130,7 @@ def test_magnitude_scans_are_warned_about_when_the_loss_or_check_assumes_gaussia
         assert ("no negative voxel" in caplog.text) is warned, (loss, criterion, path)
         if warned:
             assert os.fspath(path) in caplog.text and "Rician" in caplog.text
+            assert ("'sure' loss" in caplog.text) is (loss == "sure") and "SURE check" in caplog.text
 
 
 def test_a_check_that_needs_a_noise_level_names_the_scan_when_it_has_none(noisy_folder, tmp_path):  # noqa: F811

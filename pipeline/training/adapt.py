@@ -533,16 +533,16 @@ def adapt_denoiser(
         data["sigma"] = torch.tensor(level / 255.0)
         prepared.append({k: data[k] for k in ("image", "holdout", "sigma", "subject") if k in data})
     if magnitude:
+        gaussian = [f"the {loss!r} loss"] * (loss in ("r2r", "sure")) + ["the SURE check"] * (criterion == "sure")
         logger.warning(
             "%d of %d scans have no negative voxel (%s): magnitude data, whose noise is Rician, not the additive "
-            "Gaussian noise that the %r loss and the %r check assume where the signal is low; on cohort volumes with "
-            "Rician noise of 25/255 the SURE loss lost 0.3-0.7 dB over the volume and its check did not see it "
-            "(benchmarks.adaptation)",
+            "Gaussian noise that %s assume%s where the signal is low; on cohort volumes with Rician noise of 25/255 "
+            "the SURE loss lost 0.3-0.7 dB over the volume and its check did not see it (benchmarks.adaptation)",
             len(magnitude),
             len(items),
             ", ".join(magnitude[:3]) + (", ..." if len(magnitude) > 3 else ""),
-            loss,
-            criterion,
+            " and ".join(gaussian),
+            "" if len(gaussian) > 1 else "s",
         )
     levels = {str(p.get("subject", i)): float(p["sigma"]) * 255.0 for i, p in enumerate(prepared)}
     check_batches = _heldout_batches(prepared, patch, heldout_per_scan, batch_size, seed)
