@@ -18,8 +18,9 @@ Stages, each timed (wall clock and CPU time of this process), with progress bars
    means, each with its free parameter tuned on the cohort's *val* subjects, scored on the same test volumes.
 6. **Floor**: :func:`pipeline.data.cohort.logistic_baseline` (cross-validated logistic regression on downsampled
    volumes).
-7. **Report** (:mod:`pipeline.demo.report`): ``<out>/report.md`` with PNG figures under ``<out>/figures``, ``<out>/results.json`` with every
-   number, ``<out>/demo.log``. ``tensorboard --logdir <out>`` shows the three training runs.
+7. **Report** (:mod:`pipeline.demo.report`): ``<out>/report.md`` with PNG figures under ``<out>/figures``,
+   ``<out>/results.json`` with every number, ``<out>/demo.log``. ``tensorboard --logdir <out>`` shows the three
+   training runs.
 
 Scores: every volume (noisy input, each method's output, clean reference) is divided by the clean scan's robust
 maximum (99.5th percentile of its non-zero voxels, the reference of the cohort's noise level), so the data range is 1
@@ -50,9 +51,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from pipeline.evaluation import stats
 from pipeline.demo.report import append_totals, write_report
 from pipeline.errors import OutputFolderError
+from pipeline.evaluation import stats
 from pipeline.utils.files import atomic_path
 from transforms.intensity import robust_max
 
@@ -89,7 +90,7 @@ _CLASS_NAMES = ("control", "patient")
 _PRECISION = "fp32"
 #: Wall minutes of the default demo on 2 idle cores, set-up excluded (README, 2026-12-06): a 2-core AMD EPYC with
 #: AVX-512 and AVX512-BF16, and the same CPU with torch's and oneDNN's kernels limited to AVX2.
-_MEASURED_MIN = {"avx512": 10.7, "avx2": 11.8}
+_MEASURED_MIN = {"avx512": 16.4, "avx2": 18.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +110,8 @@ class DemoSettings:
             seed's validation PSNR swung between 10 and 29 dB while its training loss fell; instance norm's rose
             steadily on every seed (README, Findings).
         denoise_epochs: denoiser epochs (one epoch = every training volume once, ``num_samples`` patches each).
+            160: with 80 the network tied non-local means in the brain and lost to it over the whole volume; with
+            160 it beat it in both on every seed (README, Findings).
         patch_size: training patch edge (voxels).
         batch_size: denoiser volumes per batch.
         num_samples: patches drawn per volume and epoch.
@@ -149,7 +152,7 @@ class DemoSettings:
             "norm": "instance",
         }
     )
-    denoise_epochs: int = 80
+    denoise_epochs: int = 160
     patch_size: int = 32
     batch_size: int = 2
     num_samples: int = 2
@@ -773,8 +776,8 @@ def _machine() -> dict[str, Any]:
 def announce(settings: DemoSettings, quick: bool = False, hardware: Any = None) -> list[str]:
     """Log what the demo is about to do and roughly how long it takes on this machine.
 
-    The estimate scales the default demo's measured wall time on 2 cores (:data:`_MEASURED_MIN`: 10.7 min with
-    AVX-512, 11.8 min with AVX2 kernels; float32 either way) by the number of logical CPUs; ``--quick`` takes about a
+    The estimate scales the default demo's measured wall time on 2 cores (:data:`_MEASURED_MIN`: 16.4 min with
+    AVX-512, 18.0 min with AVX2 kernels; float32 either way) by the number of logical CPUs; ``--quick`` takes about a
     minute.
 
     Args:
@@ -835,7 +838,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.demo
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Build the demo cohort, train the denoiser and two classifiers, run inference, write a report.",
-        epilog=f"example:\n  {prog} --out demo --quick   # every stage in about a minute (without --quick: 11-12 min on 2 cores)",
+        epilog=f"example:\n  {prog} --out demo --quick   # every stage in about a minute"
+        f" (without --quick: {_MEASURED_MIN['avx512']:.0f}-{_MEASURED_MIN['avx2']:.0f} min on 2 cores)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default: demo)")
