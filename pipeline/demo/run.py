@@ -214,7 +214,7 @@ class DemoSettings:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-#: The demo ``make demo`` runs (11 minutes on 2 AVX-512 cores, 12 with AVX2 kernels only).
+#: The demo ``make demo`` runs (its measured duration: :data:`_MEASURED_MIN`).
 DEFAULT = DemoSettings()
 
 #: A smoke run of every stage in about a minute: 8 subjects at 4 mm (40x48x40), one epoch each.

@@ -533,7 +533,9 @@ def adapt_denoiser(
         data["sigma"] = torch.tensor(level / 255.0)
         prepared.append({k: data[k] for k in ("image", "holdout", "sigma", "subject") if k in data})
     if magnitude:
-        gaussian = [f"the {loss!r} loss"] * (loss in ("r2r", "sure")) + ["the SURE check"] * (criterion == "sure")
+        gaussian = [f"the {loss!r} loss"] if loss in ("r2r", "sure") else []
+        if criterion == "sure":
+            gaussian.append("the SURE check")
         logger.warning(
             "%d of %d scans have no negative voxel (%s): magnitude data, whose noise is Rician, not the additive "
             "Gaussian noise that %s assume%s where the signal is low; on cohort volumes with Rician noise of 25/255 "
