@@ -20,8 +20,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q -n 2 -m "not slow" --durations=10
-	$(PY) -m pytest -q -n 2 -m slow --durations=10
+	$(PY) -m pytest -q -n 2 --dist worksteal -m "not slow" --durations=10
+	$(PY) -m pytest -q -n 2 --dist worksteal -m slow --durations=10
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
