@@ -18,9 +18,10 @@ def end_process_group(settle_s: float = SETTLE_S) -> None:
     A gloo worker thread releases each finished collective after the caller has its result; when that collective
     holds a tensor or context with a Python object (DDP's gradient all-reduce, a metric all-gather), the release
     needs the GIL. With torch 2.13 on CPUs, a rank whose interpreter was already shutting down at that moment
-    aborted ("terminate called without an active exception", SIGABRT), failing a finished run: 2 runs in 40 of
-    a two-process run on a loaded 2-core machine. The barrier keeps any rank from leaving while another still
-    communicates; the sleep hands the GIL to the worker threads. Does nothing outside ``torch.distributed``.
+    aborted ("terminate called without an active exception", SIGABRT), failing a finished run: 3 of 70
+    two-process bundle runs on a loaded 2-core machine, 0 of 40 with this function. The barrier keeps any rank
+    from leaving while another still communicates; the sleep hands the GIL to the worker threads (a thread
+    scheduled later than ``settle_s`` could still hit the bug). Does nothing outside ``torch.distributed``.
 
     Args:
         settle_s: seconds to wait after the barrier.
