@@ -56,6 +56,7 @@ from monai.utils import convert_to_numpy
 
 from pipeline.data.datasets import load_datalist
 from pipeline.errors import ScanFailuresError
+from pipeline.inference.guard import SureGuard, write_guard_report
 from pipeline.inference.scan_listing import ScanList, describe, list_folder, scan_name
 from pipeline.training.checkpoint import CheckpointError, load_checkpoint
 from pipeline.training.engines import PRECISIONS
@@ -99,6 +100,7 @@ class ScanResult:
         output: the output file (``None`` for the classifier, whose rows go to one CSV).
         reason: why it failed (empty otherwise).
         seconds: wall time spent on the scan.
+        guard: the inference guard's report (:class:`pipeline.inference.guard.GuardReport`), when it ran.
     """
 
     source: str
@@ -106,6 +108,7 @@ class ScanResult:
     output: str | None = None
     reason: str = ""
     seconds: float = 0.0
+    guard: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass
@@ -451,6 +454,7 @@ def denoise_items(
     progress: bool = True,
     image_key: str = "image",
     pred_key: str = "pred",
+    guard: SureGuard | None = None,
 ) -> InferenceSummary:
     """Denoise each scan and write it in its own space; a failing scan is reported and the rest continue.
 
@@ -458,7 +462,10 @@ def denoise_items(
     Per scan: ``preprocessing`` (dictionary transforms on ``{"image": path, ...}``) -> ``inferer(image[None],
     network)`` under ``torch.inference_mode``, the prediction cast to float32 on the CPU (a reduced-precision
     inferer's bf16/fp16 output included) -> ``postprocessing`` (``Invertd`` and :class:`SaveLikeSourced`, as the
-    bundle's ``inference.yaml`` defines them), which writes the file.
+    bundle's ``inference.yaml`` defines them), which writes the file. With a ``guard``
+    (:class:`pipeline.inference.guard.SureGuard`), the network runs twice and the guard decides what is written (the
+    network's output, a blend with the input, a Gaussian filter or the input itself, whichever has the least
+    estimated error); its report goes to ``<scan>_denoised.json`` beside the output and to the log.
 
     Args:
         items: ``{"image": path, "subject": id}`` items (:func:`collect_scans`).
@@ -474,6 +481,7 @@ def denoise_items(
         progress: show a progress bar over the scans.
         image_key: the input key.
         pred_key: the prediction key.
+        guard: the inference guard; ``None`` writes the network's output as it is.
 
     Returns:
         The summary (failed scans included; call :meth:`InferenceSummary.raise_if_failed` to turn them into an error).
@@ -494,18 +502,28 @@ def denoise_items(
             logger.info("skipping %s: %s exists", source, dest)
             continue
         start = time.perf_counter()
+        report = None
         try:
             data = preprocessing(dict(item))
             image = data[image_key]
-            with torch.inference_mode():
-                pred = inferer(image.unsqueeze(0).to(device), network)[0]
+
+            def predict(x: torch.Tensor) -> torch.Tensor:
+                with torch.inference_mode():
+                    return inferer(x.unsqueeze(0).to(device), network)[0]
+
+            if guard is None:
+                pred = predict(image)
+            else:
+                pred, report = guard(image, predict)
             # a float32 copy outside inference mode: Invertd's resampling and the writer work in full precision,
             # and may edit it
-            pred = pred.detach().to(device="cpu", dtype=torch.float32, copy=True)
+            pred = torch.as_tensor(pred).detach().to(device="cpu", dtype=torch.float32, copy=True)
             if not isinstance(pred, MetaTensor) and isinstance(image, MetaTensor):
                 pred = MetaTensor(pred, meta=image.meta, applied_operations=image.applied_operations)
             data[pred_key] = pred
             postprocessing(data)
+            if report is not None:
+                write_guard_report(report, dest, source)
         except Exception as error:  # one bad scan must not stop the batch; every failure is reported
             reason = _reason(error)
             logger.error("cannot denoise %s: %s", source, reason)
@@ -513,7 +531,8 @@ def denoise_items(
             summary.results.append(ScanResult(source, "failed", None, reason, time.perf_counter() - start))
             continue
         seconds = time.perf_counter() - start
-        summary.results.append(ScanResult(source, "done", os.fspath(dest), "", seconds))
+        guard_info = report.as_dict() if report is not None else None
+        summary.results.append(ScanResult(source, "done", os.fspath(dest), "", seconds, guard_info))
         logger.info("denoised %s -> %s (%.1f s)", source, dest, seconds)
     _log_summary(summary)
     return summary
