@@ -317,3 +317,14 @@ def test_a_card_from_a_newer_format_or_not_json_is_a_checkpoint_error(weights):
 def test_the_old_import_path_of_the_mismatch_error_still_works():
     assert model_card_module.ModelConfigMismatchError is ModelConfigMismatchError
     assert issubclass(UnsafeModelCardError, CheckpointError)
+
+
+def test_a_subjects_csv_cell_is_text_never_an_expression(scan, tmp_path, monkeypatch):
+    from pipeline.data.datasets import load_subjects_csv
+
+    monkeypatch.chdir(tmp_path)
+    hostile = touch(Path("code-ran")) + " or 'x'"
+    table = tmp_path / "subjects.csv"
+    table.write_text(f'subject_id,label,path,note\nsub-01,0,{scan},"{hostile}"\n')
+    rows = load_subjects_csv(table)
+    assert rows[0]["note"] == hostile and not (tmp_path / "code-ran").exists()
