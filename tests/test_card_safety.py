@@ -328,3 +328,16 @@ def test_a_subjects_csv_cell_is_text_never_an_expression(scan, tmp_path, monkeyp
     table.write_text(f'subject_id,label,path,note\nsub-01,0,{scan},"{hostile}"\n')
     rows = load_subjects_csv(table)
     assert rows[0]["note"] == hostile and not (tmp_path / "code-ran").exists()
+
+
+def test_adapted_weights_get_a_card_the_schema_admits(weights, tmp_path):
+    """adapt.yaml's copy_model_card writes ``adapted.json`` (the card plus ``derived_from``); it must load again."""
+    adapted = tmp_path / "adapted.pt"
+    adapted.write_bytes(weights.read_bytes())
+    copy_model_card(weights, adapted)
+    assert read_model_card(adapted)["derived_from"] == os.fspath(weights)
+    card = json.loads(card_path(adapted).read_text())
+    card["derived_from"] = touch(tmp_path / "code-ran")
+    card_path(adapted).write_text(json.dumps(card))
+    with pytest.raises(UnsafeModelCardError, match="derived_from"):
+        read_model_card(adapted)
