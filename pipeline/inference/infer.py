@@ -681,10 +681,17 @@ def _bundle_configs(name: str, bundle_dir: str | os.PathLike | None = None) -> l
 
 
 def _common_settings(
-    weights: str | os.PathLike | None, device: str | None, precision: str | None, channels_last: bool | None
+    weights: str | os.PathLike | None,
+    device: str | None,
+    precision: str | None,
+    channels_last: bool | None,
+    trust_card: bool = False,
 ) -> dict[str, Any]:
     """The config overrides of the arguments both inference functions take (``None``: the config's value)."""
     settings: dict[str, Any] = {}
+    if trust_card:  # only when asked: a config without the id keeps working
+        logger.warning("--trust-card: the weights' model card is applied unchecked and may run any code it carries")
+        settings["trust_model_card"] = True
     if weights is not None:
         settings["ckpt_path"] = os.fspath(weights)
     if device is not None:
@@ -694,6 +701,15 @@ def _common_settings(
     if channels_last is not None:
         settings["channels_last"] = bool(channels_last)
     return settings
+
+
+def _as_data(inputs: Any) -> Any:
+    """Input paths as ``Path`` objects: a MONAI config would run a file named ``$...`` given as a string."""
+    if isinstance(inputs, str):
+        return Path(inputs)
+    if isinstance(inputs, (list, tuple)):
+        return [Path(entry) if isinstance(entry, str) else entry for entry in inputs]
+    return inputs
 
 
 def _check_overlap(overlap: float) -> float:
@@ -714,6 +730,7 @@ def denoise_scans(
     channels_last: bool | None = None,
     overlap: float | None = None,
     bundle_dir: str | os.PathLike | None = None,
+    trust_card: bool = False,
     **overrides: Any,
 ) -> InferenceSummary:
     """Denoise scans with the bundle's ``inference.yaml`` (see :func:`denoise_items` for what happens per scan).
@@ -734,6 +751,9 @@ def denoise_scans(
         channels_last: run the network in the ``channels_last_3d`` memory layout; default: the config's.
         overlap: the sliding windows' overlap in [0, 1); default: the config's ``sw_overlap``.
         bundle_dir: the bundle folder whose configs run (default: the checkout's or the installed one).
+        trust_card: apply the weights' model card unchecked (config id ``trust_model_card``), with a warning: for a
+            card from someone you trust that needs a network off the allow-list or MONAI expressions
+            (:mod:`pipeline.training.card_schema`); by default such a card is refused.
         **overrides: further config overrides, e.g. ``{"network_def::model_depth": 34, "patch_size": [48] * 3}``.
 
     Returns:
@@ -744,12 +764,14 @@ def denoise_scans(
         ConfigOverrideError: an override names a key the configs do not have.
         pipeline.training.model_card.ModelConfigMismatchError: an override contradicts the weights' own configuration.
         CheckpointError: the weights are missing or do not fit the network.
+        UnsafeModelCardError: the weights' model card could run code or holds what a card may not.
         InputError: an input path does not exist or holds no scan.
     """
-    settings: dict[str, Any] = {"dataset_dir": inputs, "output_dir": os.fspath(output_dir), "overwrite": overwrite}
+    settings: dict[str, Any] = {"dataset_dir": _as_data(inputs), "output_dir": os.fspath(output_dir)}
+    settings["overwrite"] = overwrite
     if overlap is not None:
         settings["sw_overlap"] = _check_overlap(overlap)
-    settings.update(_common_settings(weights, device, precision, channels_last))
+    settings.update(_common_settings(weights, device, precision, channels_last, trust_card))
     configs = config_files or _bundle_configs("inference.yaml", bundle_dir)
     return _run_config(configs, {**settings, **overrides})
 
@@ -765,6 +787,7 @@ def classify_scans(
     precision: str | None = None,
     channels_last: bool | None = None,
     bundle_dir: str | os.PathLike | None = None,
+    trust_card: bool = False,
     **overrides: Any,
 ) -> InferenceSummary:
     """Classify scans with the bundle's ``inference_classifier.yaml`` (see :func:`classify_items`).
@@ -783,6 +806,7 @@ def classify_scans(
             ``precision``, ``auto`` (bf16 where the CPU or GPU computes it natively, else fp32).
         channels_last: run the network in the ``channels_last_3d`` memory layout; default: the config's.
         bundle_dir: the bundle folder whose configs run (default: the checkout's or the installed one).
+        trust_card: apply the weights' model card unchecked, with a warning (see :func:`denoise_scans`).
         **overrides: further config overrides, e.g. ``{"class_names": ["CN", "AD"]}``.
 
     Returns:
@@ -793,10 +817,12 @@ def classify_scans(
         ConfigOverrideError: an override names a key the configs do not have.
         pipeline.training.model_card.ModelConfigMismatchError: an override contradicts the weights' own configuration.
         CheckpointError: the weights are missing or do not fit the network.
+        UnsafeModelCardError: the weights' model card could run code or holds what a card may not.
         InputError: an input path does not exist or holds no scan.
     """
-    settings: dict[str, Any] = {"dataset_dir": inputs, "output_csv": os.fspath(output_csv), "overwrite": overwrite}
-    settings.update(_common_settings(weights, device, precision, channels_last))
+    settings: dict[str, Any] = {"dataset_dir": _as_data(inputs), "output_csv": os.fspath(output_csv)}
+    settings["overwrite"] = overwrite
+    settings.update(_common_settings(weights, device, precision, channels_last, trust_card))
     configs = config_files or _bundle_configs("inference_classifier.yaml", bundle_dir)
     return _run_config(configs, {**settings, **overrides})
 
@@ -887,6 +913,13 @@ def add_task_arguments(parser: argparse.ArgumentParser, task: str) -> argparse.A
         "--bundle-dir", default=None, help="bundle folder whose configs/ run (default: the installed bundle)"
     )
     parser.add_argument(
+        "--trust-card",
+        action="store_true",
+        help="apply the weights' model card unchecked: only for a card from someone you trust, as it may then run "
+        "any code (by default a card is data, and one naming a network off the allow-list or carrying MONAI "
+        "expressions is refused)",
+    )
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -948,6 +981,7 @@ def run_task(task: str, args: argparse.Namespace) -> int:
                 args.overwrite,
                 overlap=args.overlap,
                 bundle_dir=args.bundle_dir,
+                trust_card=args.trust_card,
                 **overrides,
             )
         else:
@@ -963,6 +997,7 @@ def run_task(task: str, args: argparse.Namespace) -> int:
                 args.device,
                 overwrite=args.overwrite,
                 bundle_dir=args.bundle_dir,
+                trust_card=args.trust_card,
                 **overrides,
             )
     except (ConfigOverrideError, ValueError, FileNotFoundError) as error:
