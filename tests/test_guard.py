@@ -1,4 +1,4 @@
-"""The inference guard (pipeline.inference.guard): SURE's choice is never worse than the input, and its estimate holds."""
+"""The inference guard (pipeline.inference.guard): never worse than the input, and its estimate holds."""
 
 from __future__ import annotations
 
