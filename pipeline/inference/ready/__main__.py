@@ -47,12 +47,24 @@ _NOISE = {
 }
 
 
-def train(out: str | os.PathLike, epochs: int | None = None, samples_per_epoch: int | None = None) -> Path:
-    """Train the ready denoiser's recipe (:data:`RECIPE`) into ``out``; returns the best weights (``model.pt``)."""
+def train(
+    out: str | os.PathLike, epochs: int | None = None, samples_per_epoch: int | None = None, **overrides: object
+) -> Path:
+    """Train the ready denoiser's recipe (:data:`RECIPE`) into ``out``.
+
+    Args:
+        out: the run folder (``models/`` and the logs go there).
+        epochs: epochs instead of the recipe's.
+        samples_per_epoch: generated heads per epoch instead of the recipe's.
+        **overrides: further config overrides (e.g. ``{"synth::map_spacing": 4.0}`` for a quick try-out).
+
+    Returns:
+        The weights of the epoch of best validation PSNR (``out/models/model.pt``), their card beside them.
+    """
     from pipeline.bundle_run import run
 
     out = Path(out)
-    overrides = dict(RECIPE)
+    overrides = {**RECIPE, **overrides}
     if epochs is not None:
         overrides.update(num_epochs=epochs, val_interval=min(epochs, 5), ckpt_interval=min(epochs, 5))
     if samples_per_epoch is not None:
