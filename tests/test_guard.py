@@ -144,3 +144,9 @@ def test_denoise_items_writes_the_guards_choice_beside_each_output(tmp_path):
     assert sidecar["source"].endswith("sub-01.nii.gz") and sidecar["choice"] in sidecar["candidates"]
     assert sidecar["estimated_gain_db"] == summary.results[0].guard["estimated_gain_db"] >= 0
     assert "white noise" in sidecar["assumptions"]
+
+
+def test_a_network_that_returns_nan_is_set_aside():
+    _, noisy = _noisy(15 / 255, seed=4)
+    out, report = _run(noisy, lambda v: np.full_like(v, np.nan))
+    assert np.isfinite(out).all() and not report.choice.startswith("network")
