@@ -201,7 +201,7 @@ class SureGuard:
             centre[name] = gaussian_centre_weight(width)
         if not (math.isfinite(divergence) and bool(torch.isfinite(outputs[_NETWORK]).all())):
             logger.warning("the network's output is not finite: the guard chooses among the filters and the input")
-            outputs[_NETWORK], centre[_NETWORK] = torch.zeros_like(base), 0.0
+            outputs[_NETWORK], centre[_NETWORK], pred = torch.zeros_like(base), 0.0, y.clone()
         weights, risks = _candidates(outputs, centre, sigma)
         best = min(risks, key=lambda name: risks[name] if math.isfinite(risks[name]) else math.inf)
         gains = {name: 10.0 * math.log10(sigma**2 / max(risk, 1e-30)) for name, risk in risks.items()}
