@@ -201,7 +201,7 @@ class SureGuard:
             centre[name] = gaussian_centre_weight(width)
         if not (math.isfinite(divergence) and bool(torch.isfinite(outputs[_NETWORK]).all())):
             logger.warning("the network's output is not finite: the guard chooses among the filters and the input")
-            outputs[_NETWORK], centre[_NETWORK], pred = torch.zeros_like(base), 0.0, y.clone()
+            del outputs[_NETWORK], centre[_NETWORK]
         weights, risks = _candidates(outputs, centre, sigma)
         best = min(risks, key=lambda name: risks[name] if math.isfinite(risks[name]) else math.inf)
         gains = {name: 10.0 * math.log10(sigma**2 / max(risk, 1e-30)) for name, risk in risks.items()}
@@ -247,12 +247,16 @@ def _candidates(
             return None
         return dict(zip(chosen, map(float, w), strict=True)) if (w >= 0).all() else None
 
-    net = index[_NETWORK]
-    alpha = float(np.clip(drive[net] / gram[net, net], 0.0, 1.0)) if gram[net, net] > 0 else 0.0
-    weights: dict[str, dict[str, float]] = {"input": {}, _NETWORK: {_NETWORK: 1.0}, "network blend": {_NETWORK: alpha}}
-    for name in names[1:]:
+    weights: dict[str, dict[str, float]] = {"input": {}}
+    net = index.get(_NETWORK)
+    if net is not None:
+        alpha = float(np.clip(drive[net] / gram[net, net], 0.0, 1.0)) if gram[net, net] > 0 else 0.0
+        weights.update({_NETWORK: {_NETWORK: 1.0}, "network blend": {_NETWORK: alpha}})
+    for name in names:
+        if name == _NETWORK:
+            continue
         weights[name] = {name: 1.0}
-        pair = fit([_NETWORK, name])
+        pair = fit([_NETWORK, name]) if net is not None else None
         if pair is not None:
             weights[f"network + {name}"] = pair
     return weights, {name: risk(w) for name, w in weights.items()}
