@@ -319,8 +319,10 @@ def test_every_encoder_is_finetuned_by_the_same_rule(tmp_path, monkeypatch):
     items = [{"image": torch.rand(1, 16, 16, 16), "label": k % 2, "subject": f"s{k}"} for k in range(6)]
     sets = {"small": items[:4], "val": items[4:5], "test": items[5:]}
     results = [
-        transfer.finetune(encoder_classifier(kind, 0, recipe, weights), 0, plan.QUICK, sets, "small", tmp_path / kind)
-        for kind, weights in (("random", None), ("denoiser", str(tmp_path / "model.pt")))
+        transfer.finetune(
+            encoder_classifier(kind, 0, recipe, weights), 0, plan.QUICK, sets, "small", tmp_path / kind, run
+        )
+        for kind, weights, run in (("random", None, None), ("denoiser", str(tmp_path / "model.pt"), str(tmp_path)))
     ]
     assert seen["lrs"][0] == seen["lrs"][1] == [transfer.HEAD_LR * transfer.ENCODER_LR_FACTOR, transfer.HEAD_LR]
     assert seen["bn"] == [1, 1]
