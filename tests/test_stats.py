@@ -201,6 +201,15 @@ def test_verdict_needs_both_intervals_to_exclude_zero():
     assert stats.contrast_summary(table, wide, 0.05)["verdict"] == "inconclusive"
 
 
+def test_seeds_that_agree_on_few_items_are_not_equivalent_when_the_items_leave_it_open():
+    """TOST over seeds rejects (every seed has the same mean), the items' bootstrap does not: inconclusive."""
+    table = np.tile([[-0.6, 0.6, -0.3, 0.3]], (5, 1))  # mean 0 on every seed, but +-0.6 dB between volumes
+    interval = stats.bootstrap_interval(lambda r, c: float(table[np.ix_(r, c)].mean()), 5, 4, 0.95, 500)
+    result = stats.contrast_summary(table, interval, margin=0.1)
+    assert result["tost_p"] < 0.05 and not result["bootstrap_within_margin"]
+    assert result["verdict"] == "inconclusive"
+
+
 def test_equivalence_arguments_are_checked():
     with pytest.raises(ValueError, match="margin"):
         stats.equivalence_test(np.zeros((3, 2)), 0.0)

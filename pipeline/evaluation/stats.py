@@ -355,8 +355,11 @@ def verdict(low: float, high: float, equivalence_p: float = float("nan"), alpha:
 def contrast_summary(differences: np.ndarray, interval: BootstrapInterval, margin: float) -> dict[str, Any]:
     """Every figure a verdict rests on: t interval over seeds, bootstrap interval, TOST and the verdict.
 
-    The verdict reads the hull of the two intervals (better/worse only when both exclude 0) and the TOST at
-    ``1 - interval.level`` (the same family-wise level as the interval).
+    The verdict reads the hull of the two intervals: *better*/*worse* only when both exclude 0, *equivalent* only
+    when the TOST at ``1 - interval.level`` (the same family-wise level as the interval) rejects and the bootstrap
+    interval also lies inside ``+-margin``. The TOST works on the seed means only, so with seeds that agree on a few
+    test items it can reject while the items alone leave the difference wide open; the bootstrap gate keeps such
+    a contrast inconclusive.
 
     Args:
         differences: ``arm - baseline`` per (seed, item), or one value per seed (1-D), for the t interval and TOST.
@@ -365,7 +368,8 @@ def contrast_summary(differences: np.ndarray, interval: BootstrapInterval, margi
 
     Returns:
         ``{"estimate", "t_interval", "bootstrap_interval", "level", "seeds", "margin", "tost_p", "tost_alpha",
-        "verdict", "bootstrap": {"resamples", "bound_se", "zero_tail", "zero_tail_se", "near_bound"}}``.
+        "bootstrap_within_margin", "verdict", "bootstrap": {"resamples", "bound_se", "zero_tail", "zero_tail_se",
+        "near_bound"}}``.
     """
     level = interval.level
     estimate, t_low, t_high = seed_t_interval(differences, level)
@@ -373,6 +377,7 @@ def contrast_summary(differences: np.ndarray, interval: BootstrapInterval, margi
     p, _ = equivalence_test(differences, margin, alpha)
     bounds = (t_low, t_high, interval.low, interval.high)
     low, high = (float("nan"),) * 2 if any(np.isnan(bounds)) else (min(t_low, interval.low), max(t_high, interval.high))
+    inside = bool(-margin < interval.low and interval.high < margin)
     return {
         "estimate": estimate,
         "t_interval": [t_low, t_high],
@@ -382,7 +387,8 @@ def contrast_summary(differences: np.ndarray, interval: BootstrapInterval, margi
         "margin": margin,
         "tost_p": p,
         "tost_alpha": alpha,
-        "verdict": verdict(low, high, p, alpha),
+        "bootstrap_within_margin": inside,
+        "verdict": verdict(low, high, p if inside else float("nan"), alpha),
         "bootstrap": {
             "resamples": interval.resamples,
             "bound_se": list(interval.bound_se),
