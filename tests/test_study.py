@@ -300,6 +300,37 @@ def test_transfer_contrasts_keep_their_sign_and_refuse_unequal_protocols(tmp_pat
         transfer_results(cache, _settings(3), ["random", "denoiser"], n_resamples=50)
 
 
+def test_pretraining_budgets_are_a_setting_and_each_gets_its_contrast(tmp_path):
+    import dataclasses
+
+    from pipeline.study.report import transfer_kinds
+    from pipeline.study.run import _total_runs
+
+    settings = dataclasses.replace(_settings(3), pretrain_budgets=(0.25, 1.0, 4.0))
+    kinds = transfer_kinds(settings, None)
+    assert kinds == ["random", "denoiser_x0.25", "denoiser", "denoiser_x4"]
+    assert _total_runs(settings, ["transfer"], pretrained=False) == 2 + 3 * (3 + 4 * 4)
+    cache = RunCache(tmp_path, {})
+    for kind in kinds:
+        _transfer_runs(cache, kind, "probe", "small", 3, 0.3)
+    contrasts = transfer_results(cache, settings, kinds, n_resamples=50)["contrasts"]
+    assert [(c["encoder"], c["pretrain_budget"]) for c in contrasts] == [
+        ("denoiser_x0.25", 0.25),
+        ("denoiser", 1.0),
+        ("denoiser_x4", 4.0),
+    ]
+    assert contrasts[0]["diff_auc"]["level"] == stats.bonferroni_level(12)
+    with pytest.raises(ValueError, match="pretrain_budgets"):
+        plan.StudySettings(pretrain_budgets=(0.0, 1.0))
+
+
+def test_the_default_study_has_the_seeds_a_verdict_needs():
+    assert plan.FULL.seeds >= plan.MIN_SEEDS_ARMS == 5 and plan.FULL.transfer_seeds >= plan.MIN_SEEDS_TRANSFER == 10
+    assert plan.BUDGET_90.seeds < plan.MIN_SEEDS_ARMS  # the 90-minute budget is underpowered, and says so
+    with pytest.raises(ValueError, match="margin_auc"):
+        plan.StudySettings(margin_auc=0.0)
+
+
 def test_every_encoder_is_finetuned_by_the_same_rule(tmp_path, monkeypatch):
     """Random and denoiser-pretrained encoders: the same learning rates, batch-norm re-estimation, steps."""
     from pipeline.study import transfer
