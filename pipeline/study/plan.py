@@ -166,7 +166,7 @@ class StudySettings:
         return dataclasses.asdict(self)
 
 
-#: The full study, with the seeds a verdict needs: projected at about 2.5 hours on 2 CPU cores (186 runs; the
+#: The full study, with the seeds a verdict needs: projected at about 130 minutes on 2 CPU cores (187 runs; the
 #: 86 runs of :data:`BUDGET_90` took 60 minutes).
 FULL = StudySettings()
 #: ``--budget 90min``: the full sizes with 3 seeds each, which fit 90 minutes on 2 cores; every contrast is

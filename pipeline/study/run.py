@@ -60,7 +60,7 @@ PARTS = ("arms", "longer", "transfer")
 #: pretrained encoder got batch-norm re-estimation and the lower encoder rate) are refused, never mixed.
 PROTOCOL = 2
 #: Wall minutes of each settings' whole study on a 2-core CPU with AVX512-BF16/AMX (bf16): measured 2026-11-27 for
-#: BUDGET_90 (then the default), QUICK and TINY; FULL's is projected from BUDGET_90's per-run time (186 vs 86 runs).
+#: BUDGET_90 (then the default), QUICK and TINY; FULL's is projected from BUDGET_90's per-run time (187 vs 86 runs).
 _MINUTES = {BUDGET_90: 60.0, QUICK: 4.0, TINY: 1.5, FULL: 130.0}
 #: ``--budget``: the settings each name selects.
 BUDGETS = {"required": FULL, "90min": BUDGET_90}
@@ -337,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--budget",
         choices=sorted(BUDGETS),
         default="required",
-        help="required: the seeds a verdict needs (5 per arm, 10 per transfer encoder; about 2.5 h on 2 cores); "
+        help="required: the seeds a verdict needs (5 per arm, 10 per transfer encoder; projected 130 min on 2 cores); "
         "90min: 3 seeds each, every contrast underpowered (the report says so)",
     )
     parser.add_argument("--seeds", type=int, default=None, help="seeds per denoising arm (overrides --budget)")
