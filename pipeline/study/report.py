@@ -268,7 +268,7 @@ def _rule(level: float, contrasts: int, margin: str, seeds: int, required: int, 
     )
     return (
         f"{power}Intervals at {level:.2%} (Bonferroni over {contrasts} contrasts): *t* is a Student t interval on the "
-        f"{seeds} per-seed mean differences ({seeds - 1} degrees of freedom), *bootstrap* resamples seeds and "
+        f"{seeds} per-seed mean differences (df = {seeds - 1}), *bootstrap* resamples seeds and "
         f"{what} (two levels). Rule fixed before the run: *better*/*worse* when both intervals exclude 0; "
         f"*equivalent* when the TOST over seeds at α = {1 - level:.2%} rejects a difference as large as the margin "
         f"±{margin} (fixed in the settings before the run) and the bootstrap interval lies inside it; else "
