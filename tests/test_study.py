@@ -331,6 +331,16 @@ def test_the_default_study_has_the_seeds_a_verdict_needs():
         plan.StudySettings(margin_auc=0.0)
 
 
+def test_the_command_line_takes_the_budget_and_refuses_bad_seeds(tmp_path, capsys):
+    from pipeline.study.run import BUDGETS, main
+
+    assert BUDGETS == {"required": plan.FULL, "90min": plan.BUDGET_90}
+    with pytest.raises(SystemExit) as stopped:
+        main(["--budget", "90min", "--transfer-seeds", "0", "--out", str(tmp_path)])
+    assert stopped.value.code == 2 and "transfer_seeds must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # refused before anything ran
+
+
 def test_every_encoder_is_finetuned_by_the_same_rule(tmp_path, monkeypatch):
     """Random and denoiser-pretrained encoders: the same learning rates, batch-norm re-estimation, steps."""
     from pipeline.study import transfer
