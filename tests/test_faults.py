@@ -221,10 +221,10 @@ def test_command_lines_must_fail_with_a_plain_message_and_a_status():
 def test_command_line_prints_one_line_per_case_and_the_summary(capfd):
     assert faults.main(["-k", "leakage/"]) == 0
     lines = capfd.readouterr().out.strip().splitlines()
-    assert len(lines) == 4
-    assert all(line.startswith("clear error ") for line in lines[:3])
+    assert len(lines) == 5
+    assert all(line.startswith("clear error ") for line in lines[:4])
     assert re.fullmatch(
-        r"3 cases tried: 3 clear errors, 0 handled, 0 crashes, 0 files lost or corrupted \(\d+ s\)", lines[-1]
+        r"4 cases tried: 4 clear errors, 0 handled, 0 crashes, 0 files lost or corrupted \(\d+ s\)", lines[-1]
     )
 
 

@@ -1,8 +1,11 @@
 """The study (``python -m pipeline.study``): its statistics, its cache, its arms, its data sets, its whole run.
 
-The statistics are checked against known values and scikit-learn; the cache against a counter and a killed run;
-each arm must build a network whose output differs from the baseline's; the quick study (every arm, every part, 3
-seeds) must write a report that answers every question, and continue after a kill without re-running finished runs.
+The statistics are checked against known values and scikit-learn (their coverage in ``tests/test_stats.py``); the
+cache against a counter and a killed run; each arm must build a network whose output differs from the baseline's; the
+report, on cached runs made up here, must keep the sign of a difference, pair seeds, refuse unequal budgets and
+protocols, and flag underpowered contrasts; the leakage guard must compare voxels, not IDs; every transfer encoder
+must be fine-tuned by one rule; the quick study (every arm, every part, 3 seeds) must write a report that answers
+every question, and continue after a kill without re-running finished runs.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from pipeline.errors import LeakageError
 from pipeline.evaluation import stats
 from pipeline.study import plan
 from pipeline.study.cache import RunCache
-from pipeline.study.data import labelled_sets, simulated_cohort
+from pipeline.study.data import check_distinct_volumes, labelled_sets, simulated_cohort
+from pipeline.study.report import arms_results, transfer_results
 from pipeline.study.transfer import encoder_classifier, pooled_features, pretraining_network
 from pipeline.training.batchnorm import reestimate_batchnorm
 
@@ -47,19 +52,6 @@ def test_the_interval_widens_with_the_bonferroni_level():
 def test_paired_difference_refuses_tables_of_different_shapes():
     with pytest.raises(ValueError, match="one shape"):
         stats.paired_difference(np.zeros((3, 4)), np.zeros((3, 5)))
-
-
-@pytest.mark.parametrize(
-    ("estimate", "low", "high", "margin", "expected"),
-    [
-        (0.05, -0.2, 0.3, 0.1, "no difference"),
-        (0.5, 0.2, 0.8, 0.1, "better"),
-        (-0.5, -0.8, -0.2, 0.1, "worse"),
-        (0.5, -0.1, 1.1, 0.1, "inconclusive"),
-    ],
-)
-def test_verdict_follows_the_stated_rule(estimate, low, high, margin, expected):
-    assert stats.verdict(estimate, low, high, margin) == expected
 
 
 def test_auc_and_balanced_accuracy_agree_with_scikit_learn():
@@ -211,6 +203,192 @@ def test_the_denoiser_encoder_moves_into_the_classifier_and_gives_pooled_feature
         encoder_classifier("imagenet", 0, recipe)
 
 
+# ---------------------------------------------------------------- the report on made-up runs
+
+
+def _arm_runs(cache, arm, offsets, subjects=("eval-0", "eval-1", "generated-0"), steps=4, part="arms"):
+    """Cache one run per seed whose PSNR/SSIM per volume is ``30 + seed effect + volume effect + offset``."""
+    rng = np.random.default_rng(0)  # the same seed and volume effects for every arm: what pairing cancels
+    seed_effect, volume_effect = rng.normal(0.0, 2.0, len(offsets)), rng.normal(0.0, 3.0, len(subjects))
+    for seed, offset in enumerate(offsets):
+        run = {
+            "arm": arm,
+            "seed": seed,
+            "steps": steps,
+            "seconds_per_step": 1.0,
+            "cpu_seconds": 4.0,
+            "precision": "fp32",
+            "volumes": [
+                {
+                    "subject": subject,
+                    **{m: 30.0 + seed_effect[seed] + volume_effect[k] + offset for m in ("psnr_brain", "psnr_volume")},
+                    **{m: 0.8 + 0.01 * offset for m in ("ssim_brain", "ssim_volume")},
+                }
+                for k, subject in enumerate(subjects)
+            ],
+        }
+        cache.run(part, f"{arm}/seed{seed}", lambda run=run: run)
+
+
+def _settings(seeds):
+    return plan.StudySettings(seeds=seeds, transfer_seeds=seeds, bootstrap=200)
+
+
+def test_the_report_keeps_the_sign_and_pairs_seeds(tmp_path):
+    cache = RunCache(tmp_path, {})
+    _arm_runs(cache, "baseline", [0.0] * 5)
+    _arm_runs(cache, "skip_cat", [0.3] * 5)  # better by 0.3 dB on every seed and volume
+    _arm_runs(cache, "lr_x3", [-0.3] * 5)
+    _arm_runs(cache, "norm_instance", [0.001, -0.002, 0.0, 0.002, -0.001])
+    rows = {r["arm"]: r for r in arms_results(cache, _settings(5), n_resamples=200)}
+    better, worse, same = rows["skip_cat"]["diff_psnr_brain"], rows["lr_x3"]["diff_psnr_brain"], None
+    assert better["verdict"] == "better" and better["t_interval"] == pytest.approx([0.3, 0.3])
+    assert worse["verdict"] == "worse" and worse["estimate"] == pytest.approx(-0.3)
+    same = rows["norm_instance"]["diff_psnr_brain"]
+    assert same["verdict"] == "equivalent" and same["margin"] == plan.StudySettings().margin_psnr_db
+    assert not better["underpowered"] and better["seeds"] == 5 and better["level"] == stats.bonferroni_level(15)
+
+
+def test_the_report_flags_underpowered_contrasts(tmp_path):
+    cache = RunCache(tmp_path, {})
+    _arm_runs(cache, "baseline", [0.0] * 3)
+    _arm_runs(cache, "skip_cat", [0.3] * 3)
+    diff = {r["arm"]: r for r in arms_results(cache, _settings(3), n_resamples=200)}["skip_cat"]["diff_psnr_brain"]
+    assert diff["underpowered"] and diff["required_seeds"] == plan.MIN_SEEDS_ARMS
+
+
+@pytest.mark.parametrize("what", ["steps", "volumes"])
+def test_the_report_refuses_unequal_budgets_or_volumes(tmp_path, what):
+    cache = RunCache(tmp_path, {})
+    _arm_runs(cache, "baseline", [0.0] * 3)
+    if what == "steps":
+        _arm_runs(cache, "skip_cat", [0.3] * 3, steps=8)
+    else:
+        _arm_runs(cache, "skip_cat", [0.3] * 3, subjects=("eval-1", "eval-0", "generated-0"))
+    with pytest.raises(ValueError, match="unequal"):
+        arms_results(cache, _settings(3), n_resamples=50)
+
+
+def _transfer_runs(cache, kind, evaluation, size, seeds, separation, protocol=None, steps=6):
+    labels = [0, 1] * 10
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        prob = np.clip(np.array(labels) * separation + rng.normal(0.5 - separation / 2, 0.2, 20), 0, 1)
+        run = {"subjects": [f"lab-{k}" for k in range(20)], "labels": labels, "prob": prob.tolist(), "seconds": 1.0}
+        run["steps"] = steps
+        if protocol is not None:
+            run["protocol"] = protocol
+        cache.run("transfer", f"{evaluation}/{kind}/{size}/seed{seed}", lambda run=run: run)
+
+
+def test_transfer_contrasts_keep_their_sign_and_refuse_unequal_protocols(tmp_path):
+    cache = RunCache(tmp_path / "a", {})
+    protocol = {"encoder_lr": 1e-4, "head_lr": 1e-3, "batchnorm_reestimated": True}
+    for size in ("small", "large"):
+        for evaluation in ("probe", "finetune"):
+            _transfer_runs(cache, "random", evaluation, size, 10, 0.1, protocol)
+            _transfer_runs(cache, "denoiser", evaluation, size, 10, 0.6, protocol)
+    result = transfer_results(cache, _settings(10), ["random", "denoiser"], n_resamples=100)
+    assert len(result["contrasts"]) == 4 and result["level"] == stats.bonferroni_level(4)
+    assert all(c["answer"] == "helps" and c["diff_auc"]["estimate"] > 0 for c in result["contrasts"])
+    assert all(not c["diff_auc"]["underpowered"] and c["pretrain_budget"] == 1.0 for c in result["contrasts"])
+
+    cache = RunCache(tmp_path / "b", {})
+    _transfer_runs(cache, "random", "finetune", "small", 3, 0.1, {**protocol, "encoder_lr": 1e-3})
+    _transfer_runs(cache, "denoiser", "finetune", "small", 3, 0.6, protocol)
+    with pytest.raises(ValueError, match="unequal protocol"):
+        transfer_results(cache, _settings(3), ["random", "denoiser"], n_resamples=50)
+
+
+def test_pretraining_budgets_are_a_setting_and_each_gets_its_contrast(tmp_path):
+    import dataclasses
+
+    from pipeline.study.report import transfer_kinds
+    from pipeline.study.run import _total_runs
+
+    settings = dataclasses.replace(_settings(3), pretrain_budgets=(0.25, 1.0, 4.0))
+    kinds = transfer_kinds(settings, None)
+    assert kinds == ["random", "denoiser_x0.25", "denoiser", "denoiser_x4"]
+    assert _total_runs(settings, ["transfer"], pretrained=False) == 2 + 3 * (3 + 4 * 4)
+    cache = RunCache(tmp_path, {})
+    for kind in kinds:
+        _transfer_runs(cache, kind, "probe", "small", 3, 0.3)
+    contrasts = transfer_results(cache, settings, kinds, n_resamples=50)["contrasts"]
+    assert [(c["encoder"], c["pretrain_budget"]) for c in contrasts] == [
+        ("denoiser_x0.25", 0.25),
+        ("denoiser", 1.0),
+        ("denoiser_x4", 4.0),
+    ]
+    assert contrasts[0]["diff_auc"]["level"] == stats.bonferroni_level(12)
+    with pytest.raises(ValueError, match="pretrain_budgets"):
+        plan.StudySettings(pretrain_budgets=(0.0, 1.0))
+
+
+def test_the_default_study_has_the_seeds_a_verdict_needs():
+    assert plan.FULL.seeds >= plan.MIN_SEEDS_ARMS == 5 and plan.FULL.transfer_seeds >= plan.MIN_SEEDS_TRANSFER == 10
+    assert plan.BUDGET_90.seeds < plan.MIN_SEEDS_ARMS  # the 90-minute budget is underpowered, and says so
+    with pytest.raises(ValueError, match="margin_auc"):
+        plan.StudySettings(margin_auc=0.0)
+
+
+def test_the_command_line_takes_the_budget_and_refuses_bad_seeds(tmp_path, capsys):
+    from pipeline.study.run import BUDGETS, main
+
+    assert BUDGETS == {"required": plan.FULL, "90min": plan.BUDGET_90}
+    with pytest.raises(SystemExit) as stopped:
+        main(["--budget", "90min", "--transfer-seeds", "0", "--out", str(tmp_path)])
+    assert stopped.value.code == 2 and "transfer_seeds must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # refused before anything ran
+
+
+def test_every_encoder_is_finetuned_by_the_same_rule(tmp_path, monkeypatch):
+    """Random and denoiser-pretrained encoders: the same learning rates, batch-norm re-estimation, steps."""
+    from pipeline.study import transfer
+
+    seen = {}
+
+    def fake_finetune(train, val, network, run_dir, test_data, optimizer, **kwargs):
+        seen.setdefault("lrs", []).append([group["lr"] for group in optimizer.param_groups])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        rows = "subject,prob_1\n" + "".join(f"{i['subject']},0.5\n" for i in test_data)
+        (run_dir / "predictions_test.csv").write_text(rows)
+
+    monkeypatch.setattr(transfer, "finetune_classifier", fake_finetune)
+    monkeypatch.setattr(transfer, "reestimate_batchnorm", lambda network, images: seen.setdefault("bn", []).append(1))
+    recipe = plan.baseline_recipe()
+    torch.save(pretraining_network(recipe).state_dict(), tmp_path / "model.pt")
+    items = [{"image": torch.rand(1, 16, 16, 16), "label": k % 2, "subject": f"s{k}"} for k in range(6)]
+    sets = {"small": items[:4], "val": items[4:5], "test": items[5:]}
+    results = [
+        transfer.finetune(
+            encoder_classifier(kind, 0, recipe, weights), 0, plan.QUICK, sets, "small", tmp_path / kind, run
+        )
+        for kind, weights, run in (("random", None, None), ("denoiser", str(tmp_path / "model.pt"), str(tmp_path)))
+    ]
+    assert seen["lrs"][0] == seen["lrs"][1] == [transfer.HEAD_LR * transfer.ENCODER_LR_FACTOR, transfer.HEAD_LR]
+    assert seen["bn"] == [1, 1]
+    assert results[0]["protocol"] == results[1]["protocol"] and results[0]["steps"] == results[1]["steps"]
+
+
+# ---------------------------------------------------------------- leakage by voxels
+
+
+def test_the_leakage_guard_compares_voxels_not_ids(tmp_path):
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(3):
+        path = tmp_path / f"lab-{k}.nii.gz"
+        nib.save(nib.Nifti1Image(rng.random((6, 6, 6)).astype(np.float32), np.eye(4)), path)
+        paths.append(str(path))
+    check_distinct_volumes({"train": paths[:2], "test": paths[2:]})
+    copy = tmp_path / "eval-9.nii.gz"  # another ID, another header, the same voxels as lab-0
+    nib.save(nib.Nifti1Image(np.asarray(nib.load(paths[0]).dataobj), np.diag([2.0, 2.0, 2.0, 1.0])), copy)
+    with pytest.raises(LeakageError, match="eval-9"):
+        check_distinct_volumes({"train": paths[:2], "test": [paths[2], str(copy)]})
+
+
 # ---------------------------------------------------------------- the quick study, end to end
 
 
@@ -225,10 +403,16 @@ def test_quick_study_answers_every_question_and_continues_after_a_kill(tmp_path,
     for arm in plan.ARMS[1:]:  # every question is answered, naming its arms
         assert f"`{arm.name}`" in report and arm.question in report
     assert {row["arm"] for row in results["arms"]} == {arm.name for arm in plan.ARMS}
-    assert all(len(row["diff_psnr_brain"]) == 3 for row in results["arms"] if row["arm"] != "baseline")
+    others = [row for row in results["arms"] if row["arm"] != "baseline"]
+    assert all(row["diff_psnr_brain"]["verdict"] in stats.VERDICTS for row in others)
+    assert all(row["diff_psnr_brain"]["underpowered"] for row in others)  # 3 seeds: the report says so
+    assert len({row["steps"] for row in results["arms"]}) == 1  # equal budgets
     assert results["ranking"]["short"] and results["settings"]["seeds"] >= 3
     contrasts = {(c["evaluation"], c["size"]) for c in results["transfer"]["contrasts"]}
     assert contrasts == {(e, s) for e in ("probe", "finetune") for s in ("small", "large")}
+    finetuned = [json.loads(p.read_text()) for p in (out / "runs" / "transfer").glob("finetune-*.json")]
+    assert len({json.dumps(r["protocol"], sort_keys=True) for r in finetuned}) == 1 and len(finetuned) == 12
+    assert "Underpowered" in report and "TOST" in report and "no difference" not in report
     assert "skipped, no file given" in report
     assert (out / "arms.png").stat().st_size > 0
 

@@ -10,7 +10,25 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ARMS", "FULL", "LONGER_ARMS", "QUICK", "TINY", "Arm", "StudySettings", "baseline_recipe"]
+__all__ = [
+    "ARMS",
+    "BUDGET_90",
+    "FULL",
+    "LONGER_ARMS",
+    "MIN_SEEDS_ARMS",
+    "MIN_SEEDS_TRANSFER",
+    "QUICK",
+    "TINY",
+    "Arm",
+    "StudySettings",
+    "baseline_recipe",
+    "pretrain_kind",
+]
+
+#: Seeds a denoising contrast needs before its verdict counts (fewer: the report calls it underpowered).
+MIN_SEEDS_ARMS = 5
+#: Seeds a transfer contrast needs (the AUC of a fine-tuned classifier varies more between seeds).
+MIN_SEEDS_TRANSFER = 10
 
 #: The ResUnet3D arguments the bundle shares between workflows (``network_def`` of ``common.yaml``).
 _NETWORK_KEYS = (
@@ -73,7 +91,8 @@ class StudySettings:
 
     Attributes:
         spacing: voxel size (mm) of every simulated volume.
-        seeds: seeds per arm (>= 3 for intervals).
+        seeds: seeds per denoising arm (:data:`MIN_SEEDS_ARMS` for a verdict that counts; 2 give an interval).
+        transfer_seeds: seeds of each transfer encoder (:data:`MIN_SEEDS_TRANSFER` for a verdict that counts).
         patch: training patch side (voxels).
         patches_per_step: patches per step (one volume gives them all).
         steps: training steps of every denoising arm (the equal budget).
@@ -87,16 +106,22 @@ class StudySettings:
         labelled_test: the fixed classification test set.
         unlabelled: subjects of the separate unlabelled cohort the denoiser pretrains on.
         pretrain_steps: denoising steps of the pretraining.
+        pretrain_budgets: the pretraining budgets, in multiples of ``pretrain_steps``, each a denoiser-pretrained
+            encoder compared with the random one (budget 0), e.g. ``(0.25, 1.0, 4.0)`` for a curve.
         finetune_steps: fine-tuning steps (the same for both labelled set sizes).
         finetune_batch: volumes per fine-tuning step.
         bootstrap: bootstrap resamples.
+        margin_psnr_db: equivalence margin of a PSNR difference (dB), fixed before the run.
+        margin_ssim: equivalence margin of an SSIM difference, fixed before the run.
+        margin_auc: equivalence margin of an AUC difference, fixed before the run.
         norm: the baseline's normalisation instead of the bundle's (``None`` keeps the bundle's, now instance norm).
             Batch norm by default: at 24^3 (quick: 16^3) patches the 4-level arm's deepest map is one voxel, which
             instance norm cannot normalise, and the study's published figures were measured with batch norm.
     """
 
     spacing: float = 3.0
-    seeds: int = 3
+    seeds: int = MIN_SEEDS_ARMS
+    transfer_seeds: int = MIN_SEEDS_TRANSFER
     patch: int = 24
     patches_per_step: int = 4
     steps: int = 192
@@ -110,14 +135,24 @@ class StudySettings:
     labelled_test: int = 80
     unlabelled: int = 48
     pretrain_steps: int = 288
+    pretrain_budgets: tuple[float, ...] = (1.0,)
     finetune_steps: int = 120
     finetune_batch: int = 4
     bootstrap: int = 2000
+    margin_psnr_db: float = 0.1
+    margin_ssim: float = 0.001
+    margin_auc: float = 0.05
     norm: str | None = "batch"
 
     def __post_init__(self) -> None:
-        if self.seeds < 1:
-            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        for name in ("seeds", "transfer_seeds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.pretrain_budgets or any(not b > 0 for b in self.pretrain_budgets):
+            raise ValueError(f"pretrain_budgets must be positive multiples, got {self.pretrain_budgets}")
+        for name in ("margin_psnr_db", "margin_ssim", "margin_auc"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 (an equivalence margin), got {getattr(self, name)}")
         if self.labelled_small > self.labelled_train:
             raise ValueError(
                 f"labelled_small ({self.labelled_small}) must not exceed labelled_train ({self.labelled_train})"
@@ -131,10 +166,16 @@ class StudySettings:
         return dataclasses.asdict(self)
 
 
-#: The full study: about 80 minutes on 2 CPU cores (see the README's Findings for the measured time).
+#: The full study, with the seeds a verdict needs: projected at about 130 minutes on 2 CPU cores (187 runs; the
+#: 86 runs of :data:`BUDGET_90` took 60 minutes).
 FULL = StudySettings()
+#: ``--budget 90min``: the full sizes with 3 seeds each, which fit 90 minutes on 2 cores; every contrast is
+#: underpowered and the report says so.
+BUDGET_90 = dataclasses.replace(FULL, seeds=3, transfer_seeds=3)
 #: Every arm and every part, at toy sizes: the wiring, in minutes (the test suite runs it).
 QUICK = StudySettings(
+    seeds=3,
+    transfer_seeds=3,
     spacing=6.0,
     patch=16,
     patches_per_step=2,
@@ -157,6 +198,7 @@ QUICK = StudySettings(
 TINY = dataclasses.replace(
     QUICK,
     seeds=2,
+    transfer_seeds=2,
     steps=1,
     pretrain_steps=1,
     finetune_steps=1,
@@ -166,6 +208,11 @@ TINY = dataclasses.replace(
     eval_generated=1,
     bootstrap=50,
 )
+
+
+def pretrain_kind(budget: float) -> str:
+    """The encoder name of a denoiser pretrained for ``budget`` times the pretraining steps (``"denoiser"`` at 1)."""
+    return "denoiser" if budget == 1.0 else f"denoiser_x{budget:g}"
 
 
 def baseline_recipe(bundle_dir: str | None = None, norm: str | None = None) -> dict[str, Any]:

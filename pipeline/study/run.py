@@ -1,4 +1,4 @@
-"""The study's command line: ``python -m pipeline.study [--quick] [--out study]``.
+"""The study's command line: ``python -m pipeline.study [--quick | --budget {required,90min}] [--out study]``.
 
 Runs part (a) (:mod:`pipeline.study.arms`), the longer-budget check of a few arms, and part (b)
 (:mod:`pipeline.study.transfer`); each finished run is cached under ``<out>/runs``, so a killed study continues where
@@ -12,6 +12,8 @@ import argparse
 import dataclasses
 import functools
 import logging
+import shlex
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -20,13 +22,24 @@ from typing import Any
 from pipeline.study.arms import run_arm
 from pipeline.study.cache import RunCache
 from pipeline.study.data import (
+    check_distinct_volumes,
     denoising_patches,
     generated_eval_items,
     labelled_sets,
     noisy_eval_items,
     simulated_cohort,
 )
-from pipeline.study.plan import ARMS, FULL, LONGER_ARMS, QUICK, TINY, StudySettings, baseline_recipe
+from pipeline.study.plan import (
+    ARMS,
+    BUDGET_90,
+    FULL,
+    LONGER_ARMS,
+    QUICK,
+    TINY,
+    StudySettings,
+    baseline_recipe,
+    pretrain_kind,
+)
 from pipeline.study.report import write_report
 from pipeline.study.transfer import (
     encoder_classifier,
@@ -43,8 +56,14 @@ __all__ = ["main", "run_study"]
 logger = logging.getLogger(__name__)
 
 PARTS = ("arms", "longer", "transfer")
-#: Measured wall minutes of each settings' whole study on a 2-core CPU with AVX512-BF16/AMX (bf16), 2026-11-27.
-_MEASURED_MINUTES = {FULL: 60.0, QUICK: 4.0, TINY: 1.5}
+#: Version of the study's protocols, in the cache's stamp: runs cached under an older protocol (before 2: only the
+#: pretrained encoder got batch-norm re-estimation and the lower encoder rate) are refused, never mixed.
+PROTOCOL = 2
+#: Wall minutes of each settings' whole study on a 2-core CPU with AVX512-BF16/AMX (bf16): measured 2026-11-27 for
+#: BUDGET_90 (then the default), QUICK and TINY; FULL's is projected from BUDGET_90's per-run time (187 vs 86 runs).
+_MINUTES = {BUDGET_90: 60.0, QUICK: 4.0, TINY: 1.5, FULL: 130.0}
+#: ``--budget``: the settings each name selects.
+BUDGETS = {"required": FULL, "90min": BUDGET_90}
 
 
 class _Progress:
@@ -68,6 +87,9 @@ def _arm_data(out: Path, settings: StudySettings) -> dict[str, Any]:
     spacing, level = settings.spacing, settings.noise_level
     train = simulated_cohort(out / "data" / "denoise_train", settings.train_subjects, 11, "den-", spacing)
     held_out = simulated_cohort(out / "data" / "denoise_eval", settings.eval_subjects, 12, "eval-", spacing)
+    check_distinct_volumes(
+        {"denoiser training": [i["image"] for i in train], "held out": [i["image"] for i in held_out]}
+    )
     return {
         "train": denoising_patches(train, settings.patch, settings.patches_per_step, level),
         "val": generated_eval_items(1, spacing, level, seed=7000),
@@ -113,6 +135,14 @@ def _run_transfer(
     unlabelled = simulated_cohort(out / "data" / "unlabelled", settings.unlabelled + 1, 22, "unl-", spacing, True)
     sets = labelled_sets(labelled_items, settings.labelled_train, settings.labelled_small, settings.labelled_test)
     paths = {i["subject"]: i["image"] for i in labelled_items}
+    check_distinct_volumes(
+        {
+            "classifier test": [paths[i["subject"]] for i in sets["test"]],
+            "classifier training": [paths[i["subject"]] for i in sets["large"]],
+            "classifier validation": [paths[i["subject"]] for i in sets["val"]],
+            "pretraining": [i["image"] for i in unlabelled],
+        }
+    )
     for size in ("small", "large"):
         progress(
             cache,
@@ -128,16 +158,29 @@ def _run_transfer(
         )
     pretrain_data = denoising_patches(unlabelled[:-1], 24, settings.patches_per_step, settings.noise_level)
     pretrain_val = noisy_eval_items(unlabelled[-1:], settings.noise_level, seed=22)
-    kinds = ["random", "denoiser"] + (["pretrained"] if pretrained else [])
-    for seed in range(settings.seeds):
-        run_dir = out / "work" / "pretrain" / f"seed{seed}"
-        pre = progress(
-            cache,
-            "transfer",
-            f"pretrain/seed{seed}",
-            functools.partial(pretrain_denoiser, seed, recipe, settings, pretrain_data, pretrain_val, run_dir),
-        )
-        weights = {"random": None, "denoiser": pre["weights"], "pretrained": pretrained}
+    denoisers = {pretrain_kind(b): b for b in settings.pretrain_budgets}
+    kinds = ["random", *denoisers] + (["pretrained"] if pretrained else [])
+    for seed in range(settings.transfer_seeds):
+        weights: dict[str, str | None] = {"random": None, "pretrained": pretrained}
+        runs: dict[str, str | None] = {}
+        for kind, budget in denoisers.items():
+            folder = "pretrain" if kind == "denoiser" else f"pretrain_x{budget:g}"
+            pre = progress(
+                cache,
+                "transfer",
+                f"{folder}/seed{seed}",
+                functools.partial(
+                    pretrain_denoiser,
+                    seed,
+                    recipe,
+                    settings,
+                    pretrain_data,
+                    pretrain_val,
+                    out / "work" / folder / f"seed{seed}",
+                    budget,
+                ),
+            )
+            weights[kind], runs[kind] = pre["weights"], pre["run_dir"]
         for kind in kinds:
             for size in ("small", "large"):
                 progress(
@@ -161,15 +204,20 @@ def _run_transfer(
                         sets,
                         size,
                         out / "work" / "finetune" / kind / size / f"seed{seed}",
-                        pre["run_dir"] if kind == "denoiser" else None,
+                        runs.get(kind),
                     ),
                 )
+
+
+def _encoder(kind: str, seed: int, recipe: Mapping, weights: str | None, depth: int) -> Any:
+    """The classifier of an encoder kind (every ``denoiser_x*`` budget loads a denoiser's weights)."""
+    return encoder_classifier("denoiser" if kind.startswith("denoiser") else kind, seed, recipe, weights, depth)
 
 
 def _probe(
     kind: str, seed: int, recipe: Mapping, weights: str | None, depth: int, sets: Mapping, size: str
 ) -> dict[str, Any]:
-    return linear_probe(encoder_classifier(kind, seed, recipe, weights, depth), sets[size], sets["test"])
+    return linear_probe(_encoder(kind, seed, recipe, weights, depth), sets[size], sets["test"])
 
 
 def _finetune(
@@ -184,8 +232,8 @@ def _finetune(
     run_dir: Path,
     denoiser_run: str | None,
 ) -> dict[str, Any]:
-    network = encoder_classifier(kind, seed, recipe, weights, depth)
-    return finetune(network, kind, seed, settings, sets, size, run_dir, denoiser_run=denoiser_run)
+    network = _encoder(kind, seed, recipe, weights, depth)
+    return finetune(network, seed, settings, sets, size, run_dir, denoiser_run=denoiser_run)
 
 
 def _total_runs(settings: StudySettings, parts: Sequence[str], pretrained: bool) -> int:
@@ -195,19 +243,25 @@ def _total_runs(settings: StudySettings, parts: Sequence[str], pretrained: bool)
     if "longer" in parts and settings.longer_factor > 1:
         total += len(LONGER_ARMS) * settings.seeds
     if "transfer" in parts:
-        total += 2 + settings.seeds * (1 + (3 if pretrained else 2) * 4)
+        budgets = len(settings.pretrain_budgets)
+        encoders = 1 + budgets + (1 if pretrained else 0)
+        total += 2 + settings.transfer_seeds * (budgets + encoders * 4)
     return total
 
 
 def _announce(settings: StudySettings, precision: str) -> None:
     """Log how long the whole study took where it was measured, and what to expect here."""
-    minutes = _MEASURED_MINUTES.get(settings)
+    minutes = _MINUTES.get(settings)
     if minutes is None:
         logger.info("custom settings: no measured duration to compare with")
         return
     factor = "" if precision == "bf16" else " (here in fp32: expect about 1.5-2x that)"
+    how = "is projected at" if settings == FULL else "took"
     logger.info(
-        "the whole study took %.0f min on a 2-core CPU with native bf16%s; finished runs are skipped", minutes, factor
+        "the whole study %s %.0f min on a 2-core CPU with native bf16%s; finished runs are skipped",
+        how,
+        minutes,
+        factor,
     )
 
 
@@ -241,15 +295,22 @@ def run_study(
     out = Path(out)
     recipe = baseline_recipe(norm=settings.norm)
     precision = resolve_precision("auto", "cpu")
-    stamp = {**settings.as_dict(), "recipe": recipe, "precision": precision, "pretrained": pretrained}
+    stamp = {
+        **settings.as_dict(),
+        "recipe": recipe,
+        "precision": precision,
+        "pretrained": pretrained,
+        "protocol": PROTOCOL,
+    }
     cache = RunCache(out / "runs", stamp)
     progress = _Progress(_total_runs(settings, parts, pretrained is not None))
     logger.info(
-        "study in %s: %d runs (%s), %d seeds, %d steps per arm, precision %s",
+        "study in %s: %d runs (%s), %d seeds per arm, %d per transfer encoder, %d steps per arm, precision %s",
         out,
         progress.total,
         ", ".join(parts),
         settings.seeds,
+        settings.transfer_seeds,
         settings.steps,
         precision,
     )
@@ -272,20 +333,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="study", help="study folder (runs are cached there; default: study)")
     parser.add_argument("--quick", action="store_true", help="every arm at toy sizes, in minutes (for the tests)")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="which parts to run")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3)")
+    parser.add_argument(
+        "--budget",
+        choices=sorted(BUDGETS),
+        default="required",
+        help="required: the seeds a verdict needs (5 per arm, 10 per transfer encoder; projected 130 min on 2 cores); "
+        "90min: 3 seeds each, every contrast underpowered (the report says so)",
+    )
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per denoising arm (overrides --budget)")
+    parser.add_argument(
+        "--transfer-seeds", type=int, default=None, help="seeds per transfer encoder (overrides --budget)"
+    )
+    parser.add_argument(
+        "--pretrain-budgets",
+        type=float,
+        nargs="+",
+        default=None,
+        help="pretraining budgets in multiples of the pretraining steps, e.g. 0.25 1 4 (default 1)",
+    )
     parser.add_argument("--pretrained", default=None, help="3D-ResNets / MedicalNet weights: a third encoder")
     parser.add_argument("--pretrained-depth", type=int, default=18, help="ResNet depth of --pretrained")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("ignite.engine.engine").setLevel(logging.WARNING)  # each run's epochs: the study logs runs
-    settings = QUICK if args.quick else FULL
+    settings = QUICK if args.quick else BUDGETS[args.budget]
     if tiny.enabled():
         logger.info("%s is set: the study runs its TINY settings", tiny.ENV)
         settings = TINY
-    if args.seeds is not None:
-        settings = dataclasses.replace(settings, seeds=args.seeds)
-    command = "python -m pipeline.study" + (" --quick" if args.quick else "") + f" --out {args.out}"
+    changes = {"seeds": args.seeds, "transfer_seeds": args.transfer_seeds}
+    if args.pretrain_budgets is not None:
+        changes["pretrain_budgets"] = tuple(args.pretrain_budgets)
+    command = shlex.join(["python", "-m", "pipeline.study", *(sys.argv[1:] if argv is None else argv)])
     try:
+        settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
         results = run_study(args.out, settings, args.parts, args.pretrained, args.pretrained_depth, command)
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")

@@ -2,9 +2,12 @@
 
 A labelled task that is hard (:data:`pipeline.study.data.HARD_COHORT`), a fixed test set, and a separate unlabelled
 cohort the denoiser pretrains on (other subjects: the classifier's leakage guard checks it). Encoders: random,
-denoiser-pretrained, and pretrained weights when a file is given. Each is evaluated by a linear probe on frozen
-pooled features and by fine-tuning (lower encoder learning rate, batch-norm statistics re-estimated on the labelled
-data, the final epoch kept: no epoch is picked on a small validation set), at a small and a larger labelled set.
+denoiser-pretrained (at one or more pretraining budgets), and pretrained weights when a file is given. Each is
+evaluated by a linear probe on frozen pooled features and by fine-tuning, at a small and a larger labelled set. Every
+encoder, random or pretrained, is fine-tuned by the same rule (equal protocols): batch-norm statistics re-estimated on
+the labelled data, an encoder learning rate :data:`ENCODER_LR_FACTOR` times the head's, the same steps, the final
+epoch kept (no epoch is picked on a small validation set). Each fine-tuning run records its protocol, and the report
+refuses to compare runs whose protocols differ.
 Inputs are normalised the same way for pretraining and classification (divided by the volume's robust maximum).
 """
 
@@ -45,7 +48,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Fine-tuning a pretrained encoder: its learning rate relative to the new head's.
+#: Fine-tuning (every encoder, random or pretrained): the encoder's learning rate relative to the new head's.
 ENCODER_LR_FACTOR = 0.1
 #: The classifier head's learning rate (AdamW, the bundle's finetune_classifier rate).
 HEAD_LR = 1e-3
@@ -65,8 +68,18 @@ def pretrain_denoiser(
     train_data: Any,
     val_items: Sequence[Mapping[str, Any]],
     run_dir: Path,
+    budget: float = 1.0,
 ) -> dict[str, Any]:
     """Pretrain the encoder by denoising the unlabelled cohort; ``model.pt`` and ``run_info.json`` stay in ``run_dir``.
+
+    Args:
+        seed: the run seed.
+        recipe: :func:`pipeline.study.plan.baseline_recipe`.
+        settings: the study's sizes (``pretrain_steps``).
+        train_data: :func:`pipeline.study.data.denoising_patches` of the unlabelled cohort.
+        val_items: the volume validated once, after the last step.
+        run_dir: the run folder.
+        budget: the pretraining budget in multiples of ``settings.pretrain_steps`` (at least one step).
 
     Returns:
         ``{"weights": path of model.pt, "run_dir", "steps", "seconds"}``.
@@ -79,7 +92,7 @@ def pretrain_denoiser(
         train_data,
         val_items,
         run_dir,
-        settings.pretrain_steps,
+        max(1, round(settings.pretrain_steps * budget)),
         seed,
         PRETRAIN_PATCH,
         optimizer=recipe["optimizer"],
@@ -186,7 +199,6 @@ def _predictions(test: Sequence[Mapping[str, Any]], prob: Any, seconds: float, s
 
 def finetune(
     network: nn.Module,
-    kind: str,
     seed: int,
     settings: StudySettings,
     sets: Mapping[str, Sequence[Mapping[str, Any]]],
@@ -196,20 +208,22 @@ def finetune(
 ) -> dict[str, Any]:
     """Fine-tune the whole classifier for the study's fixed number of steps; test probabilities per subject.
 
-    A pretrained encoder (``kind`` other than ``"random"``) gets its batch-norm statistics re-estimated on the
-    training set and a learning rate :data:`ENCODER_LR_FACTOR` times the head's; a random one trains at the head's
-    rate throughout. The final epoch's weights are kept (validation runs once, after the last epoch).
+    Every encoder gets the same protocol, random or pretrained: batch-norm statistics re-estimated on the training set,
+    a learning rate :data:`ENCODER_LR_FACTOR` times the head's (:data:`HEAD_LR`), ``settings.finetune_steps`` steps.
+    The final epoch's weights are kept (validation runs once, after the last epoch).
+
+    Returns:
+        Test ``subjects``, ``labels``, ``prob``, ``seconds``, ``steps`` and the ``protocol`` it followed
+        (``encoder_lr``, ``head_lr``, ``batchnorm_reestimated``), which the report checks is the same for every encoder.
     """
     train = list(sets[size])
     batch = min(settings.finetune_batch, len(train))
     epochs = max(1, math.ceil(settings.finetune_steps * batch / len(train)))
-    encoder_lr = HEAD_LR * (ENCODER_LR_FACTOR if kind != "random" else 1.0)
-    if kind != "random":
-        images = [
-            torch.stack([torch.as_tensor(i["image"]) for i in train[k : k + batch]])
-            for k in range(0, len(train), batch)
-        ]
-        reestimate_batchnorm(network, images)
+    encoder_lr = HEAD_LR * ENCODER_LR_FACTOR
+    images = [
+        torch.stack([torch.as_tensor(i["image"]) for i in train[k : k + batch]]) for k in range(0, len(train), batch)
+    ]
+    reestimate_batchnorm(network, images)
     head = list(network.fc.parameters())
     body = [p for name, p in network.named_parameters() if not name.startswith("fc.")]
     optimizer = torch.optim.AdamW(
@@ -239,4 +253,6 @@ def finetune(
     with open(run_dir / "predictions_test.csv", newline="") as handle:
         rows = {row["subject"]: float(row["prob_1"]) for row in csv.DictReader(handle)}
     prob = [rows[str(i["subject"])] for i in sets["test"]]
-    return _predictions(sets["test"], prob, seconds, steps=epochs * math.ceil(len(train) / batch))
+    result = _predictions(sets["test"], prob, seconds, steps=epochs * math.ceil(len(train) / batch))
+    result["protocol"] = {"encoder_lr": encoder_lr, "head_lr": HEAD_LR, "batchnorm_reestimated": True}
+    return result

@@ -1,4 +1,5 @@
-"""Data leakage: split groups, split files and a classifier tested on the denoiser's training subjects."""
+"""Data leakage: split groups, split files, a classifier tested on the denoiser's training subjects, and one image
+under two subject IDs (the study's guard compares voxels, not IDs)."""
 
 from __future__ import annotations
 
@@ -57,9 +58,28 @@ def _leak_denoiser_to_classifier(work: Path) -> Outcome:
     return outcome
 
 
+def _leak_same_voxels_other_id(work: Path) -> Outcome:
+    import nibabel as nib
+    import numpy as np
+
+    from pipeline.errors import LeakageError
+    from pipeline.study.data import check_distinct_volumes
+
+    volumes = np.random.default_rng(0).random((3, 8, 8, 8)).astype(np.float32)
+    paths = []
+    for name, volume in zip(("den-0", "den-1", "eval-0"), volumes):
+        paths.append(str(work / f"{name}.nii.gz"))
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), paths[-1])
+    copy = str(work / "eval-1.nii.gz")  # den-0's voxels under a held-out ID and another header
+    nib.save(nib.Nifti1Image(volumes[0], np.diag([2.0, 2.0, 2.0, 1.0])), copy)
+    groups = {"denoiser training": paths[:2], "held out": [paths[2], copy]}
+    return expect_error(lambda: check_distinct_volumes(groups), LeakageError, ["den-0", "eval-1", "held out"])
+
+
 #: The leakage cases, in report order.
 CASES: tuple[Case, ...] = (
     Case("leakage/train-val-test-overlap", _leak_split_groups),
     Case("leakage/splits-file-overlap", _leak_split_file),
     Case("leakage/denoiser-train-vs-classifier-test", _leak_denoiser_to_classifier),
+    Case("leakage/same-voxels-other-id", _leak_same_voxels_other_id),
 )
