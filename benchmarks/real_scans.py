@@ -28,8 +28,9 @@ own noise, estimated blind, is at most a third of the added noise; otherwise it 
 The own noise (:func:`own_noise`): of a pair, ``sqrt(var(y1 - y2) / 2)`` in the head mask (misalignment can only raise
 it); of a single scan, the larger of two estimates (the Haar-MAD estimator of
 :func:`transforms.noise_level.estimate_noise_sigma` on tissue, which also counts fine anatomy, and on the air around
-the head divided by 0.655, the spread of Rayleigh noise, when the air is not blanked); on a resampled grid, the native estimate times the resampler's noise gain (the standard deviation of resampled unit white
-noise). Every estimate is recorded.
+the head divided by 0.655, the spread of Rayleigh noise, when the air is not blanked); on a resampled grid, the
+native estimate times the resampler's noise gain (the standard deviation of resampled unit white noise). Every
+estimate is recorded.
 
 Noise: Gaussian and Rician of sigma ``--levels`` on the 0-255 scale (``transforms.noise.make_noise``, reference 1.0),
 seeded per (scan, noise, level) from ``--seed`` (:func:`transforms.noise.item_seed`).
@@ -109,6 +110,7 @@ __all__ = [
     "real_scans",
     "robex_atlas",
     "scan_interval",
+    "second_acquisition_variance",
     "score_case",
 ]
 
@@ -300,6 +302,23 @@ def alignment(first: np.ndarray, second: np.ndarray, mask: np.ndarray) -> dict[s
     return {"correlation": round(correlation, 4), "mean_ratio": round(ratio, 4), "aligned": bool(aligned)}
 
 
+def second_acquisition_variance(first: np.ndarray, second: np.ndarray, mask: np.ndarray) -> float:
+    """The noise variance of one acquisition from two: ``var(y1 - y2) / 2`` in the mask (image units squared).
+
+    Independent noises of equal variance add in the difference; any change of the anatomy between the two volumes
+    adds too, so this is an upper bound of the second acquisition's own noise.
+
+    Args:
+        first: the volume noise is added to.
+        second: the second acquisition, same scale.
+        mask: where to measure.
+
+    Returns:
+        ``s2^2``.
+    """
+    return float(np.var((np.asarray(first, np.float64) - np.asarray(second, np.float64))[mask]) / 2.0)
+
+
 def _crop_box(mask: np.ndarray, edge: int | None, margin: int = 0) -> tuple[slice, ...]:
     """A box around the head: its bounding box plus ``margin``, or an ``edge``^3 cube at its centre (clipped)."""
     if edge is None:
@@ -372,7 +391,7 @@ def _load_pair(name: str, filename: str, description: str) -> RealScan | None:
         if not check["aligned"]:
             continue
         checks["used"] = [t, t + 1]
-        variance = float(np.var((first - second)[mask]) / 2.0)
+        variance = second_acquisition_variance(first, second, mask)
         pair_sigma = 255.0 * np.sqrt(variance)
         noise = {
             "pair_difference": round(pair_sigma, 2),
