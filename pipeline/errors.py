@@ -7,8 +7,10 @@ every user-facing error from one module.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from networks.pretrained import PretrainedWeightsError
 from transforms.errors import InputError
@@ -22,15 +24,79 @@ __all__ = [
     "ConfigOverrideError",
     "InputError",
     "LeakageError",
+    "ModelConfigMismatchError",
     "NonFiniteLossError",
     "OutputFolderError",
     "PretrainedWeightsError",
+    "NOT_SET",
     "ScanFailuresError",
+    "UnsafeModelCardError",
 ]
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read; the message names the file and the cause."""
+
+
+class UnsafeModelCardError(CheckpointError):
+    """A model card (``model.json``, or the one embedded in a ``.ts`` file) holds more than data.
+
+    A card is applied as MONAI config, which runs ``$`` expressions and calls any ``_target_``: one that names a
+    network off the allow-list, carries MONAI syntax or a key the schema does not know
+    (:mod:`pipeline.training.card_schema`) is refused before any of it is used.
+
+    Args:
+        card: the card file.
+        problems: ``(key path, why)`` for each problem.
+    """
+
+    def __init__(self, card: str | os.PathLike, problems: Sequence[tuple[str, str]]) -> None:
+        self.card = os.fspath(card)
+        self.problems = [(str(key), str(why)) for key, why in problems]
+        shown = "; ".join(f"{key}: {why}" for key, why in self.problems[:8])
+        more = f" (and {len(self.problems) - 8} more)" if len(self.problems) > 8 else ""
+        super().__init__(
+            f"the model card {self.card} was refused, as it could run code or holds what a card may not: {shown}{more}."
+            " A card is data only. If you trust whoever made it, run with --trust-card (trust_model_card=true)."
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.card, self.problems))
+
+
+class _NotSet:
+    def __repr__(self) -> str:
+        return "NOT_SET"
+
+
+#: A config value that is absent (in a :class:`ModelConfigMismatchError` difference).
+NOT_SET: Any = _NotSet()
+
+
+def _short(value: Any) -> str:
+    text = "(not set)" if value is NOT_SET else json.dumps(value, default=str)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+class ModelConfigMismatchError(ValueError):
+    """An explicitly given config value differs from the one the trained weights carry.
+
+    Args:
+        card: the card file.
+        differences: ``(config id, given value, the weights' value)`` for each difference (:data:`NOT_SET` for a
+            value the card lacks).
+    """
+
+    def __init__(self, card: str | os.PathLike, differences: Sequence[tuple[str, Any, Any]]) -> None:
+        self.card = os.fspath(card)
+        self.differences = list(differences)
+        lines = "; ".join(
+            f"{key}: given {_short(given)}, the weights' config has {_short(own)}" for key, given, own in differences
+        )
+        super().__init__(
+            f"the configuration given does not match the one the weights were trained with ({self.card}): {lines}. "
+            "Leave these settings out (the weights carry their own), or use weights trained with them."
+        )
 
 
 class LeakageError(ValueError):

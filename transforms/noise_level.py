@@ -7,6 +7,14 @@ standard deviation ``sigma`` it has standard deviation ``sigma``; smooth anatomy
 ``foreground`` times the robust maximum) keeps the estimate on tissue, where Rician noise is close to Gaussian;
 in air, magnitude images carry Rayleigh noise whose spread is only 0.66 ``sigma``.
 
+Fine anatomy also passes for noise in that estimate (a real head at 5/255 read 7.0/255). The air around a head holds
+noise and nothing else, so :func:`estimate_background_sigma` measures it there: the same Haar coefficients, over the
+blocks outside the dilated head (:func:`head_mask`) that are not zero-filled. Signed data (noise added to an image,
+or a real/imaginary channel) is Gaussian there, ``sigma = MAD / 0.6745``; magnitude data (MRI) is Rayleigh, whose
+Haar coefficients (four samples minus four) are symmetric with standard deviation ``sqrt(2 - pi/2) sigma``. The model
+is read off the air itself: a share of negative voxels means signed data. :func:`estimate_noise` takes the air where
+there is enough of it (``method="auto"``) and the tissue estimate elsewhere (skull-stripped or zero-filled scans).
+
 :class:`EstimateNoiseLevel` / :class:`EstimateNoiseLeveld` pass the image through unchanged, record the estimate in
 its metadata (``meta["noise_sigma"]`` in image units, ``meta["noise_level_255"]`` on the 0-255 scale of the scan's
 robust maximum, the unit of the training levels of ``transforms.noise``) and log it, with a warning when it lies
@@ -29,10 +37,14 @@ from monai.utils import TransformBackends
 
 __all__ = [
     "NOISE_LEVEL_KEY",
+    "NOISE_METHODS",
     "NOISE_SIGMA_KEY",
     "EstimateNoiseLevel",
     "EstimateNoiseLeveld",
+    "estimate_background_sigma",
+    "estimate_noise",
     "estimate_noise_sigma",
+    "head_mask",
     "robust_max",
 ]
 
@@ -43,8 +55,14 @@ NOISE_SIGMA_KEY = "noise_sigma"
 NOISE_LEVEL_KEY = "noise_level_255"
 """``meta`` entry of the estimate on the 0-255 scale of the scan's robust maximum."""
 
+NOISE_METHODS = ("auto", "background", "tissue")
+"""Where :func:`estimate_noise` measures: the air if it can (``auto``), only the air, or only the tissue."""
+
 _MAD_TO_SIGMA = 0.6744897501960817  # the median of |N(0, 1)|
+_RAYLEIGH_SPREAD = float(np.sqrt(2.0 - np.pi / 2.0))  # standard deviation of a Rayleigh(1) variable
 _ROBUST_PERCENTILE = 99.5
+_MIN_AIR_BLOCKS = 500  # fewer blocks of air than this: the tissue estimate is used
+_SIGNED_SHARE = 0.05  # at least this share of negative air voxels: signed (Gaussian) data
 
 
 def _as_volume(img: Any) -> np.ndarray:
@@ -62,6 +80,97 @@ def robust_max(img: NdarrayOrTensor) -> float:
     array = _as_volume(img)
     nonzero = array[array != 0]
     return float(np.percentile(nonzero, _ROBUST_PERCENTILE)) if nonzero.size else 1.0
+
+
+def _haar_details(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[slice, ...]]:
+    """The finest 3-D Haar coefficient of every 2x2x2 block, the blocks themselves and the even crop they cover."""
+    even = tuple(slice(0, n - n % 2) for n in x.shape)
+    x = x[even]
+    blocks = x.reshape(x.shape[0] // 2, 2, x.shape[1] // 2, 2, x.shape[2] // 2, 2)
+    signs = np.array([1.0, -1.0])
+    pattern = signs[:, None, None] * signs[None, :, None] * signs[None, None, :]
+    return np.einsum("aibjck,ijk->abc", blocks, pattern) / np.sqrt(8.0), blocks, even
+
+
+def head_mask(img: NdarrayOrTensor, smoothing: float = 1.0) -> np.ndarray:
+    """The head (or brain) of a noisy scan: Otsu's foreground of the lightly smoothed scan, holes filled.
+
+    Args:
+        img: the volume ``(X, Y, Z)`` or ``(1, X, Y, Z)``.
+        smoothing: the Gaussian filter's standard deviation in voxels before thresholding (noise would speckle it).
+
+    Returns:
+        A boolean ``(X, Y, Z)`` mask (all false for a constant volume).
+    """
+    from scipy import ndimage
+    from skimage.filters import threshold_otsu
+
+    x = _as_volume(img)
+    smooth = ndimage.gaussian_filter(x, smoothing) if smoothing > 0 else x
+    if float(smooth.max()) <= float(smooth.min()):
+        return np.zeros(x.shape, dtype=bool)
+    return ndimage.binary_fill_holes(smooth > threshold_otsu(smooth))
+
+
+def estimate_background_sigma(
+    img: NdarrayOrTensor, margin: int = 3, min_blocks: int = _MIN_AIR_BLOCKS
+) -> tuple[float, str] | None:
+    """Estimate the noise standard deviation in the air around the head (module docstring).
+
+    Args:
+        img: the volume ``(X, Y, Z)`` or ``(1, X, Y, Z)``.
+        margin: the head mask is dilated by this many voxels first (partial volume at the scalp is not air).
+        min_blocks: the fewest 2x2x2 blocks of air that make an estimate.
+
+    Returns:
+        ``(sigma in the volume's units, "gaussian" or "magnitude")``, or ``None`` when the scan has too little air
+        holding noise (a skull-stripped or zero-filled background, a tight crop).
+    """
+    from scipy import ndimage
+
+    x = _as_volume(img)
+    if min(x.shape) < 2:
+        return None
+    head = head_mask(x)
+    if margin > 0 and head.any():
+        head = ndimage.binary_dilation(head, iterations=margin)
+    air = ~head & (x != 0)
+    detail, _, even = _haar_details(x)
+    in_air = air[even].reshape(*detail.shape[:1], 2, detail.shape[1], 2, detail.shape[2], 2).all(axis=(1, 3, 5))
+    if int(in_air.sum()) < min_blocks:
+        return None
+    model = "gaussian" if float(np.mean(x[air] < 0)) >= _SIGNED_SHARE else "magnitude"
+    sigma = float(np.median(np.abs(detail[in_air])) / _MAD_TO_SIGMA)
+    return (sigma if model == "gaussian" else sigma / _RAYLEIGH_SPREAD), model
+
+
+def estimate_noise(img: NdarrayOrTensor, method: str = "auto", foreground: float | None = 0.1) -> dict[str, Any]:
+    """Blind noise estimate of a scan, from its air where it has enough (``auto``), else from its tissue.
+
+    Args:
+        img: the volume ``(X, Y, Z)`` or ``(1, X, Y, Z)``.
+        method: one of :data:`NOISE_METHODS`.
+        foreground: the tissue estimate's foreground fraction (:func:`estimate_noise_sigma`).
+
+    Returns:
+        ``{"noise_sigma": image units, "noise_level_255": 0-255 scale of the robust maximum, "method": "background"
+        or "tissue", "model": "gaussian", "magnitude" or "unknown" (tissue)}``.
+
+    Raises:
+        ValueError: an unknown method, or ``background`` on a scan without enough air.
+    """
+    if method not in NOISE_METHODS:
+        raise ValueError(f"method must be one of {NOISE_METHODS}, got {method!r}.")
+    found = estimate_background_sigma(img) if method != "tissue" else None
+    if found is None and method == "background":
+        raise ValueError("the scan has too little air holding noise to measure it there; use method='tissue'.")
+    if found is not None:
+        sigma, model, where = found[0], found[1], "background"
+    else:
+        sigma, model, where = estimate_noise_sigma(img, foreground=foreground), "unknown", "tissue"
+    reference = robust_max(img)
+    level = 255.0 * sigma / reference if reference > 0 else 0.0
+    return {NOISE_SIGMA_KEY: sigma, NOISE_LEVEL_KEY: level, "method": where, "model": model}
 
 
 def estimate_noise_sigma(
@@ -84,14 +193,10 @@ def estimate_noise_sigma(
     x = original = _as_volume(img)
     if foreground is not None and not 0 <= foreground <= 1:
         raise ValueError(f"foreground must be None or a fraction in [0, 1], got {foreground!r}.")
-    even = tuple(slice(0, n - n % 2) for n in x.shape)
-    x = x[even]
     if min(x.shape) < 2:
         return 0.0
-    blocks = x.reshape(x.shape[0] // 2, 2, x.shape[1] // 2, 2, x.shape[2] // 2, 2)
-    signs = np.array([1.0, -1.0])
-    pattern = signs[:, None, None] * signs[None, :, None] * signs[None, None, :]
-    detail = np.einsum("aibjck,ijk->abc", blocks, pattern) / np.sqrt(8.0)
+    detail, blocks, even = _haar_details(x)
+    x = x[even]
     if mask is not None:
         m = _as_volume(mask) > 0
         if m.shape != original.shape:
@@ -109,20 +214,27 @@ class EstimateNoiseLevel(Transform):
     """Record (and log) the noise level of an image; the image itself passes through unchanged.
 
     Args:
-        foreground: as :func:`estimate_noise_sigma`.
+        foreground: as :func:`estimate_noise_sigma` (the tissue estimate).
+        method: where to measure, one of :data:`NOISE_METHODS` (:func:`estimate_noise`).
         trained_range: the 0-255 range of levels the denoiser was trained on; an estimate outside it is logged as
             a warning (``None``: no check).
         log: log each estimate at INFO level.
 
     Raises:
-        ValueError: ``trained_range`` is not a ``(low, high)`` pair with ``0 <= low <= high``.
+        ValueError: ``trained_range`` is not a ``(low, high)`` pair with ``0 <= low <= high``, or an unknown method.
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
     def __init__(
-        self, foreground: float | None = 0.1, trained_range: Sequence[float] | None = None, log: bool = True
+        self,
+        foreground: float | None = 0.1,
+        trained_range: Sequence[float] | None = None,
+        log: bool = True,
+        method: str = "auto",
     ) -> None:
+        if method not in NOISE_METHODS:
+            raise ValueError(f"method must be one of {NOISE_METHODS}, got {method!r}.")
         if trained_range is not None:
             if (
                 isinstance(trained_range, str)
@@ -134,16 +246,19 @@ class EstimateNoiseLevel(Transform):
                 )
             trained_range = (float(trained_range[0]), float(trained_range[1]))
         self.foreground = foreground
+        self.method = method
         self.trained_range = trained_range
         self.log = log
-        self.last: dict[str, float] = {}
+        self.last: dict[str, Any] = {}
 
-    def estimate(self, img: NdarrayOrTensor) -> dict[str, float]:
+    def estimate(self, img: NdarrayOrTensor) -> dict[str, Any]:
         """The estimate of ``img``: ``{"noise_sigma": image units, "noise_level_255": 0-255 scale}``."""
-        sigma = estimate_noise_sigma(img, foreground=self.foreground)
-        reference = robust_max(img)
-        level = 255.0 * sigma / reference if reference > 0 else 0.0
-        return {NOISE_SIGMA_KEY: sigma, NOISE_LEVEL_KEY: level}
+        found = estimate_noise(img, self.method, self.foreground)
+        return {
+            NOISE_SIGMA_KEY: found[NOISE_SIGMA_KEY],
+            NOISE_LEVEL_KEY: found[NOISE_LEVEL_KEY],
+            "noise_method": found["method"],
+        }
 
     def __call__(self, img: NdarrayOrTensor, name: str | None = None) -> NdarrayOrTensor:
         """Estimate, record in ``img.meta`` (MetaTensor), log; return ``img`` itself.
@@ -163,10 +278,11 @@ class EstimateNoiseLevel(Transform):
         level = self.last[NOISE_LEVEL_KEY]
         if self.log:
             logger.info(
-                "%s: estimated noise sigma %.4g (%.1f/255 of its robust maximum)",
+                "%s: estimated noise sigma %.4g (%.1f/255 of its robust maximum, measured in the %s)",
                 name,
                 self.last[NOISE_SIGMA_KEY],
                 level,
+                "air" if self.last["noise_method"] == "background" else "tissue",
             )
         if self.trained_range is not None and not self.trained_range[0] <= level <= self.trained_range[1]:
             logger.warning(
@@ -183,7 +299,7 @@ class EstimateNoiseLeveld(MapTransform):
 
     Args:
         keys: keys of the scans, normally ``"image"``.
-        foreground, trained_range, log: as the array class.
+        foreground, trained_range, log, method: as the array class.
         allow_missing_keys: skip absent keys instead of raising.
     """
 
@@ -196,9 +312,10 @@ class EstimateNoiseLeveld(MapTransform):
         trained_range: Sequence[float] | None = None,
         log: bool = True,
         allow_missing_keys: bool = False,
+        method: str = "auto",
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.estimator = EstimateNoiseLevel(foreground, trained_range, log)
+        self.estimator = EstimateNoiseLevel(foreground, trained_range, log, method)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         """Estimate every present key; returns a new dictionary holding the same (annotated) images."""

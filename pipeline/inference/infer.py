@@ -56,6 +56,7 @@ from monai.utils import convert_to_numpy
 
 from pipeline.data.datasets import load_datalist
 from pipeline.errors import ScanFailuresError
+from pipeline.inference.guard import SureGuard, write_guard_report
 from pipeline.inference.scan_listing import ScanList, describe, list_folder, scan_name
 from pipeline.training.checkpoint import CheckpointError, load_checkpoint
 from pipeline.training.engines import PRECISIONS
@@ -99,6 +100,7 @@ class ScanResult:
         output: the output file (``None`` for the classifier, whose rows go to one CSV).
         reason: why it failed (empty otherwise).
         seconds: wall time spent on the scan.
+        guard: the inference guard's report (:class:`pipeline.inference.guard.GuardReport`), when it ran.
     """
 
     source: str
@@ -106,6 +108,7 @@ class ScanResult:
     output: str | None = None
     reason: str = ""
     seconds: float = 0.0
+    guard: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass
@@ -451,6 +454,7 @@ def denoise_items(
     progress: bool = True,
     image_key: str = "image",
     pred_key: str = "pred",
+    guard: SureGuard | None = None,
 ) -> InferenceSummary:
     """Denoise each scan and write it in its own space; a failing scan is reported and the rest continue.
 
@@ -458,7 +462,10 @@ def denoise_items(
     Per scan: ``preprocessing`` (dictionary transforms on ``{"image": path, ...}``) -> ``inferer(image[None],
     network)`` under ``torch.inference_mode``, the prediction cast to float32 on the CPU (a reduced-precision
     inferer's bf16/fp16 output included) -> ``postprocessing`` (``Invertd`` and :class:`SaveLikeSourced`, as the
-    bundle's ``inference.yaml`` defines them), which writes the file.
+    bundle's ``inference.yaml`` defines them), which writes the file. With a ``guard``
+    (:class:`pipeline.inference.guard.SureGuard`), the network runs twice and the guard decides what is written (the
+    network's output, a blend with the input, a Gaussian filter or the input itself, whichever has the least
+    estimated error); its report goes to ``<scan>_denoised.json`` beside the output and to the log.
 
     Args:
         items: ``{"image": path, "subject": id}`` items (:func:`collect_scans`).
@@ -474,6 +481,7 @@ def denoise_items(
         progress: show a progress bar over the scans.
         image_key: the input key.
         pred_key: the prediction key.
+        guard: the inference guard; ``None`` writes the network's output as it is.
 
     Returns:
         The summary (failed scans included; call :meth:`InferenceSummary.raise_if_failed` to turn them into an error).
@@ -494,18 +502,28 @@ def denoise_items(
             logger.info("skipping %s: %s exists", source, dest)
             continue
         start = time.perf_counter()
+        report = None
         try:
             data = preprocessing(dict(item))
             image = data[image_key]
-            with torch.inference_mode():
-                pred = inferer(image.unsqueeze(0).to(device), network)[0]
+
+            def predict(x: torch.Tensor) -> torch.Tensor:
+                with torch.inference_mode():
+                    return inferer(x.unsqueeze(0).to(device), network)[0]
+
+            if guard is None:
+                pred = predict(image)
+            else:
+                pred, report = guard(image, predict)
             # a float32 copy outside inference mode: Invertd's resampling and the writer work in full precision,
             # and may edit it
-            pred = pred.detach().to(device="cpu", dtype=torch.float32, copy=True)
+            pred = torch.as_tensor(pred).detach().to(device="cpu", dtype=torch.float32, copy=True)
             if not isinstance(pred, MetaTensor) and isinstance(image, MetaTensor):
                 pred = MetaTensor(pred, meta=image.meta, applied_operations=image.applied_operations)
             data[pred_key] = pred
             postprocessing(data)
+            if report is not None:
+                write_guard_report(report, dest, source)
         except Exception as error:  # one bad scan must not stop the batch; every failure is reported
             reason = _reason(error)
             logger.error("cannot denoise %s: %s", source, reason)
@@ -513,7 +531,8 @@ def denoise_items(
             summary.results.append(ScanResult(source, "failed", None, reason, time.perf_counter() - start))
             continue
         seconds = time.perf_counter() - start
-        summary.results.append(ScanResult(source, "done", os.fspath(dest), "", seconds))
+        guard_info = report.as_dict() if report is not None else None
+        summary.results.append(ScanResult(source, "done", os.fspath(dest), "", seconds, guard_info))
         logger.info("denoised %s -> %s (%.1f s)", source, dest, seconds)
     _log_summary(summary)
     return summary
@@ -662,10 +681,17 @@ def _bundle_configs(name: str, bundle_dir: str | os.PathLike | None = None) -> l
 
 
 def _common_settings(
-    weights: str | os.PathLike | None, device: str | None, precision: str | None, channels_last: bool | None
+    weights: str | os.PathLike | None,
+    device: str | None,
+    precision: str | None,
+    channels_last: bool | None,
+    trust_card: bool = False,
 ) -> dict[str, Any]:
     """The config overrides of the arguments both inference functions take (``None``: the config's value)."""
     settings: dict[str, Any] = {}
+    if trust_card:  # only when asked: a config without the id keeps working
+        logger.warning("--trust-card: the weights' model card is applied unchecked and may run any code it carries")
+        settings["trust_model_card"] = True
     if weights is not None:
         settings["ckpt_path"] = os.fspath(weights)
     if device is not None:
@@ -675,6 +701,15 @@ def _common_settings(
     if channels_last is not None:
         settings["channels_last"] = bool(channels_last)
     return settings
+
+
+def _as_data(inputs: Any) -> Any:
+    """Input paths as ``Path`` objects: a MONAI config would run a file named ``$...`` given as a string."""
+    if isinstance(inputs, str):
+        return Path(inputs)
+    if isinstance(inputs, (list, tuple)):
+        return [Path(entry) if isinstance(entry, str) else entry for entry in inputs]
+    return inputs
 
 
 def _check_overlap(overlap: float) -> float:
@@ -695,6 +730,7 @@ def denoise_scans(
     channels_last: bool | None = None,
     overlap: float | None = None,
     bundle_dir: str | os.PathLike | None = None,
+    trust_card: bool = False,
     **overrides: Any,
 ) -> InferenceSummary:
     """Denoise scans with the bundle's ``inference.yaml`` (see :func:`denoise_items` for what happens per scan).
@@ -715,6 +751,9 @@ def denoise_scans(
         channels_last: run the network in the ``channels_last_3d`` memory layout; default: the config's.
         overlap: the sliding windows' overlap in [0, 1); default: the config's ``sw_overlap``.
         bundle_dir: the bundle folder whose configs run (default: the checkout's or the installed one).
+        trust_card: apply the weights' model card unchecked (config id ``trust_model_card``), with a warning: for a
+            card from someone you trust that needs a network off the allow-list or MONAI expressions
+            (:mod:`pipeline.training.card_schema`); by default such a card is refused.
         **overrides: further config overrides, e.g. ``{"network_def::model_depth": 34, "patch_size": [48] * 3}``.
 
     Returns:
@@ -725,12 +764,14 @@ def denoise_scans(
         ConfigOverrideError: an override names a key the configs do not have.
         pipeline.training.model_card.ModelConfigMismatchError: an override contradicts the weights' own configuration.
         CheckpointError: the weights are missing or do not fit the network.
+        UnsafeModelCardError: the weights' model card could run code or holds what a card may not.
         InputError: an input path does not exist or holds no scan.
     """
-    settings: dict[str, Any] = {"dataset_dir": inputs, "output_dir": os.fspath(output_dir), "overwrite": overwrite}
+    settings: dict[str, Any] = {"dataset_dir": _as_data(inputs), "output_dir": os.fspath(output_dir)}
+    settings["overwrite"] = overwrite
     if overlap is not None:
         settings["sw_overlap"] = _check_overlap(overlap)
-    settings.update(_common_settings(weights, device, precision, channels_last))
+    settings.update(_common_settings(weights, device, precision, channels_last, trust_card))
     configs = config_files or _bundle_configs("inference.yaml", bundle_dir)
     return _run_config(configs, {**settings, **overrides})
 
@@ -746,6 +787,7 @@ def classify_scans(
     precision: str | None = None,
     channels_last: bool | None = None,
     bundle_dir: str | os.PathLike | None = None,
+    trust_card: bool = False,
     **overrides: Any,
 ) -> InferenceSummary:
     """Classify scans with the bundle's ``inference_classifier.yaml`` (see :func:`classify_items`).
@@ -764,6 +806,7 @@ def classify_scans(
             ``precision``, ``auto`` (bf16 where the CPU or GPU computes it natively, else fp32).
         channels_last: run the network in the ``channels_last_3d`` memory layout; default: the config's.
         bundle_dir: the bundle folder whose configs run (default: the checkout's or the installed one).
+        trust_card: apply the weights' model card unchecked, with a warning (see :func:`denoise_scans`).
         **overrides: further config overrides, e.g. ``{"class_names": ["CN", "AD"]}``.
 
     Returns:
@@ -774,10 +817,12 @@ def classify_scans(
         ConfigOverrideError: an override names a key the configs do not have.
         pipeline.training.model_card.ModelConfigMismatchError: an override contradicts the weights' own configuration.
         CheckpointError: the weights are missing or do not fit the network.
+        UnsafeModelCardError: the weights' model card could run code or holds what a card may not.
         InputError: an input path does not exist or holds no scan.
     """
-    settings: dict[str, Any] = {"dataset_dir": inputs, "output_csv": os.fspath(output_csv), "overwrite": overwrite}
-    settings.update(_common_settings(weights, device, precision, channels_last))
+    settings: dict[str, Any] = {"dataset_dir": _as_data(inputs), "output_csv": os.fspath(output_csv)}
+    settings["overwrite"] = overwrite
+    settings.update(_common_settings(weights, device, precision, channels_last, trust_card))
     configs = config_files or _bundle_configs("inference_classifier.yaml", bundle_dir)
     return _run_config(configs, {**settings, **overrides})
 
@@ -868,6 +913,13 @@ def add_task_arguments(parser: argparse.ArgumentParser, task: str) -> argparse.A
         "--bundle-dir", default=None, help="bundle folder whose configs/ run (default: the installed bundle)"
     )
     parser.add_argument(
+        "--trust-card",
+        action="store_true",
+        help="apply the weights' model card unchecked: only for a card from someone you trust, as it may then run "
+        "any code (by default a card is data, and one naming a network off the allow-list or carrying MONAI "
+        "expressions is refused)",
+    )
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -929,6 +981,7 @@ def run_task(task: str, args: argparse.Namespace) -> int:
                 args.overwrite,
                 overlap=args.overlap,
                 bundle_dir=args.bundle_dir,
+                trust_card=args.trust_card,
                 **overrides,
             )
         else:
@@ -944,6 +997,7 @@ def run_task(task: str, args: argparse.Namespace) -> int:
                 args.device,
                 overwrite=args.overwrite,
                 bundle_dir=args.bundle_dir,
+                trust_card=args.trust_card,
                 **overrides,
             )
     except (ConfigOverrideError, ValueError, FileNotFoundError) as error:

@@ -22,6 +22,12 @@ from it, so ``--weights`` alone is enough. An explicit override of one of them t
 :class:`ModelConfigMismatchError` naming both values. Weights without a card (older runs) are used with the
 configuration given, as before.
 
+A card is data, never code: it is checked against :data:`pipeline.training.card_schema.CARD_SCHEMA` when read
+(:func:`read_model_card`, :func:`load_torchscript`, :func:`build_network`), before any of it reaches a config, and
+one that names a network off the allow-list, carries MONAI syntax (``$``, ``@``, ``%``, ``_requires_``...) or an
+unknown key is an :class:`UnsafeModelCardError`. ``trust=True`` (``--trust-card``, config id
+``trust_model_card``) applies a card from someone trusted unchecked, with a warning.
+
 The network definition comes from the trained network object: :class:`networks.ResUnet3D` and
 :func:`pipeline.training.classify.build_classifier` record theirs as ``init_config``; for another network (e.g. MONAI's
 ``UNet`` swapped in by ``--network_def``) the card has no ``network_def`` and inference needs it given.
@@ -40,7 +46,8 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import CheckpointError
+from pipeline.errors import NOT_SET, CheckpointError, ModelConfigMismatchError, UnsafeModelCardError
+from pipeline.training.card_schema import CARD_FORMAT, card_problems, check_model_card
 from pipeline.training.checkpoint import load_network_state
 from pipeline.utils.files import atomic_path
 
@@ -48,6 +55,7 @@ __all__ = [
     "CARD_KEY",
     "CARD_NAME_IN_TORCHSCRIPT",
     "ModelConfigMismatchError",
+    "UnsafeModelCardError",
     "apply_model_card",
     "build_network",
     "card_path",
@@ -65,36 +73,10 @@ logger = logging.getLogger(__name__)
 CARD_KEY = "model_card"
 #: The card's name inside a TorchScript file (MONAI's ``extra_files``).
 CARD_NAME_IN_TORCHSCRIPT = "model.json"
-_FORMAT = 1
 _TORCHSCRIPT_SUFFIXES = (".ts", ".pth.ts", ".torchscript")
 
 
-class ModelConfigMismatchError(ValueError):
-    """An explicitly given config value differs from the one the trained weights carry.
-
-    Args:
-        card: the card file.
-        differences: ``(config id, given value, the weights' value)`` for each difference.
-    """
-
-    def __init__(self, card: str | os.PathLike, differences: Sequence[tuple[str, Any, Any]]) -> None:
-        self.card = os.fspath(card)
-        self.differences = list(differences)
-        lines = "; ".join(
-            f"{key}: given {_short(given)}, the weights' config has {_short(own)}" for key, given, own in differences
-        )
-        super().__init__(
-            f"the configuration given does not match the one the weights were trained with ({self.card}): {lines}. "
-            "Leave these settings out (the weights carry their own), or use weights trained with them."
-        )
-
-
-def _short(value: Any) -> str:
-    text = "(not set)" if value is _MISSING else json.dumps(value, default=str)
-    return text if len(text) <= 160 else text[:157] + "..."
-
-
-_MISSING = object()
+_MISSING = NOT_SET
 
 
 def _jsonable(value: Any) -> Any:
@@ -161,7 +143,7 @@ def write_model_card(
     """
     card: dict[str, Any] = {
         CARD_KEY: {
-            "format": _FORMAT,
+            "format": CARD_FORMAT,
             "task": task,
             "weights": Path(weights).name,
             "versions": _versions(),
@@ -181,6 +163,13 @@ def write_model_card(
         card["network_def"] = definition
     card.update(_jsonable(dict(config or {})))
     path = card_path(weights)
+    problems = card_problems(card)
+    if problems:
+        logger.warning(
+            "the model card %s holds what a card may not (%s): inference will refuse it unless trusted (--trust-card)",
+            path,
+            "; ".join(f"{key}: {why}" for key, why in problems),
+        )
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     logger.info("wrote the model card %s", path)
@@ -191,37 +180,65 @@ def _is_torchscript(path: Path) -> bool:
     return path.name.lower().endswith(_TORCHSCRIPT_SUFFIXES)
 
 
-def read_model_card(weights: str | os.PathLike) -> dict[str, Any] | None:
-    """The card of a weights file: ``<weights>.json``, or the one embedded in a TorchScript file.
-
-    Args:
-        weights: ``model.pt`` (card ``model.json``) or ``model.ts`` (card inside).
-
-    Returns:
-        The card, or ``None`` when there is none (weights from before cards existed).
-
-    Raises:
-        CheckpointError: a card that exists but is not valid JSON.
-    """
-    weights = Path(weights)
-    if _is_torchscript(weights) and weights.is_file():
-        with zipfile.ZipFile(weights) as archive:
-            names = [n for n in archive.namelist() if n.endswith(f"extra/{CARD_NAME_IN_TORCHSCRIPT}")]
-            text = archive.read(names[0]).decode("utf-8") if names else None
-        source = f"{weights} (embedded {CARD_NAME_IN_TORCHSCRIPT})"
-    else:
-        path = card_path(weights)
-        text = path.read_text(encoding="utf-8") if path.is_file() else None
-        source = os.fspath(path)
-    if text is None:
-        return None
+def _parse_card(text: str, source: str, trust: bool) -> dict[str, Any]:
+    """A card's JSON, checked by the schema (:mod:`pipeline.training.card_schema`) unless ``trust``."""
     try:
         card = json.loads(text)
     except json.JSONDecodeError as error:
         raise CheckpointError(f"the model card {source} is not valid JSON ({error}); restore or delete it.") from error
     if not isinstance(card, dict) or CARD_KEY not in card:
         raise CheckpointError(f"{source} is not a model card (no {CARD_KEY!r} section).")
+    if trust:
+        problems = card_problems(card)
+        logger.warning(
+            "trusting the model card %s (--trust-card / trust_model_card): it is applied as MONAI config, so any "
+            "expression or _target_ it carries runs%s",
+            source,
+            "; it holds " + "; ".join(f"{key}: {why}" for key, why in problems) if problems else "",
+        )
+    else:
+        check_model_card(card, source)
     return card
+
+
+def read_model_card(weights: str | os.PathLike, *, trust: bool = False) -> dict[str, Any] | None:
+    """The card of a weights file: ``<weights>.json``, or the one embedded in a TorchScript file.
+
+    The card is checked against :data:`pipeline.training.card_schema.CARD_SCHEMA` before it is returned: a card is
+    data, and one that could make a MONAI config import or run anything is refused.
+
+    Args:
+        weights: ``model.pt`` (card ``model.json``) or ``model.ts`` (card inside).
+        trust: return the card unchecked (with a warning): for a card from someone you trust that needs a network
+            off the allow-list or MONAI expressions.
+
+    Returns:
+        The card, or ``None`` when there is none (weights from before cards existed).
+
+    Raises:
+        CheckpointError: a card that exists but is not valid JSON.
+        UnsafeModelCardError: a card the schema refuses (naming the file, the key and why).
+    """
+    weights = Path(weights)
+    if _is_torchscript(weights) and weights.is_file():
+        try:
+            with zipfile.ZipFile(weights) as archive:
+                names = [n for n in archive.namelist() if n.endswith(f"extra/{CARD_NAME_IN_TORCHSCRIPT}")]
+                text = archive.read(names[0]).decode("utf-8") if names else None
+        except (zipfile.BadZipFile, UnicodeDecodeError) as error:
+            raise CheckpointError(f"{weights} is not a TorchScript file ({error}).") from error
+        source = _embedded(weights)
+    else:
+        path = card_path(weights)
+        text = path.read_text(encoding="utf-8") if path.is_file() else None
+        source = os.fspath(path)
+    if text is None:
+        return None
+    return _parse_card(text, source, trust)
+
+
+def _embedded(path: str | os.PathLike) -> str:
+    return f"{os.fspath(path)} (embedded {CARD_NAME_IN_TORCHSCRIPT})"
 
 
 def copy_model_card(source: str | os.PathLike, target: str | os.PathLike) -> Path | None:
@@ -246,20 +263,27 @@ def copy_model_card(source: str | os.PathLike, target: str | os.PathLike) -> Pat
     return path
 
 
-def build_network(card: Mapping[str, Any]) -> torch.nn.Module:
+def build_network(
+    card: Mapping[str, Any], *, trust: bool = False, source: str | os.PathLike = "the model card"
+) -> torch.nn.Module:
     """Build the card's network (random weights) from its ``network_def``.
 
     Args:
         card: a model card.
+        trust: build it without checking the card against the schema (see :func:`read_model_card`).
+        source: the card's file, named in errors.
 
     Returns:
         The network.
 
     Raises:
         CheckpointError: the card has no ``network_def``.
+        UnsafeModelCardError: a card the schema refuses.
     """
     from monai.bundle import ConfigParser
 
+    if not trust:
+        check_model_card(card, source)
     if "network_def" not in card:
         raise CheckpointError("the model card has no network_def; give the network's configuration explicitly.")
     return ConfigParser({"network_def": dict(card["network_def"])}).get_parsed_content("network_def")
@@ -297,7 +321,13 @@ def _lookup(card: Mapping[str, Any], key: str) -> Any:
     return node
 
 
-def apply_model_card(config_files: Sequence[str | os.PathLike], overrides: Mapping[str, Any]) -> dict[str, Any]:
+def _as_bool(value: Any) -> bool:
+    return value is True or str(value).strip().lower() in ("true", "1", "yes", "on")
+
+
+def apply_model_card(
+    config_files: Sequence[str | os.PathLike], overrides: Mapping[str, Any], *, trust: bool | None = None
+) -> dict[str, Any]:
     """The overrides with the weights' own configuration added, for configs that declare ``weights_config``.
 
     ``weights_config`` (a config section) names ``keys`` set from the card (an explicit override of one of them, or
@@ -306,9 +336,13 @@ def apply_model_card(config_files: Sequence[str | os.PathLike], overrides: Mappi
     ``model_depth: network_def::model_depth``) checked like keys. With a TorchScript ``ckpt_path`` the network is
     the scripted module itself.
 
+    The card is checked first (:func:`read_model_card`): one that could make the config import or run anything is
+    refused, unless trusted by ``trust`` or the config id ``trust_model_card`` (both off by default).
+
     Args:
         config_files: the configs, in merge order.
         overrides: the explicit overrides (``bundle_root`` included).
+        trust: apply the card unchecked; ``None``: the configs' ``trust_model_card`` (after the overrides).
 
     Returns:
         The overrides to run with (``overrides`` itself, copied, when there is no card or no ``weights_config``).
@@ -316,6 +350,7 @@ def apply_model_card(config_files: Sequence[str | os.PathLike], overrides: Mappi
     Raises:
         ModelConfigMismatchError: an explicit value differs from the card's.
         CheckpointError: an unreadable card.
+        UnsafeModelCardError: a card the schema refuses.
     """
     from monai.bundle import ConfigParser
 
@@ -332,7 +367,9 @@ def apply_model_card(config_files: Sequence[str | os.PathLike], overrides: Mappi
     except Exception as error:  # an unresolvable ckpt_path is reported where the config uses it
         logger.debug("cannot resolve ckpt_path to look for a model card: %s", error)
         return result
-    card = read_model_card(weights)
+    if trust is None:
+        trust = _as_bool(parser.get("trust_model_card", False))
+    card = read_model_card(weights, trust=trust)
     if card is None:
         logger.debug("%s has no model card (%s): using the configuration given", weights, card_path(weights).name)
         return result
@@ -361,7 +398,9 @@ def apply_model_card(config_files: Sequence[str | os.PathLike], overrides: Mappi
             result[key] = card[key]
     if _is_torchscript(weights):
         result.setdefault(
-            "network", "$pipeline.training.model_card.load_torchscript(@ckpt_path, map_location=@device)[0].to(@device)"
+            "network",
+            "$pipeline.training.model_card.load_torchscript(@ckpt_path, map_location=@device, "
+            f"trust={bool(trust)})[0].to(@device)",
         )
     info = card.get(CARD_KEY, {})
     logger.info(
@@ -376,7 +415,11 @@ def apply_model_card(config_files: Sequence[str | os.PathLike], overrides: Mappi
 
 
 def export_torchscript(
-    weights: str | os.PathLike, filepath: str | os.PathLike, card: Mapping[str, Any] | None = None
+    weights: str | os.PathLike,
+    filepath: str | os.PathLike,
+    card: Mapping[str, Any] | None = None,
+    *,
+    trust: bool = False,
 ) -> Path:
     """Script a trained network and save it with its card embedded (MONAI's ``save_net_with_metadata``).
 
@@ -384,19 +427,22 @@ def export_torchscript(
         weights: the weights (``model.pt``; a flat state dict or a checkpoint with a ``model``/``network`` entry).
         filepath: the TorchScript file to write (``model.ts``).
         card: the card (default: the one beside ``weights``).
+        trust: use the card unchecked (see :func:`read_model_card`).
 
     Returns:
         ``filepath``.
 
     Raises:
         CheckpointError: no card, or weights that do not fit its network.
+        UnsafeModelCardError: a card the schema refuses.
     """
     from monai.data import save_net_with_metadata
 
-    card = dict(card) if card is not None else read_model_card(weights)
+    source = "the model card given" if card is not None else card_path(weights)
+    card = dict(card) if card is not None else read_model_card(weights, trust=trust)
     if card is None:
         raise CheckpointError(f"{weights} has no model card ({card_path(weights).name}); nothing to embed.")
-    network = build_network(card)
+    network = build_network(card, trust=trust, source=source)
     key = "model"
     state = torch.load(weights, map_location="cpu", weights_only=True)
     if "network" in state and isinstance(state["network"], Mapping):
@@ -424,19 +470,21 @@ def export_torchscript(
 
 
 def load_torchscript(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", *, trust: bool = False
 ) -> tuple[torch.jit.ScriptModule, dict[str, Any] | None]:
-    """Load a TorchScript network and the card embedded in it.
+    """Load a TorchScript network and the card embedded in it (checked as :func:`read_model_card` checks it).
 
     Args:
         path: the ``.ts`` file.
         map_location: where the tensors go.
+        trust: return the card unchecked (see :func:`read_model_card`).
 
     Returns:
         ``(network, card or None)``.
 
     Raises:
-        CheckpointError: the file cannot be loaded as TorchScript.
+        CheckpointError: the file cannot be loaded as TorchScript, or its card is not valid JSON.
+        UnsafeModelCardError: an embedded card the schema refuses.
     """
     extra = {CARD_NAME_IN_TORCHSCRIPT: ""}
     try:
@@ -444,4 +492,4 @@ def load_torchscript(
     except (RuntimeError, ValueError, OSError) as error:
         raise CheckpointError(f"{path} cannot be loaded as TorchScript ({str(error).splitlines()[0]}).") from error
     text = extra[CARD_NAME_IN_TORCHSCRIPT]
-    return network, (json.loads(text) if text else None)
+    return network, (_parse_card(text, _embedded(path), trust) if text else None)

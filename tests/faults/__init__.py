@@ -1,4 +1,4 @@
-r"""The fault suite: bad input, bad configuration, kills, full disks, unsafe pickles and data leakage.
+r"""The fault suite: bad input, bad configuration, kills, full disks, unsafe pickles and cards, data leakage.
 
 Each :class:`Case` feeds one fault to one entry point of the pipeline (the scan loader, the dataset builders,
 ``prepare_noisy``, training, inference, the command lines, the checkpoint readers, the split guards) in a fresh
@@ -33,8 +33,8 @@ same cases.
 
 Layout: this module holds the registry (:data:`CASES`), the runner and the command line; :mod:`tests.faults.harness`
 the outcomes and the checks every case uses; :mod:`tests.faults.corpus` the bad files; one module per area holds its
-cases (``data``, ``infer``, ``train``, ``bundle``, ``config``, ``unsafe``, ``leakage``, ``kill``), each as a ``CASES``
-tuple.
+cases (``data``, ``infer``, ``train``, ``bundle``, ``config``, ``unsafe``, ``cards``, ``leakage``, ``kill``), each
+as a ``CASES`` tuple.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.faults import bundle, config, data, infer, kill, leakage, train, unsafe
+from tests.faults import bundle, cards, config, data, infer, kill, leakage, train, unsafe
 from tests.faults.corpus import (
     BAD_FILES,
     VALID_ODDITIES,
@@ -111,6 +111,7 @@ CASES: tuple[Case, ...] = (
     *train.CASES,
     *config.CASES,
     *unsafe.CASES,
+    *cards.CASES,
     *leakage.CASES,
     *bundle.CASES,
     *kill.CASES,

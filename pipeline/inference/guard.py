@@ -1,0 +1,294 @@
+"""The inference guard: SURE picks, per scan, what to write (network, blend, filter or input) and how much it helped.
+
+A denoiser trained at one noise level smooths every scan as if it held that level: below it, the output is worse than
+the noisy input. The guard needs no clean reference to see this. For additive white Gaussian noise of standard
+deviation ``sigma`` (estimated blind, :func:`transforms.noise_level.estimate_noise`) Stein's unbiased risk estimate
+(:mod:`pipeline.training.sure`) gives the mean squared error of any weakly differentiable output ``g(y)``:
+
+    SURE(g) = mean |g(y) - y|^2 - sigma^2 + 2 sigma^2 mean div g(y).
+
+The guard scores a small family: ``g = y + sum_k w_k (f_k(y) - y)``, where ``f_k`` are the network's output and
+Gaussian filters of a few widths. SURE is quadratic in the weights, ``w^T G w + sigma^2 - 2 sigma^2 w^T (1 - D)``
+with ``G_kl = mean(u_k u_l)``, ``u_k = f_k(y) - y`` and ``D_k = mean div f_k``, so the candidates' risks are exact
+least-squares algebra: the noisy input (``w = 0``, risk ``sigma^2``), the network, the network blended with its input
+(``alpha`` in [0, 1]), each Gaussian filter alone (its divergence is the kernel's centre weight), and the network with
+one Gaussian filter (non-negative weights). The lowest risk is written; its estimated gain over the noisy input
+``10 log10(sigma^2 / SURE)`` goes to the log and to the scan's JSON sidecar. The network's divergence is estimated by
+Monte Carlo with one probe (Ramani et al. 2008), which costs one more network pass.
+
+Everything is measured in the head (:func:`transforms.noise_level.head_mask` of the noisy scan), where the image
+matters and where magnitude (Rician) noise is close to Gaussian; in the air a magnitude image's noise is Rayleigh and
+SURE's assumption fails, so the air does not enter the estimate. Assumptions, stated in every sidecar: white noise of
+one level (a scan resampled before denoising, or with noise that varies across the field of view, e.g. parallel
+imaging, breaks them), Gaussian or high-SNR Rician; for PET's Poisson noise the estimate is approximate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from pipeline.training.sure import EPSILON_RATIO
+from pipeline.utils.files import atomic_path
+from transforms.noise_level import NOISE_METHODS, estimate_noise, head_mask, robust_max
+
+__all__ = ["ASSUMPTIONS", "GuardReport", "SureGuard", "gaussian_centre_weight", "report_path", "write_guard_report"]
+
+logger = logging.getLogger(__name__)
+
+ASSUMPTIONS = (
+    "SURE assumes additive white noise of one standard deviation (Gaussian; Rician magnitude noise where the signal "
+    "is well above it, i.e. in the head); it is scored in the head mask only. A resampled grid or spatially varying "
+    "noise breaks it; for Poisson (PET) noise it is approximate."
+)
+
+_NETWORK = "network"
+
+
+def gaussian_centre_weight(width: float, ndim: int = 3) -> float:
+    """The centre weight of scipy's Gaussian filter: the filter's divergence at every voxel away from the border.
+
+    Args:
+        width: the standard deviation in voxels.
+        ndim: the number of axes filtered.
+
+    Returns:
+        The weight (1 for a zero width).
+    """
+    if width <= 0:
+        return 1.0
+    size = 2 * int(4.0 * width + 0.5) + 1
+    delta = np.zeros(size)
+    delta[size // 2] = 1.0
+    return float(ndimage.gaussian_filter1d(delta, width)[size // 2]) ** ndim
+
+
+@dataclass
+class GuardReport:
+    """What the guard found for one scan (JSON-ready through :meth:`as_dict`).
+
+    Attributes:
+        sigma: the noise standard deviation used, in the image's units.
+        sigma_255: the same on the 0-255 scale of the scan's robust maximum.
+        noise_method: ``"background"`` (measured in the air), ``"tissue"`` or ``"given"``.
+        noise_model: ``"gaussian"``, ``"magnitude"`` (Rayleigh air) or ``"unknown"``.
+        choice: the candidate written.
+        weights: its weight on each output (the noisy input takes the rest).
+        estimated_gain_db: SURE's estimate of the PSNR gain of what is written over the noisy input, in the head.
+        candidates: every candidate's estimated gain (dB).
+        head_voxels: voxels in the head mask.
+    """
+
+    sigma: float
+    sigma_255: float
+    noise_method: str
+    noise_model: str
+    choice: str
+    weights: dict[str, float]
+    estimated_gain_db: float
+    candidates: dict[str, float]
+    head_voxels: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as plain JSON types, with the assumptions it rests on."""
+        return {
+            "sigma": self.sigma,
+            "sigma_255": round(self.sigma_255, 3),
+            "noise_method": self.noise_method,
+            "noise_model": self.noise_model,
+            "choice": self.choice,
+            "weights": {k: round(v, 4) for k, v in self.weights.items()},
+            "estimated_gain_db": round(self.estimated_gain_db, 3),
+            "candidates": {k: round(v, 3) for k, v in self.candidates.items()},
+            "head_voxels": self.head_voxels,
+            "assumptions": ASSUMPTIONS,
+        }
+
+
+class SureGuard:
+    """Pick, per scan, the output of least estimated error among the network, blends, Gaussian filters and the input.
+
+    Args:
+        widths: the Gaussian filters' standard deviations in voxels.
+        sigma_255: the noise level on the 0-255 scale of the scan's robust maximum, when the user knows it;
+            ``None`` estimates it blind (``noise_method``).
+        noise_method: where to estimate it, one of :data:`transforms.noise_level.NOISE_METHODS`.
+        seed: seeds the Monte-Carlo probe, so a scan gives the same output every run.
+
+    Raises:
+        ValueError: a negative width, a non-positive ``sigma_255`` or an unknown method.
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[float] = (0.5, 0.75, 1.0, 1.5, 2.0),
+        sigma_255: float | None = None,
+        noise_method: str = "auto",
+        seed: int = 0,
+    ) -> None:
+        if any(float(w) <= 0 for w in widths):
+            raise ValueError(f"widths must be positive (voxels), got {list(widths)}.")
+        if sigma_255 is not None and not float(sigma_255) > 0:
+            raise ValueError(f"sigma_255 must be positive or None (estimate it), got {sigma_255!r}.")
+        if noise_method not in NOISE_METHODS:
+            raise ValueError(f"noise_method must be one of {NOISE_METHODS}, got {noise_method!r}.")
+        self.widths = tuple(float(w) for w in widths)
+        self.sigma_255 = None if sigma_255 is None else float(sigma_255)
+        self.noise_method = noise_method
+        self.seed = int(seed)
+
+    def noise(self, volume: np.ndarray) -> tuple[float, str, str]:
+        """``(sigma in image units, method, model)`` of a scan: the level given, or the blind estimate."""
+        if self.sigma_255 is not None:
+            return self.sigma_255 / 255.0 * robust_max(volume), "given", "unknown"
+        found = estimate_noise(volume, self.noise_method)
+        return float(found["noise_sigma"]), str(found["method"]), str(found["model"])
+
+    def __call__(
+        self, image: torch.Tensor, predict: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, GuardReport | None]:
+        """Denoise ``image`` with ``predict`` and return what SURE says is best, with the report.
+
+        Args:
+            image: the preprocessed scan, ``(1, X, Y, Z)`` (or ``(X, Y, Z)``), float.
+            predict: the network as inference runs it (e.g. a sliding window), mapping a tensor shaped like
+                ``image`` to its output. It is called twice (the output, and the output of a perturbed input for the
+                divergence): run it in float32, since bf16 rounding would swamp the small perturbation.
+
+        Returns:
+            ``(output shaped like image, report)``; the report is ``None`` (and the output the network's) when the
+            scan has no noise to measure or no head, which is logged.
+        """
+        y = image.detach().float().cpu()
+        volume = y.reshape(y.shape[-3:]).numpy().astype(np.float64)
+        pred = predict(image).detach().float().cpu().reshape(y.shape)
+        sigma, method, model = self.noise(volume)
+        mask = head_mask(volume)
+        if not sigma > 0 or not mask.any():
+            logger.warning(
+                "the guard is off for this scan (noise %.3g, %d head voxels): writing the network's output",
+                sigma,
+                int(mask.sum()),
+            )
+            return pred, None
+        eps = EPSILON_RATIO * sigma
+        generator = torch.Generator().manual_seed(self.seed)
+        probe = torch.randn(y.shape, generator=generator)
+        perturbed = predict((y + eps * probe).to(image)).detach().float().cpu().reshape(y.shape)
+        flat = torch.from_numpy(mask.reshape(-1))
+        base = y.reshape(-1)[flat].double()
+        net = pred.reshape(-1)[flat].double()
+        divergence = (
+            float((probe.reshape(-1)[flat].double() * (perturbed.reshape(-1)[flat].double() - net)).mean()) / eps
+        )
+        outputs = {_NETWORK: net - base}
+        centre = {_NETWORK: divergence}
+        filtered = {}
+        for width in self.widths:
+            name = f"gaussian {width:g}"
+            filtered[name] = ndimage.gaussian_filter(volume, width)
+            outputs[name] = torch.from_numpy(filtered[name].reshape(-1)[mask.reshape(-1)]) - base
+            centre[name] = gaussian_centre_weight(width)
+        weights, risks = _candidates(outputs, centre, sigma)
+        best = min(risks, key=risks.get)
+        gains = {name: 10.0 * math.log10(sigma**2 / max(risk, 1e-30)) for name, risk in risks.items()}
+        output = y.double().clone()
+        for name, weight in weights[best].items():
+            full = pred.double() if name == _NETWORK else torch.from_numpy(filtered[name]).reshape(y.shape)
+            output += weight * (full - y.double())
+        report = GuardReport(
+            sigma=sigma,
+            sigma_255=255.0 * sigma / robust_max(volume),
+            noise_method=method,
+            noise_model=model,
+            choice=best,
+            weights=weights[best],
+            estimated_gain_db=gains[best],
+            candidates=gains,
+            head_voxels=int(mask.sum()),
+        )
+        return output.to(pred.dtype), report
+
+
+def _candidates(
+    outputs: dict[str, torch.Tensor], divergence: dict[str, float], sigma: float
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Each candidate's weights and SURE risk (the module docstring's quadratic form)."""
+    names = list(outputs)
+    u = torch.stack([outputs[n] for n in names])
+    gram = (u @ u.T / u.shape[1]).numpy()
+    drive = np.array([sigma**2 * (1.0 - divergence[n]) for n in names])
+    index = {n: i for i, n in enumerate(names)}
+
+    def risk(weights: dict[str, float]) -> float:
+        w = np.zeros(len(names))
+        for n, v in weights.items():
+            w[index[n]] = v
+        return float(w @ gram @ w + sigma**2 - 2.0 * w @ drive)
+
+    def fit(chosen: Sequence[str]) -> dict[str, float] | None:
+        rows = [index[n] for n in chosen]
+        try:
+            w = np.linalg.solve(gram[np.ix_(rows, rows)], drive[rows])
+        except np.linalg.LinAlgError:
+            return None
+        return dict(zip(chosen, map(float, w), strict=True)) if (w >= 0).all() else None
+
+    net = index[_NETWORK]
+    alpha = float(np.clip(drive[net] / gram[net, net], 0.0, 1.0)) if gram[net, net] > 0 else 0.0
+    weights: dict[str, dict[str, float]] = {"input": {}, _NETWORK: {_NETWORK: 1.0}, "network blend": {_NETWORK: alpha}}
+    for name in names[1:]:
+        weights[name] = {name: 1.0}
+        pair = fit([_NETWORK, name])
+        if pair is not None:
+            weights[f"network + {name}"] = pair
+    return weights, {name: risk(w) for name, w in weights.items()}
+
+
+def report_path(output: str | os.PathLike) -> Path:
+    """The guard's sidecar of an output file: ``sub-01_denoised.nii.gz`` -> ``sub-01_denoised.json``."""
+    output = Path(output)
+    name = output.name
+    for suffix in (".nii.gz", *output.suffixes[-1:]):
+        if name.endswith(suffix):
+            return output.with_name(name[: -len(suffix)] + ".json")
+    return output.with_name(name + ".json")
+
+
+def write_guard_report(report: GuardReport, output: str | os.PathLike, source: str = "") -> Path:
+    """Write the report beside the output (atomically) and log it in one line.
+
+    Args:
+        report: the guard's report.
+        output: the denoised file it describes.
+        source: the input scan, named in the sidecar and the log.
+
+    Returns:
+        The sidecar's path.
+    """
+    path = report_path(output)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"source": source, "output": Path(output).name, **report.as_dict()}, indent=2) + "\n")
+    weights = ", ".join(f"{k} {v:.2f}" for k, v in report.weights.items()) or "none"
+    logger.info(
+        "%s: noise %.1f/255 (%s); wrote %s (weights: %s), estimated gain over the noisy input %+.2f dB (network "
+        "alone %+.2f dB)",
+        source or output,
+        report.sigma_255,
+        "measured in the air" if report.noise_method == "background" else report.noise_method,
+        report.choice,
+        weights,
+        report.estimated_gain_db,
+        report.candidates[_NETWORK],
+    )
+    return path
