@@ -624,19 +624,20 @@ def guarded_output(
     """The project's default output: the network guarded by ``pipeline.inference.guard.SureGuard``.
 
     The scan is divided by its robust maximum (as the bundle's preprocessing does), the guard estimates the noise
-    blind, runs the network through ``predict`` (:func:`benchmarks.quality.denoise_with_network`) and chooses by SURE;
-    its output is multiplied back and floored (``inference.yaml``'s ``output_min``).
+    blind, runs the network through ``predict`` (:func:`benchmarks.quality.denoise_with_network`, twice: the output
+    and a perturbed input for SURE's divergence, so in float32 as the guard asks) and chooses by SURE; its output is
+    multiplied back and floored (``inference.yaml``'s ``output_min``).
 
     Args:
         model: the network.
         noisy: the noisy volume.
         roi: sliding-window tile edge.
         overlap: sliding-window overlap.
-        bf16: bf16 autocast for the network.
+        bf16: ignored: the guard's two passes run in float32 (bf16 rounding would swamp SURE's perturbation).
         guard: the guard (default ``SureGuard()``).
 
     Returns:
-        ``(output on the input's scale, the guard's report)``.
+        ``(output on the input's scale, the guard's report as a dict)``.
     """
     if guard is None:
         from pipeline.inference.guard import SureGuard
@@ -647,11 +648,15 @@ def guarded_output(
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         array = np.asarray(x.detach().cpu().numpy()[0], dtype=np.float32)
-        return torch.from_numpy(denoise_with_network(model, array, roi, overlap, bf16, floor=None))[None]
+        return torch.from_numpy(denoise_with_network(model, array, roi, overlap, False, floor=None))[None]
 
     output, report = guard(image, predict)
     out = np.asarray(torch.as_tensor(output).detach().cpu().numpy(), dtype=np.float32).reshape(noisy.shape) * scale
-    return (out if OUTPUT_FLOOR is None else np.maximum(out, OUTPUT_FLOOR)), dict(report)
+    if report is None:  # the guard is off for this scan (no noise or no head): it wrote the network's output
+        found: dict[str, Any] = {"choice": "network (guard off)"}
+    else:
+        found = report.as_dict() if hasattr(report, "as_dict") else dict(report)
+    return (out if OUTPUT_FLOOR is None else np.maximum(out, OUTPUT_FLOOR)), found
 
 
 def _scored(case: dict[str, Any], method: str, run: Callable[[], np.ndarray], **extra: Any) -> dict[str, Any]:
@@ -1063,11 +1068,15 @@ def load_denoiser(weights: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]
 
 def _default_weights() -> Path | None:
     """The shipped model (``pipeline.inference.ready.default_weights``), or ``None`` where it is not there yet."""
+    from pipeline.errors import CheckpointError
+
     try:
         from pipeline.inference.ready import default_weights
-    except ImportError:
+
+        return Path(default_weights())
+    except (ImportError, CheckpointError) as error:
+        print(f"no shipped model: {error}")
         return None
-    return Path(default_weights())
 
 
 def _guard_available() -> bool:

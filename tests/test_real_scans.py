@@ -4,12 +4,9 @@ the ``--quick`` run."""
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import numpy as np
 import pytest
-import torch
 
 from benchmarks import real_scans
 from benchmarks.whole_head import make_model
@@ -35,32 +32,6 @@ def _scan(noise_255: float, shape=(24, 24, 24)) -> real_scans.RealScan:
         noise_estimates={"used": noise_255, "method": "stated"},
         scale=1.0,
     )
-
-
-@pytest.fixture(autouse=True)
-def stub_guard(monkeypatch):
-    """``pipeline.inference.guard`` as the lead specified it, until it lands: the network's output, a fixed report."""
-
-    class SureGuard:
-        def __call__(self, image, predict):
-            assert image.ndim == 4 and image.shape[0] == 1 and image.dtype == torch.float32
-            return predict(image), {
-                "sigma": 0.05,
-                "sigma_255": 12.75,
-                "noise_method": "stub",
-                "noise_model": "gaussian",
-                "choice": "network",
-                "weights": {"network": 1.0},
-                "estimated_gain_db": 1.0,
-                "candidates": {"network": 1.0},
-            }
-
-    try:
-        import pipeline.inference.guard  # noqa: F401
-    except ImportError:
-        module = types.ModuleType("pipeline.inference.guard")
-        module.SureGuard = SureGuard
-        monkeypatch.setitem(sys.modules, "pipeline.inference.guard", module)
 
 
 def test_the_high_snr_rule_skips_a_case_whose_reference_is_too_noisy(capsys):
