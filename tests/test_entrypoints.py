@@ -16,7 +16,7 @@ from pipeline.entrypoints import classify_entry, demo_entry, denoise_entry
 @pytest.mark.parametrize(
     ("entry", "example"),
     [
-        (denoise_entry, "resunet3d-denoise scans/ --output denoised/ --weights"),
+        (denoise_entry, "resunet3d-denoise scans/ --output denoised/"),
         (classify_entry, "resunet3d-classify scans/ --output predictions.csv --weights"),
         (demo_entry, "resunet3d-demo --out demo --quick"),
     ],

@@ -145,7 +145,13 @@ def test_bad_scans_are_named_and_the_rest_processed(scans, tmp_path, identity_we
     args += ["--device", "cpu", "--set", "network_def={_target_: torch.nn.Identity}", "--set", "show_progress=false"]
     assert main(args) == 1
     written = sorted(p.name for p in out.iterdir())
-    assert written == ["oblique_denoised.nii.gz", "plain_denoised.nii.gz"]  # no partial or hidden files
+    # no partial or hidden files; the guard's report beside each output
+    assert written == [
+        "oblique_denoised.json",
+        "oblique_denoised.nii.gz",
+        "plain_denoised.json",
+        "plain_denoised.nii.gz",
+    ]
     logged = capsys.readouterr().err
     for name, words in problems.items():
         line = next(line for line in logged.splitlines() if f"FAILED {scans / name}" in line)
@@ -156,16 +162,16 @@ def test_bad_scans_are_named_and_the_rest_processed(scans, tmp_path, identity_we
 def test_rerun_skips_finished_outputs_and_overwrite_rewrites_them_identically(scans, tmp_path, identity_weights):
     out = tmp_path / "out"
     denoise_scans(scans, out, identity_weights, device="cpu", **IDENTITY)
-    first = {p.name: (p.stat().st_mtime_ns, nib.load(p).get_fdata()) for p in out.iterdir()}
+    first = {p.name: (p.stat().st_mtime_ns, nib.load(p).get_fdata()) for p in out.glob("*.nii.gz")}
     again = denoise_scans(scans, out, identity_weights, device="cpu", **IDENTITY)
     assert again.count("skipped") == 2 and again.count("done") == 0
-    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == {k: v[0] for k, v in first.items()}
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")} == {k: v[0] for k, v in first.items()}
     stale = out / ".oblique_denoised.k1ll3d.part.nii.gz"  # what a run killed mid-write leaves behind
     stale.write_bytes(b"half a file")
     rewritten = denoise_scans(scans, out, identity_weights, device="cpu", overwrite=True, **IDENTITY)
     assert not stale.exists()
     assert rewritten.count("done") == 2
-    for p in out.iterdir():
+    for p in out.glob("*.nii.gz"):
         assert np.array_equal(nib.load(p).get_fdata(), first[p.name][1])
 
 

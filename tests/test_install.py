@@ -75,7 +75,7 @@ def test_the_wheel_installs_a_tool_that_runs_outside_the_repository(tmp_path):
     scripts = {p.name for p in (venv / "bin").glob("resunet3d-*")}  # (their --help: tests/test_entrypoints.py)
     assert scripts == {"resunet3d-denoise", "resunet3d-classify", "resunet3d-demo"}
     run = _run([os.fspath(venv / "bin" / "resunet3d-denoise"), "scans", "--output", "out", "--weights", "model.pt",
-                "--device", "cpu", "--set", "show_progress=false"], work, env)  # fmt: skip
+                "--device", "cpu", "--set", "show_progress=false", "--no-guard"], work, env)  # fmt: skip
     assert run.returncode == 1, run.stderr  # the broken MINC and the lone DICOM slice failed, named below
     assert "7 scans: 5 done, 0 skipped (output exists), 2 failed; 1 file(s) ignored (not scans)" in run.stderr
     assert "FAILED scans/broken.mnc:" in run.stderr and "IGNORED scans/readme.txt" in run.stderr
@@ -88,3 +88,19 @@ def test_the_wheel_installs_a_tool_that_runs_outside_the_repository(tmp_path):
     ]
     for case, scan in written.items():  # identity network: the input back, in its own space and units
         check_same(work / "out" / f"{scan_name(scan.path)}_denoised.nii.gz", scan, header_like=case != "mgz")
+
+    # no --weights: the ready denoiser shipped in the wheel, guarded, written to the current folder
+    scan = written["int16-be"].path
+    ready = _run([os.fspath(venv / "bin" / "resunet3d-denoise"), os.fspath(scan), "--device", "cpu", "--set",
+                  "show_progress=false"], work, env)  # fmt: skip
+    assert ready.returncode == 0, ready.stderr
+    assert "using the ready denoiser" in ready.stderr and os.fspath(site) in ready.stderr
+    name = scan_name(scan)
+    assert nib_shape(work / f"{name}_denoised.nii.gz") == nib_shape(scan)
+    assert json.loads((work / f"{name}_denoised.json").read_text())["choice"]
+
+
+def nib_shape(path: Path) -> tuple[int, ...]:
+    import nibabel as nib
+
+    return nib.load(path).shape

@@ -16,7 +16,10 @@ from transforms.noise_level import (
     NOISE_SIGMA_KEY,
     EstimateNoiseLevel,
     EstimateNoiseLeveld,
+    estimate_background_sigma,
+    estimate_noise,
     estimate_noise_sigma,
+    head_mask,
     robust_max,
 )
 from transforms.synth import RandTissueContrast
@@ -74,3 +77,47 @@ def test_inference_config_estimates_each_scans_noise_level():
     parser.read_config([str(BUNDLE_DIR / "configs" / n) for n in ("common.yaml", "inference.yaml")])
     assert parser["noise_level"]["_target_"] == "transforms.noise_level.EstimateNoiseLeveld"
     assert "@noise_level" in parser["preprocessing"]["transforms"]
+
+
+def _head_on_air(
+    shape: tuple[int, int, int] = (48, 48, 48), radii: tuple[float, float, float] = (0.6, 0.7, 0.6)
+) -> np.ndarray:
+    """A smooth bright ellipsoid (the head; ``radii`` of the half field of view) with air all around."""
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    radius = np.sqrt(((grid / np.array(radii)[:, None, None, None]) ** 2).sum(0))
+    return np.clip(1.5 - 1.5 * radius, 0, 1) * (0.7 + 0.3 * np.cos(4 * grid[0]))
+
+
+@pytest.mark.parametrize("sigma", [5 / 255, 15 / 255, 25 / 255])
+def test_the_air_gives_the_level_and_tells_signed_from_magnitude_data(sigma):
+    clean = _head_on_air()
+    rng = np.random.default_rng(3)
+    gaussian = clean + rng.normal(0, sigma, clean.shape)
+    rician = np.sqrt((clean + rng.normal(0, sigma, clean.shape)) ** 2 + rng.normal(0, sigma, clean.shape) ** 2)
+    for noisy, model in ((gaussian, "gaussian"), (rician, "magnitude")):
+        found = estimate_noise(noisy)
+        assert found["method"] == "background" and found["model"] == model
+        assert found[NOISE_SIGMA_KEY] == pytest.approx(sigma, rel=0.06)
+        assert estimate_background_sigma(noisy) == pytest.approx((found[NOISE_SIGMA_KEY], model))
+
+
+def test_without_air_holding_noise_the_tissue_estimate_is_used():
+    clean = _head_on_air()
+    noisy = clean + np.random.default_rng(4).normal(0, 0.05, clean.shape)
+    noisy[clean == 0] = 0.0  # a zero-filled background (skull-stripped or masked by the scanner)
+    assert estimate_background_sigma(noisy) is None
+    found = estimate_noise(noisy)
+    assert found["method"] == "tissue" and found["model"] == "unknown"
+    assert found[NOISE_SIGMA_KEY] == pytest.approx(estimate_noise_sigma(noisy))
+    with pytest.raises(ValueError, match="too little air"):
+        estimate_noise(noisy, method="background")
+    with pytest.raises(ValueError, match="method"):
+        estimate_noise(noisy, method="everywhere")
+
+
+def test_the_head_mask_covers_the_head_and_leaves_the_air():
+    clean = _head_on_air()
+    noisy = clean + np.random.default_rng(5).normal(0, 15 / 255, clean.shape)
+    mask = head_mask(noisy)
+    assert mask[24, 24, 24] and not mask[0, 0, 0] and not mask[24, 24, 1]
+    assert not head_mask(np.ones((8, 8, 8))).any()

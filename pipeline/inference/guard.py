@@ -199,8 +199,11 @@ class SureGuard:
             filtered[name] = ndimage.gaussian_filter(volume, width)
             outputs[name] = torch.from_numpy(filtered[name].reshape(-1)[mask.reshape(-1)]) - base
             centre[name] = gaussian_centre_weight(width)
+        if not (math.isfinite(divergence) and bool(torch.isfinite(outputs[_NETWORK]).all())):
+            logger.warning("the network's output is not finite: the guard chooses among the filters and the input")
+            outputs[_NETWORK], centre[_NETWORK], pred = torch.zeros_like(base), 0.0, y.clone()
         weights, risks = _candidates(outputs, centre, sigma)
-        best = min(risks, key=risks.get)
+        best = min(risks, key=lambda name: risks[name] if math.isfinite(risks[name]) else math.inf)
         gains = {name: 10.0 * math.log10(sigma**2 / max(risk, 1e-30)) for name, risk in risks.items()}
         output = y.double().clone()
         for name, weight in weights[best].items():

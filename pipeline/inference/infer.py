@@ -848,7 +848,7 @@ _TASKS = {
     "denoise": (
         "write <scan>_denoised.nii.gz per scan, in the scan's own space and units",
         "output folder",
-        "{prog} scans/ --output denoised/ --weights demo/models/denoiser/model.pt",
+        "{prog} scans/ --output denoised/",
     ),
     "classify": (
         "write one CSV row of class probabilities per scan",
@@ -878,10 +878,35 @@ def add_task_arguments(parser: argparse.ArgumentParser, task: str) -> argparse.A
     """
     _, output_help, _ = _TASKS[task]
     parser.add_argument("inputs", nargs="+", help="scan files, folders or datalist .json files")
-    parser.add_argument("--output", required=True, help=output_help)
-    parser.add_argument(
-        "--weights", default=None, help="trained weights, .pt or .ts (default: the bundle's models/ file)"
-    )
+    if task == "denoise":
+        parser.add_argument("--output", default=".", help=output_help + " (default: the current folder)")
+        parser.add_argument(
+            "--weights",
+            default=None,
+            help="trained weights, .pt or .ts (default: the ready denoiser the package ships, trained on generated "
+            "heads: pipeline/inference/ready/)",
+        )
+        parser.add_argument(
+            "--no-guard",
+            dest="guard",
+            action="store_false",
+            help="write the network's output as it is (default: SURE picks, per scan, the network, a blend with the "
+            "input, a Gaussian filter or the input, whichever has the least estimated error; <scan>_denoised.json "
+            "says which and the estimated gain)",
+        )
+        parser.add_argument(
+            "--noise-level",
+            type=float,
+            default=None,
+            metavar="LEVEL",
+            help="the scans' noise standard deviation on the 0-255 scale of their robust maximum, when known "
+            "(default: measured per scan, in the air around the head where there is air)",
+        )
+    else:
+        parser.add_argument("--output", required=True, help=output_help)
+        parser.add_argument(
+            "--weights", default=None, help="trained weights, .pt or .ts (default: the bundle's models/ file)"
+        )
     parser.add_argument("--device", default=None, help="cpu, cuda:0, ... (default: CUDA when available)")
     parser.add_argument(
         "--precision",
@@ -951,6 +976,17 @@ def task_parser(task: str, prog: str) -> argparse.ArgumentParser:
     return add_task_arguments(parser, task)
 
 
+def _denoiser_weights(weights: str | None, overrides: Mapping[str, Any]) -> str | os.PathLike | None:
+    """The command line's weights: the ones given, else the ready denoiser (unless ``--set ckpt_path=...``)."""
+    if weights is not None or "ckpt_path" in overrides:
+        return weights
+    from pipeline.inference.ready import default_weights
+
+    path = default_weights()
+    logger.info("no --weights given: using the ready denoiser %s (trained on generated heads only)", path)
+    return path
+
+
 def run_task(task: str, args: argparse.Namespace) -> int:
     """Run parsed arguments of ``denoise`` or ``classify``; print the summary to standard error.
 
@@ -973,10 +1009,14 @@ def run_task(task: str, args: argparse.Namespace) -> int:
     inputs = args.inputs[0] if len(args.inputs) == 1 else args.inputs
     try:
         if task == "denoise":
+            if not args.guard:
+                overrides["guard_enabled"] = False
+            if args.noise_level is not None:
+                overrides["known_noise_level"] = args.noise_level
             summary = denoise_scans(
                 inputs,
                 args.output,
-                args.weights,
+                _denoiser_weights(args.weights, overrides),
                 args.device,
                 args.overwrite,
                 overlap=args.overlap,
