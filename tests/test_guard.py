@@ -150,3 +150,13 @@ def test_a_network_that_returns_nan_is_set_aside():
     _, noisy = _noisy(15 / 255, seed=4)
     out, report = _run(noisy, lambda v: np.full_like(v, np.nan))
     assert np.isfinite(out).all() and not report.choice.startswith("network")
+
+
+def test_an_overestimated_noise_level_is_caught_and_the_networks_output_written(caplog):
+    clean, noisy = _noisy(5 / 255, seed=5)
+    with caplog.at_level("WARNING", logger="pipeline.inference.guard"):
+        out, report = _run(noisy, _nonlinear, sigma_255=60.0)  # 12x the noise there is
+    assert report.choice == "network (estimate implausible)" and math.isnan(report.estimated_gain_db)
+    assert np.allclose(out, _nonlinear(noisy), atol=1e-5) and "implausible" in caplog.text
+    assert report.as_dict()["estimated_gain_db"] is None
+    json.dumps(report.as_dict(), allow_nan=False)  # valid JSON: no NaN in the sidecar

@@ -121,3 +121,11 @@ def test_the_head_mask_covers_the_head_and_leaves_the_air():
     mask = head_mask(noisy)
     assert mask[24, 24, 24] and not mask[0, 0, 0] and not mask[24, 24, 1]
     assert not head_mask(np.ones((8, 8, 8))).any()
+
+
+def test_dark_tissue_around_a_bright_region_is_not_taken_for_air():
+    """A crop inside the head: what lies outside the bright part is tissue, brighter than noise alone."""
+    clean = 0.2 + 0.8 * (_head_on_air() > 0.5)
+    noisy = clean + np.random.default_rng(6).normal(0, 0.02, clean.shape)
+    assert estimate_background_sigma(noisy) is None
+    assert estimate_noise(noisy)["method"] == "tissue"

@@ -63,6 +63,10 @@ _RAYLEIGH_SPREAD = float(np.sqrt(2.0 - np.pi / 2.0))  # standard deviation of a 
 _ROBUST_PERCENTILE = 99.5
 _MIN_AIR_BLOCKS = 500  # fewer blocks of air than this: the tissue estimate is used
 _SIGNED_SHARE = 0.05  # at least this share of negative air voxels: signed (Gaussian) data
+# the largest median of air, in estimated sigmas, that is still air: a Rayleigh variable's median is 1.18 sigma (twice
+# that allows for ghosting and the reference's own noise); signed noise's is 0 (1 sigma allowed)
+_RAYLEIGH_AIR_MEDIAN = 2.4
+_SIGNED_AIR_MEDIAN = 1.0
 
 
 def _as_volume(img: Any) -> np.ndarray:
@@ -124,7 +128,8 @@ def estimate_background_sigma(
 
     Returns:
         ``(sigma in the volume's units, "gaussian" or "magnitude")``, or ``None`` when the scan has too little air
-        holding noise (a skull-stripped or zero-filled background, a tight crop).
+        holding noise (a skull-stripped or zero-filled background, a tight crop), or when what lies outside the head
+        is too bright to be air (its median above what noise alone gives: dark tissue of a crop inside the head).
     """
     from scipy import ndimage
 
@@ -141,7 +146,12 @@ def estimate_background_sigma(
         return None
     model = "gaussian" if float(np.mean(x[air] < 0)) >= _SIGNED_SHARE else "magnitude"
     sigma = float(np.median(np.abs(detail[in_air])) / _MAD_TO_SIGMA)
-    return (sigma if model == "gaussian" else sigma / _RAYLEIGH_SPREAD), model
+    sigma = sigma if model == "gaussian" else sigma / _RAYLEIGH_SPREAD
+    # air holds noise only: its mean is 0 (signed) or 1.25 sigma (Rayleigh); dark tissue taken for air is brighter
+    level = abs(float(np.median(x[air])))
+    if not sigma > 0 or level > (_SIGNED_AIR_MEDIAN if model == "gaussian" else _RAYLEIGH_AIR_MEDIAN) * sigma:
+        return None
+    return sigma, model
 
 
 def estimate_noise(img: NdarrayOrTensor, method: str = "auto", foreground: float | None = 0.1) -> dict[str, Any]:

@@ -42,7 +42,15 @@ from pipeline.training.sure import EPSILON_RATIO
 from pipeline.utils.files import atomic_path
 from transforms.noise_level import NOISE_METHODS, estimate_noise, head_mask, robust_max
 
-__all__ = ["ASSUMPTIONS", "GuardReport", "SureGuard", "gaussian_centre_weight", "report_path", "write_guard_report"]
+__all__ = [
+    "ASSUMPTIONS",
+    "MAX_PLAUSIBLE_GAIN_DB",
+    "GuardReport",
+    "SureGuard",
+    "gaussian_centre_weight",
+    "report_path",
+    "write_guard_report",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +61,10 @@ ASSUMPTIONS = (
 )
 
 _NETWORK = "network"
+_UNGUARDED = "network (estimate implausible)"
+
+#: A larger estimated gain (dB) means SURE went wrong (its risk near or below 0: the noise level was over-estimated).
+MAX_PLAUSIBLE_GAIN_DB = 20.0
 
 
 def gaussian_centre_weight(width: float, ndim: int = 3) -> float:
@@ -84,7 +96,8 @@ class GuardReport:
         noise_model: ``"gaussian"``, ``"magnitude"`` (Rayleigh air) or ``"unknown"``.
         choice: the candidate written.
         weights: its weight on each output (the noisy input takes the rest).
-        estimated_gain_db: SURE's estimate of the PSNR gain of what is written over the noisy input, in the head.
+        estimated_gain_db: SURE's estimate of the PSNR gain of what is written over the noisy input, in the head
+            (``nan``, written as ``null``, when the estimate was implausible and the network's output was written).
         candidates: every candidate's estimated gain (dB).
         head_voxels: voxels in the head mask.
     """
@@ -108,11 +121,15 @@ class GuardReport:
             "noise_model": self.noise_model,
             "choice": self.choice,
             "weights": {k: round(v, 4) for k, v in self.weights.items()},
-            "estimated_gain_db": round(self.estimated_gain_db, 3),
-            "candidates": {k: round(v, 3) for k, v in self.candidates.items()},
+            "estimated_gain_db": _rounded(self.estimated_gain_db),
+            "candidates": {k: _rounded(v) for k, v in self.candidates.items()},
             "head_voxels": self.head_voxels,
             "assumptions": ASSUMPTIONS,
         }
+
+
+def _rounded(value: float) -> float | None:
+    return round(value, 3) if math.isfinite(value) else None
 
 
 class SureGuard:
@@ -205,6 +222,18 @@ class SureGuard:
         weights, risks = _candidates(outputs, centre, sigma)
         best = min(risks, key=lambda name: risks[name] if math.isfinite(risks[name]) else math.inf)
         gains = {name: 10.0 * math.log10(sigma**2 / max(risk, 1e-30)) for name, risk in risks.items()}
+        if gains[best] > MAX_PLAUSIBLE_GAIN_DB and _NETWORK in outputs:
+            logger.warning(
+                "SURE's estimate is implausible (a gain of %.1f dB): the noise level (%.1f/255, from the %s) is likely "
+                "wrong, e.g. a scan without air around the head; writing the network's output (give the level with "
+                "--noise-level to use the guard)",
+                gains[best],
+                255.0 * sigma / robust_max(volume),
+                method,
+            )
+            best = _UNGUARDED
+            weights[best] = {_NETWORK: 1.0}
+            gains = {name: math.nan for name in [*gains, best]}
         output = y.double().clone()
         for name, weight in weights[best].items():
             full = pred.double() if name == _NETWORK else torch.from_numpy(filtered[name]).reshape(y.shape)
@@ -296,6 +325,6 @@ def write_guard_report(report: GuardReport, output: str | os.PathLike, source: s
         report.choice,
         weights,
         report.estimated_gain_db,
-        report.candidates[_NETWORK],
+        report.candidates.get(_NETWORK, math.nan),
     )
     return path
