@@ -112,7 +112,8 @@ def test_quick_demo_end_to_end(tmp_path):
         assert list((out / "runs" / run).glob("events.out.tfevents.*")), run
     # inference outputs: one denoised scan per test subject and a CSV per classifier
     test = results["cohort"]["splits"]["test"]
-    assert sorted(p.name for p in (out / "denoised").iterdir()) == sorted(f"{s}_denoised.nii.gz" for s in test)
+    expected = [f"{s}_denoised{suffix}" for s in test for suffix in (".nii.gz", ".json")]  # with the guard's report
+    assert sorted(p.name for p in (out / "denoised").iterdir()) == sorted(expected)
     assert {p.name for p in (out / "predictions").iterdir()} == {"classifier_denoiser.csv", "classifier_scratch.csv"}
     # the denoiser never saw the classifier's val/test subjects, and the test subjects are nobody's training data
     parts = results["cohort"]["splits"]
