@@ -72,7 +72,7 @@ def make_model(path: Path, patch: int = 32) -> Path:
     import torch
 
     from networks import ResUnet3D
-    from pipeline.training.model_card import write_model_card
+    from pipeline.runtime.model_card import write_model_card
 
     torch.manual_seed(0)
     net = ResUnet3D(patch_size=patch, **_SMALL)

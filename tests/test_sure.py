@@ -1,4 +1,4 @@
-"""Stein's unbiased risk estimate (pipeline.training.sure): it matches the true error, ranks denoisers as the clean
+"""Stein's unbiased risk estimate (pipeline.evaluation.sure): it matches the true error, ranks denoisers as the clean
 reference does, trains, and guards adaptation (with ``benchmarks.adaptation``, which checks the guard against truth)."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from monai.networks.layers import GaussianFilter
 
 from benchmarks import adaptation
 from benchmarks.whole_head import make_model
+from pipeline.evaluation.sure import SureBatch, SureLoss, heldout_sure, sure_map
 from pipeline.training.adapt import adapt_denoiser
-from pipeline.training.sure import SureBatch, SureLoss, heldout_sure, sure_map
 from tests.conftest import _affine, blob_volume
 from tests.test_adapt import noisy_folder, one_thread, preprocessing, tiny_network  # noqa: F401 (fixtures)
 
