@@ -374,6 +374,14 @@ def bundle_resunet_config() -> dict[str, Any]:
     kwargs = {
         k: common[v[1:]] if isinstance(v, str) and v[1:] in common and v[:1] == "@" else v for k, v in kwargs.items()
     }
+    # ... which come from the named preset (`model_depth: "$networks.presets.preset(@network_preset)[...]"`)
+    from networks.presets import preset
+
+    named = preset(common.get("network_preset", "small"))
+    kwargs = {
+        k: named[k] if k in named and isinstance(v, str) and v.startswith("$networks.presets.") else v
+        for k, v in kwargs.items()
+    }
     unresolved = {k: v for k, v in kwargs.items() if isinstance(v, str) and v[:1] in "@$"}
     if unresolved:
         raise ValueError(f"bundle network_def has references the benchmark cannot resolve: {unresolved}")

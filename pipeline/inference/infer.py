@@ -29,6 +29,11 @@ command line, ``python -m pipeline.inference.infer``) run those configs with the
 speed switches on: ``precision`` (``auto`` by default: ``bf16`` autocast where the CPU or GPU computes bf16
 natively, else fp32; ``fp16`` on CUDA), ``channels_last`` (the ``channels_last_3d`` memory layout) and the sliding
 windows' ``overlap``. Outputs are float32 whatever the precision.
+
+This module is the public facade; the code lives in rooms: :mod:`.results` (:class:`ScanResult`,
+:class:`InferenceSummary`), :mod:`.scan_listing` (:func:`collect_scans`), :mod:`.writer` (:class:`SaveLikeSourced`),
+:mod:`.loops` (:func:`denoise_items`, :func:`classify_items`), :mod:`.runner` (:func:`denoise_scans`,
+:func:`classify_scans`) and :mod:`.cli` (:func:`main`); weight loading is :mod:`pipeline.runtime.weights`.
 """
 
 from __future__ import annotations

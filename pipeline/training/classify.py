@@ -33,7 +33,7 @@ from pipeline.runtime.classifier import INITS, build_classifier
 from pipeline.runtime.precision import precision_settings
 from pipeline.runtime.weights import load_network_state
 from pipeline.training.engines import BEST_FILENAME, TrainingResult, make_loader, resolve_device
-from pipeline.training.fit import FitContext, FitSettings, Task, fit, fit_settings, settings_record
+from pipeline.training.fit import FitContext, FitSettings, Task, fit, fit_settings, lists_fit_fields, settings_record
 from pipeline.training.handlers import GradualUnfreeze
 from pipeline.training.losses import ClassificationLoss, class_weights
 from pipeline.training.runinfo import read_run_info, write_run_info
@@ -290,6 +290,7 @@ def predict_classifier(
 CLASSIFY_DEFAULTS: dict[str, Any] = {"key_metric": "balanced_accuracy"}
 
 
+@lists_fit_fields(CLASSIFY_DEFAULTS)
 def finetune_classifier(
     train_data: Any,
     val_data: Any,

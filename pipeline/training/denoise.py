@@ -24,7 +24,7 @@ from torch.optim import Optimizer
 from pipeline.evaluation.metrics import denoise_metrics
 from pipeline.runtime.precision import memory_format, precision_settings
 from pipeline.training.engines import TrainingResult, make_loader, resolve_device
-from pipeline.training.fit import FitContext, FitSettings, Task, fit, fit_settings, settings_record
+from pipeline.training.fit import FitContext, FitSettings, Task, fit, fit_settings, lists_fit_fields, settings_record
 from pipeline.training.handlers import CopyBatchKeys, TensorBoardSlices
 from pipeline.training.losses import build_loss
 
@@ -170,6 +170,7 @@ def build_denoise_evaluator(
 DENOISE_DEFAULTS: dict[str, Any] = {"optimizer": "sgd", "lr": 0.01, "key_metric": "psnr_brain"}
 
 
+@lists_fit_fields(DENOISE_DEFAULTS)
 def train_denoiser(
     train_data: Any,
     val_data: Any,

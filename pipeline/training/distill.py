@@ -31,7 +31,7 @@ from pipeline.training.classify import (
     prediction_step,
 )
 from pipeline.training.engines import TrainingResult
-from pipeline.training.fit import FitContext, FitSettings, Task, fit, fit_settings, settings_record
+from pipeline.training.fit import FitContext, FitSettings, Task, fit, fit_settings, lists_fit_fields, settings_record
 from pipeline.training.losses import DistillationLoss, class_weights
 
 __all__ = ["TeacherStudent", "build_distill_trainer", "distill", "distill_task"]
@@ -111,6 +111,7 @@ def build_distill_trainer(
     )
 
 
+@lists_fit_fields(CLASSIFY_DEFAULTS)
 def distill(
     train_data: Any,
     val_data: Any,

@@ -19,12 +19,13 @@ single Python call would hide.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
@@ -44,12 +45,14 @@ __all__ = [
     "Task",
     "fit",
     "fit_settings",
+    "lists_fit_fields",
     "make_optimizer",
     "make_scheduler",
     "settings_record",
 ]
 
 logger = logging.getLogger(__name__)
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,35 @@ def fit_settings(
         raise TypeError(f"unexpected keyword argument(s) {unknown}: not a FitSettings field ({sorted(known)}).")
     base = settings if settings is not None else FitSettings(**dict(defaults or {}))
     return dataclasses.replace(base, **fields) if fields else base
+
+
+def lists_fit_fields(defaults: Mapping[str, Any] | None = None) -> Callable[[_F], _F]:
+    """Show a task wrapper's ``**fit_fields`` as the :class:`FitSettings` fields in its signature.
+
+    The wrapper still takes them as ``**fit_fields`` (checked by :func:`fit_settings`); its ``__signature__`` lists
+    each field as a keyword-only parameter with the task's default, so ``inspect.signature(...).bind`` (help, the
+    README command checks) refuses a misspelt keyword as it would for a hand-written parameter.
+
+    Args:
+        defaults: the task's defaults where they differ from :class:`FitSettings`'s.
+
+    Returns:
+        The decorator (it returns the function itself).
+    """
+    base = FitSettings(**dict(defaults or {}))
+
+    def decorate(func: _F) -> _F:
+        signature = inspect.signature(func)
+        kept = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        fields = [
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=getattr(base, f.name), annotation=f.type)
+            for f in dataclasses.fields(FitSettings)
+            if f.name not in signature.parameters
+        ]
+        func.__signature__ = signature.replace(parameters=kept + fields)  # type: ignore[attr-defined]
+        return func
+
+    return decorate
 
 
 def settings_record(settings: FitSettings) -> dict[str, Any]:
