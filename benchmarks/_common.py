@@ -17,7 +17,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -40,7 +40,6 @@ __all__ = [
     "load_real_scan",
     "load_template",
     "machine_info",
-    "median_seconds",
     "nibabel_data_dir",
     "noisy_copy",
     "poisson_scale",
@@ -231,34 +230,6 @@ def _mmss(seconds: float) -> str:
     return f"{minutes}:{secs:02d}"
 
 
-def median_seconds(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:
-    """Time ``fn`` and return the median wall-clock seconds of ``repeats`` calls after ``warmup`` untimed calls.
-
-    Args:
-        fn: the callable to time (its result is discarded).
-        repeats: timed calls (>= 1).
-        warmup: untimed calls first (>= 0).
-
-    Returns:
-        The median duration in seconds.
-
-    Raises:
-        ValueError: if ``repeats`` < 1 or ``warmup`` < 0.
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    if warmup < 0:
-        raise ValueError(f"warmup must be >= 0, got {warmup}")
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def center_crop(volume: np.ndarray, size: int, center: Sequence[int] | None = None) -> tuple[slice, ...]:
     """Slices of a ``size``^3 cube inside ``volume`` around ``center`` (default: the volume's centre), clipped in.
 
@@ -402,6 +373,14 @@ def bundle_resunet_config() -> dict[str, Any]:
     # the encoder's shape is read from shared top-level keys (`model_depth: '@model_depth'`)
     kwargs = {
         k: common[v[1:]] if isinstance(v, str) and v[1:] in common and v[:1] == "@" else v for k, v in kwargs.items()
+    }
+    # ... which come from the named preset (`model_depth: "$networks.presets.preset(@network_preset)[...]"`)
+    from networks.presets import preset
+
+    named = preset(common.get("network_preset", "small"))
+    kwargs = {
+        k: named[k] if k in named and isinstance(v, str) and v.startswith("$networks.presets.") else v
+        for k, v in kwargs.items()
     }
     unresolved = {k: v for k, v in kwargs.items() if isinstance(v, str) and v[:1] in "@$"}
     if unresolved:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from networks.presets import PRESETS, preset
 from networks.pretrained import (
     FREEZE_ORDER,
     PretrainedWeightsError,
@@ -17,6 +18,7 @@ from networks.transfer import encoder_to_classifier, load_encoder_from_classifie
 __all__ = [
     "FREEZE_ORDER",
     "NETWORKS",
+    "PRESETS",
     "RESNET_LAYOUTS",
     "PretrainedWeightsError",
     "ResUnet3D",
@@ -29,5 +31,6 @@ __all__ = [
     "load_encoder_from_classifier",
     "load_pretrained",
     "make_norm",
+    "preset",
     "read_state_dict",
 ]

@@ -293,7 +293,7 @@ def default_bundle_root(config_files: str | Sequence[str]) -> str:
 
 def _with_model_card(files: Sequence[str], override: dict[str, Any]) -> dict[str, Any]:
     """The overrides plus the configuration the weights carry (inference configs with ``weights_config`` only)."""
-    from pipeline.training.model_card import apply_model_card
+    from pipeline.runtime.model_card import apply_model_card
 
     return apply_model_card(files, override)
 

@@ -16,7 +16,7 @@ from networks.pretrained import PretrainedWeightsError
 from transforms.errors import InputError
 
 if TYPE_CHECKING:
-    from pipeline.inference.infer import InferenceSummary
+    from pipeline.inference.results import InferenceSummary
 
 __all__ = [
     "CheckpointError",
@@ -43,7 +43,7 @@ class UnsafeModelCardError(CheckpointError):
 
     A card is applied as MONAI config, which runs ``$`` expressions and calls any ``_target_``: one that names a
     network off the allow-list, carries MONAI syntax or a key the schema does not know
-    (:mod:`pipeline.training.card_schema`) is refused before any of it is used.
+    (:mod:`pipeline.runtime.card_schema`) is refused before any of it is used.
 
     Args:
         card: the card file.

@@ -82,6 +82,16 @@ def _restore_log_handlers():
         lg.handlers[:] = saved.get(id(lg), [])
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: on a shared 2-core machine two threads per test worker oversubscribe the cores
+    (the adaptation steps ran 4x slower). Use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _restore_locale():
     """SimpleITK's DICOM writer switches the process locale to "C" (``open()`` then defaults to ASCII): undo it."""

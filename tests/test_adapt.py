@@ -39,13 +39,7 @@ def tiny_network(seed: int = 0, residual: bool = True) -> ResUnet3D:
     return ResUnet3D(spatial_dims=3, in_channels=1, out_channels=1, residual_output=residual, **TINY)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine, two threads per test worker ran these steps 4x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,10 +24,8 @@ import torch
 from networks import ResUnet3D
 from pipeline.errors import CheckpointError, ModelConfigMismatchError, UnsafeModelCardError
 from pipeline.inference.infer import collect_scans, denoise_scans, main, output_file
-from pipeline.training import model_card as model_card_module
-from pipeline.training.card_schema import CARD_SCHEMA, NETWORK_TARGETS, card_problems
-from pipeline.training.classify import build_classifier
-from pipeline.training.model_card import (
+from pipeline.runtime.card_schema import CARD_SCHEMA, NETWORK_TARGETS, card_problems
+from pipeline.runtime.model_card import (
     CARD_NAME_IN_TORCHSCRIPT,
     apply_model_card,
     build_network,
@@ -38,6 +36,8 @@ from pipeline.training.model_card import (
     read_model_card,
     write_model_card,
 )
+from pipeline.training import model_card as model_card_module
+from pipeline.training.classify import build_classifier
 from tests.conftest import blob_volume
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -62,7 +62,7 @@ def test_classifier_reaches_perfect_training_accuracy_and_writes_predictions(tmp
     assert set(info["test_metrics"]) >= {"accuracy", "balanced_accuracy", "auc", "confusion_matrix"}
     assert (tmp_path / "predictions_val.csv").is_file()
     from pipeline.inference.infer import load_weights
-    from pipeline.training.model_card import build_network, read_model_card
+    from pipeline.runtime.model_card import build_network, read_model_card
 
     card = read_model_card(tmp_path / "model.pt")  # model.json: what inference needs, beside the weights
     assert card["class_names"] == ["0", "1"] and card["model_card"]["task"] == "classify"

@@ -97,6 +97,6 @@ def test_distill_run_trains_the_student_and_saves_only_it(tmp_path):
     assert (tmp_path / "predictions_val.csv").is_file()
     assert len(result.losses) == 4
     from pipeline.inference.infer import load_weights
-    from pipeline.training.model_card import build_network, read_model_card
+    from pipeline.runtime.model_card import build_network, read_model_card
 
     load_weights(build_network(read_model_card(tmp_path / "model.pt")), tmp_path / "model.pt")  # the student's card

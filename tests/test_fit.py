@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -54,6 +55,52 @@ def spy(monkeypatch):
     for module in (denoise, classify, distill_module):
         monkeypatch.setattr(module, "fit", fake_fit)
     return calls
+
+
+#: A valid value for every FitSettings field, each different from every task's default.
+_EVERY_FIELD = {
+    "max_epochs": 7,
+    "batch_size": 3,
+    "optimizer": "adamw",
+    "lr": 0.123,
+    "momentum": 0.5,
+    "weight_decay": 0.01,
+    "scheduler": "step",
+    "warmup_epochs": 2,
+    "key_metric": "some_metric",
+    "val_interval": 2,
+    "checkpoint_every": 3,
+    "keep_checkpoints": 4,
+    "early_stop_patience": 5,
+    "early_stop_min_delta": 0.25,
+    "precision": "fp32",
+    "channels_last": True,
+    "seed": 11,
+    "num_workers": 1,
+    "device": "cpu",
+    "resume": False,
+    "progress": False,
+}
+
+
+def test_every_task_honours_every_fit_setting(spy, tmp_path):
+    """Each wrapper hands ``fit`` every :class:`FitSettings` field it was given (none dropped, e.g. channels_last)."""
+    assert set(_EVERY_FIELD) == {f.name for f in dataclasses.fields(FitSettings)}, "a new field needs a value here"
+    wanted = FitSettings(**_EVERY_FIELD)
+    data, val = separable(2, 0, "a"), separable(2, 1, "b")
+    runs = [
+        lambda **kw: denoise.train_denoiser(data, val, ResUnet3D(levels=2, **SMALL), tmp_path, **kw),
+        lambda **kw: classify.finetune_classifier(data, val, classifier(), tmp_path, **kw),
+        lambda **kw: distill_module.distill(data, val, classifier(), classifier(), tmp_path, **kw),
+    ]
+    for run in runs:
+        for kwargs in (_EVERY_FIELD, {"settings": wanted}):
+            with pytest.raises(_Called):
+                run(**kwargs)
+    assert [settings for _, settings, _ in spy] == [wanted] * 6
+    for run in runs:
+        with pytest.raises(TypeError, match="not a FitSettings field"):
+            run(epochs=3)
 
 
 def test_the_three_wrappers_go_through_fit_once(spy, tmp_path):

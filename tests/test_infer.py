@@ -18,10 +18,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from pipeline.errors import CheckpointError, ScanFailuresError
 from pipeline.inference.infer import (
     InferenceSummary,
     SaveLikeSourced,
-    ScanFailuresError,
     ScanResult,
     classify_scans,
     collect_scans,
@@ -29,7 +29,6 @@ from pipeline.inference.infer import (
     main,
     output_file,
 )
-from pipeline.training.checkpoint import CheckpointError
 from tests.conftest import blob_volume
 from transforms.errors import InputError
 

@@ -164,3 +164,64 @@ def test_a_stage_imports_only_the_stages_above_it_in_the_readme_table():
         if stage_of(module) in rank and stage_of(imported) in rank and rank[stage_of(imported)] > rank[stage_of(module)]
     )
     assert not wrong, "a stage imports one listed below it in the README: " + "; ".join(wrong)
+
+
+# ----------------------------------------------------------------------------------------------- bundle configs
+#: The configs every workflow loads, inference included (common.yaml and the network mixins): they may reach only
+#: what inference may. Every other config belongs to a training workflow (train, fine-tune, distil, adapt, evaluate).
+INFERENCE_CONFIGS = {
+    "common.yaml",
+    "inference.yaml",
+    "inference_classifier.yaml",
+    "small_denoiser.yaml",
+    "resunet18.yaml",
+}
+_STAGE_REF = re.compile(r"\bpipeline\.(\w+)\b")
+
+
+def config_workflow_stage(name: str) -> str:
+    """The stage whose workflow runs a bundle config: ``pipeline.inference`` or ``pipeline.training``."""
+    return "pipeline.inference" if name in INFERENCE_CONFIGS else "pipeline.training"
+
+
+def config_references(config: object, key: str = "") -> set[str]:
+    """The ``pipeline.<stage>`` a parsed config reaches: ``_target_`` values, ``$`` expressions and ``$import``s."""
+    if isinstance(config, dict):
+        return set().union(set(), *(config_references(v, str(k)) for k, v in config.items()))
+    if isinstance(config, list):
+        return set().union(set(), *(config_references(v, key) for v in config))
+    if isinstance(config, str) and (key == "_target_" or config.lstrip().startswith("$")):
+        return {f"pipeline.{stage}" for stage in _STAGE_REF.findall(config)}
+    return set()
+
+
+def config_violations(name: str, config: object, rank: dict[str, int]) -> list[str]:
+    """The stages ``config`` reaches that its workflow may not: a stage listed below the workflow's in the README."""
+    own = rank[config_workflow_stage(name)]
+    return sorted(f"{name} reaches {stage}" for stage in config_references(config) if rank.get(stage, -1) > own)
+
+
+def test_the_config_rule_finds_a_violation():
+    rank = {f"pipeline.{name}": i for i, name in enumerate(readme_stages())}
+    bad = {"net": {"_target_": "pipeline.training.classify.build_classifier"}, "run": ["$pipeline.training.fit.fit()"]}
+    assert config_violations("inference.yaml", bad, rank) == ["inference.yaml reaches pipeline.training"]
+    assert config_violations("train_denoise.yaml", bad, rank) == []
+    assert config_references({"imports": ["$import pipeline.runtime.weights"], "x": "pipeline.training"}) == {
+        "pipeline.runtime"
+    }
+
+
+def test_each_bundle_config_reaches_only_the_stages_its_workflow_may():
+    """A config reaches (by ``_target_``, ``$`` expression or ``$import``) only its workflow's stage and those above it.
+
+    Inference configs, and the configs every workflow loads, never reach ``pipeline.training``: what running a trained
+    network needs (weights, model cards, precision, the classifier builder) is ``pipeline.runtime``.
+    """
+    import yaml
+
+    rank = {f"pipeline.{name}": i for i, name in enumerate(readme_stages())}
+    assert rank["pipeline.inference"] < rank["pipeline.training"]
+    wrong = []
+    for path in sorted((ROOT / "bundle" / "configs").glob("*.yaml")):
+        wrong += config_violations(path.name, yaml.safe_load(path.read_text(encoding="utf-8")), rank)
+    assert not wrong, "; ".join(wrong)

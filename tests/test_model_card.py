@@ -20,8 +20,7 @@ from monai.bundle import ConfigParser, ckpt_export
 
 from networks import ResUnet3D
 from pipeline.inference.infer import denoise_scans, load_weights, main
-from pipeline.training.classify import build_classifier
-from pipeline.training.model_card import (
+from pipeline.runtime.model_card import (
     ModelConfigMismatchError,
     build_network,
     card_path,
@@ -31,6 +30,7 @@ from pipeline.training.model_card import (
     read_model_card,
     write_model_card,
 )
+from pipeline.training.classify import build_classifier
 from tests.conftest import blob_volume
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from monai.inferers import SimpleInferer, SlidingWindowInferer
 from networks import ResUnet3D
 from pipeline.bundle_run import create_workflow, unwrap_config_error
 from pipeline.bundle_run import main as bundle_main
-from pipeline.inference import infer
+from pipeline.inference import infer, runner
 from pipeline.training.denoise import evaluate_denoiser, train_denoiser
 from pipeline.training.engines import check_precision, memory_format, precision_settings
 from pipeline.training.handlers import AutocastInferer, ChannelsLastInferer
@@ -383,7 +383,7 @@ def captured(monkeypatch) -> list:
         calls.append((configs, overrides))
         return infer.InferenceSummary()
 
-    monkeypatch.setattr(infer, "_run_config", fake_run_config)
+    monkeypatch.setattr(runner, "_run_config", fake_run_config)
     return calls
 
 

@@ -93,6 +93,13 @@ _PRECISION = "fp32"
 _MEASURED_MIN = {"avx512": 16.4, "avx2": 18.0}
 
 
+def _small_denoiser() -> dict[str, Any]:
+    """The shipped small denoiser (:data:`networks.presets.PRESETS`), imported only when a setting is built."""
+    from networks.presets import preset
+
+    return preset("small")
+
+
 @dataclasses.dataclass(frozen=True)
 class DemoSettings:
     """Everything that decides the demo's numbers (stored beside the outputs; a change starts the demo over).
@@ -141,17 +148,7 @@ class DemoSettings:
     subjects: int = 32
     spacing: float = 2.0
     seed: int = 0
-    denoiser: Mapping[str, Any] = dataclasses.field(
-        default_factory=lambda: {
-            "model_depth": 10,
-            "levels": 3,
-            "block_inplanes": [16, 32, 64, 128],
-            "conv1_t_stride": 1,
-            "conv1_t_size": 3,
-            "residual_output": True,
-            "norm": "instance",
-        }
-    )
+    denoiser: Mapping[str, Any] = dataclasses.field(default_factory=_small_denoiser)
     denoise_epochs: int = 160
     patch_size: int = 32
     batch_size: int = 2

@@ -44,7 +44,6 @@ __all__ = [
     "bm4d_available",
     "estimate_noise_sigma",
     "get_denoiser",
-    "list_denoisers",
     "tune",
 ]
 
@@ -213,18 +212,6 @@ CLASSICAL_DENOISERS: dict[str, ClassicalDenoiser] = {
         ClassicalDenoiser("bm4d", "BM4D (optional bm4d package)", _bm4d, (None,), "sigma = estimated sigma"),
     )
 }
-
-
-def list_denoisers(available_only: bool = True) -> list[str]:
-    """Names of the classical denoisers.
-
-    Args:
-        available_only: leave out ``bm4d`` when its optional package is not installed.
-
-    Returns:
-        The names, in table order.
-    """
-    return [n for n in CLASSICAL_DENOISERS if not (available_only and n == "bm4d" and not bm4d_available())]
 
 
 def get_denoiser(name: str) -> ClassicalDenoiser:

@@ -3,7 +3,7 @@
 A denoiser trained at one noise level smooths every scan as if it held that level: below it, the output is worse than
 the noisy input. The guard needs no clean reference to see this. For additive white Gaussian noise of standard
 deviation ``sigma`` (estimated blind, :func:`transforms.noise_level.estimate_noise`) Stein's unbiased risk estimate
-(:mod:`pipeline.training.sure`) gives the mean squared error of any weakly differentiable output ``g(y)``:
+(:mod:`pipeline.evaluation.sure`) gives the mean squared error of any weakly differentiable output ``g(y)``:
 
     SURE(g) = mean |g(y) - y|^2 - sigma^2 + 2 sigma^2 mean div g(y).
 
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from pipeline.training.sure import EPSILON_RATIO
+from pipeline.evaluation.sure import EPSILON_RATIO
 from pipeline.utils.files import atomic_path
 from transforms.noise_level import NOISE_METHODS, estimate_noise, head_mask, robust_max
 

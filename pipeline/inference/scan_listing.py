@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from pipeline.data.datasets import scan_id
+from pipeline.data.datasets import load_datalist, scan_id
+from transforms.errors import InputError
 from transforms.formats import DicomSeries, group_dicom, image_suffix, is_dicom_file
 
-__all__ = ["ScanList", "describe", "list_folder", "scan_name"]
+__all__ = ["ScanList", "collect_scans", "describe", "list_folder", "scan_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -142,3 +144,50 @@ def describe(image: object) -> str:
         The text.
     """
     return str(image) if isinstance(image, DicomSeries) else os.fspath(image)  # type: ignore[arg-type]
+
+
+def _item(image: Any, subject: Any = None) -> dict[str, Any]:
+    path = image if isinstance(image, DicomSeries) else os.fspath(image)
+    return {"image": path, "subject": str(subject) if subject not in (None, "") else scan_name(path)}
+
+
+def collect_scans(source: str | os.PathLike | Sequence[Any], datalist_key: str = "testing") -> ScanList:
+    """List the scans to process as ``{"image": path, "subject": id}`` items, in a stable order.
+
+    Args:
+        source: a scan file (processed even if it turns out unreadable: the failure is reported for it), a folder
+            (:func:`pipeline.inference.scan_listing.list_folder`: every medical image file, one item per DICOM series,
+            the
+            other entries listed as ignored), a datalist ``.json`` (Decathlon style, list ``datalist_key``), or a
+            list of any of these or of ``{"image": ..., "subject": ...}`` items.
+        datalist_key: which list of a datalist JSON to read.
+
+    Returns:
+        The items (a :class:`~pipeline.inference.scan_listing.ScanList`, whose ``ignored`` names the entries left
+        out); the
+        subject defaults to the file name without its image suffix.
+
+    Raises:
+        InputError: a path that does not exist, a folder with no scan, or a datalist that cannot be used.
+    """
+    if isinstance(source, Mapping):
+        return ScanList([_item(source["image"], source.get("subject"))])
+    if isinstance(source, DicomSeries):
+        return ScanList([_item(source)])
+    if not isinstance(source, (str, os.PathLike)):
+        items = ScanList()
+        for entry in source:
+            items.extend_from(collect_scans(entry, datalist_key))
+        return items
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() == ".json":
+        return ScanList(_item(i["image"], i.get("subject")) for i in load_datalist(path, key=datalist_key))
+    if path.is_dir() and not image_suffix(path.name):
+        found = list_folder(path)
+        if not found:
+            ignored = f"; ignored: {', '.join(Path(p).name for p, _ in found.ignored)}" if found.ignored else ""
+            raise InputError(path, f"holds no scan (no medical image file or DICOM series){ignored}")
+        return found
+    if not path.exists():
+        raise InputError(path, "does not exist")
+    return ScanList([_item(path)])

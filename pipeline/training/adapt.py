@@ -10,7 +10,7 @@ alone (MONAI's ``SupervisedTrainer`` with a ``prepare_batch`` that builds input 
 * ``loss="r2r"``: Recorrupted-to-Recorrupted (Pang et al., CVPR 2021) for Gaussian noise of known ``sigma`` (0-255
   scale of each scan's robust maximum; ``None`` estimates it per scan with :mod:`transforms.noise_level`): input
   ``y + sigma z``, target ``y - sigma z`` for one fresh ``z ~ N(0, I)``; its expected loss is a supervised loss.
-* ``loss="sure"``: Stein's unbiased risk estimate of the network's own output (:mod:`pipeline.training.sure`), for
+* ``loss="sure"``: Stein's unbiased risk estimate of the network's own output (:mod:`pipeline.evaluation.sure`), for
   Gaussian noise of known or estimated ``sigma``; its expectation is the supervised squared error.
 
 **The guard.** A fixed share (``holdout_fraction``) of every scan's voxels is held out
@@ -18,7 +18,7 @@ alone (MONAI's ``SupervisedTrainer`` with a ``prepare_batch`` that builds input 
 ``check_every`` steps, the ``criterion`` is measured on those voxels of fixed patches:
 
 * ``"sure"`` (default): SURE of the network run as inference runs it, on the full noisy input
-  (:func:`pipeline.training.sure.heldout_sure`, with each scan's ``sigma``): it estimates the squared error against
+  (:func:`pipeline.evaluation.sure.heldout_sure`, with each scan's ``sigma``): it estimates the squared error against
   the clean scan, so a drop is a PSNR gain. It assumes Gaussian-like noise (Rician in the head is close).
 * ``"blindspot"``: the blind-spot loss (all held-out voxels masked at once, :func:`heldout_loss`), for any
   voxel-independent noise. It scores the network on a masked input inference never gives it, and on real heads it
@@ -56,7 +56,7 @@ from monai.engines import SupervisedTrainer
 from monai.transforms import Compose, RandSpatialCropSamplesd, SpatialPadd
 from torch import nn
 
-from pipeline.training.sure import SureBatch, SureLoss, heldout_sure
+from pipeline.evaluation.sure import SureBatch, SureLoss, heldout_sure
 from pipeline.utils.files import atomic_path
 from transforms.blindspot import HoldoutMaskd, blind_spot_input
 from transforms.noise_level import NOISE_LEVEL_KEY, EstimateNoiseLeveld
@@ -478,7 +478,7 @@ def adapt_denoiser(
             variance; blind-spot: the starting value); 0: any improvement.
         harm_tolerance: stop when the criterion exceeds the start's by this share of the same scale.
         sigma_band: SURE check: factors on each scan's sigma (its estimate's uncertainty) at which a gain must hold
-            too (:mod:`pipeline.training.sure`); ``(1,)`` trusts a known sigma.
+            too (:mod:`pipeline.evaluation.sure`); ``(1,)`` trusts a known sigma.
         freeze_norm: keep normalisation layers' running statistics fixed (small batches of one site would
             otherwise overwrite them).
         seed: seeds the patches, masks, noise and hold-out.

@@ -28,6 +28,7 @@ from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointSaver
 
 from pipeline.errors import CheckpointError
+from pipeline.runtime.weights import load_checkpoint, load_network_state
 from pipeline.utils.files import atomic_path
 
 __all__ = [
@@ -170,40 +171,3 @@ def remove_partial_files(ckpt_dir: str | os.PathLike) -> list[Path]:
         path.unlink(missing_ok=True)
         logger.info("removed the partial file of an interrupted write: %s", path)
     return removed
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``.
-
-    Args:
-        path: the file.
-        map_location: device to map tensors to (``"cpu"`` loads GPU-trained checkpoints anywhere).
-
-    Returns:
-        The checkpoint dictionary.
-
-    Raises:
-        CheckpointError: when the file is missing, truncated/corrupt, or needs arbitrary code to unpickle.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist.")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:
-        raise CheckpointError(
-            f"checkpoint {path} cannot be loaded safely ({type(error).__name__}: {str(error).splitlines()[0]}); "
-            "it is truncated, corrupt, or holds objects that would run code when unpickled."
-        ) from error
-
-
-def load_network_state(path: str | os.PathLike, key: str = "network") -> dict[str, torch.Tensor]:
-    """A network's state dict from ``model.pt`` (a flat state dict) or a training checkpoint (its ``key`` entry).
-
-    Raises:
-        CheckpointError: as :func:`load_checkpoint`.
-    """
-    state = load_checkpoint(path)
-    if key in state and isinstance(state[key], Mapping):
-        return dict(state[key])
-    return state

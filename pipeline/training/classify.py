@@ -26,18 +26,21 @@ from monai.inferers import SimpleInferer
 from torch import nn
 from torch.optim import Optimizer
 
-from networks import ResUnet3D, encoder_to_classifier, freeze_until, get_network, load_pretrained
+from networks import freeze_until
 from pipeline.data.splits import LeakageError
 from pipeline.evaluation.metrics import classification_metrics, logits_and_labels
-from pipeline.training.checkpoint import load_network_state
-from pipeline.training.engines import BEST_FILENAME, TrainingResult, make_loader, precision_settings, resolve_device
-from pipeline.training.fit import FitContext, FitSettings, Task, fit
+from pipeline.runtime.classifier import INITS, build_classifier
+from pipeline.runtime.precision import precision_settings
+from pipeline.runtime.weights import load_network_state
+from pipeline.training.engines import BEST_FILENAME, TrainingResult, make_loader, resolve_device
+from pipeline.training.fit import FitContext, FitSettings, Task, fit, fit_settings, lists_fit_fields, settings_record
 from pipeline.training.handlers import GradualUnfreeze
 from pipeline.training.losses import ClassificationLoss, class_weights
 from pipeline.training.runinfo import read_run_info, write_run_info
 from pipeline.utils.files import atomic_path
 
 __all__ = [
+    "CLASSIFY_DEFAULTS",
     "INITS",
     "PredictionsWriter",
     "build_classifier",
@@ -54,73 +57,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-INITS = ("scratch", "denoiser", "pretrained")
-
-
-def build_classifier(
-    init: str = "scratch",
-    num_classes: int = 2,
-    path: str | os.PathLike | None = None,
-    denoiser: ResUnet3D | None = None,
-    model_depth: int = 18,
-    denoiser_kwargs: Mapping[str, Any] | None = None,
-    **resnet_kwargs: Any,
-) -> nn.Module:
-    """A 3D ResNet classifier (logits (B, K)) initialised one of three ways, chosen by one switch.
-
-    Args:
-        init: ``"scratch"`` (random weights), ``"denoiser"`` (the encoder of a trained ResUnet3D: ``denoiser``, or
-            a ResUnet3D built with ``denoiser_kwargs`` and loaded strictly from ``path``, a ``model.pt`` or a
-            training checkpoint) or ``"pretrained"`` (3D-ResNets-PyTorch video or MedicalNet weights from ``path``,
-            via ``networks.load_pretrained``).
-        num_classes: K.
-        path: the weights file for ``"denoiser"`` (when ``denoiser`` is not given) and ``"pretrained"``.
-        denoiser: a trained ResUnet3D for ``"denoiser"``.
-        model_depth: ResNet depth for ``"scratch"``/``"pretrained"`` (10, 18, 34, 50, ...).
-        denoiser_kwargs: ``ResUnet3D`` arguments to rebuild the denoiser saved at ``path``.
-        resnet_kwargs: more ``networks.build_resnet`` arguments (``shortcut_type``, ``conv1_t_stride``...).
-
-    Returns:
-        A ``monai.networks.nets.ResNet`` with a new ``fc`` of ``num_classes`` outputs.
-
-    Raises:
-        ValueError: for an unknown ``init`` (listing the allowed ones) or a missing ``path``/``denoiser``.
-        pipeline.training.checkpoint.CheckpointError: for an unreadable denoiser checkpoint.
-        networks.PretrainedWeightsError: for pretrained weights that do not match the network.
-    """
-    if init not in INITS:
-        raise ValueError(f"init must be one of {list(INITS)}, got {init!r}.")
-    if init == "denoiser":
-        if denoiser is None:
-            if path is None:
-                raise ValueError("init='denoiser' needs `denoiser` (a ResUnet3D) or `path` to its weights.")
-            denoiser = ResUnet3D(**dict(denoiser_kwargs or {}))
-            denoiser.load_state_dict(load_network_state(path), strict=True)
-        if not isinstance(denoiser, ResUnet3D):
-            raise ValueError(f"init='denoiser' needs a ResUnet3D, got {type(denoiser).__name__}.")
-        net = encoder_to_classifier(denoiser, num_classes)
-        encoder = dict(denoiser.encoder_config)
-        model_depth = encoder.pop("model_depth")
-        return _describe(net, num_classes, model_depth, encoder)
-    net = get_network("resnet", model_depth=model_depth, num_classes=num_classes, **resnet_kwargs)
-    if init == "pretrained":
-        if path is None:
-            raise ValueError("init='pretrained' needs `path` to the pretrained weights.")
-        load_pretrained(net, path)
-    return _describe(net, num_classes, model_depth, resnet_kwargs)
-
-
-def _describe(net: nn.Module, num_classes: int, model_depth: int, resnet_kwargs: Mapping[str, Any]) -> nn.Module:
-    """Attach the MONAI config that rebuilds ``net``'s architecture (random weights): trained weights carry it."""
-    net.init_config = {  # type: ignore[assignment]
-        "_target_": "pipeline.training.classify.build_classifier",
-        "init": "scratch",
-        "num_classes": num_classes,
-        "model_depth": model_depth,
-        **resnet_kwargs,
-    }
-    return net
 
 
 def check_denoiser_leakage(
@@ -289,7 +225,7 @@ def build_classify_evaluator(
 
 
 def classifier_card(num_classes: int, class_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """The model-card arguments of a classifier (:func:`pipeline.training.model_card.write_model_card`).
+    """The model-card arguments of a classifier (:func:`pipeline.runtime.model_card.write_model_card`).
 
     Args:
         num_classes: K.
@@ -350,41 +286,29 @@ def predict_classifier(
     }
 
 
+#: The classifier's defaults where they differ from :class:`~pipeline.training.fit.FitSettings`'s.
+CLASSIFY_DEFAULTS: dict[str, Any] = {"key_metric": "balanced_accuracy"}
+
+
+@lists_fit_fields(CLASSIFY_DEFAULTS)
 def finetune_classifier(
     train_data: Any,
     val_data: Any,
     network: nn.Module,
     run_dir: str | os.PathLike,
+    settings: FitSettings | None = None,
     *,
     num_classes: int = 2,
     test_data: Any = None,
     denoiser_run: str | os.PathLike | None = None,
     freeze: str | None = None,
     unfreeze_schedule: Mapping[int, str] | None = None,
-    max_epochs: int = 10,
-    batch_size: int = 2,
-    optimizer: str | Optimizer = "adam",
-    lr: float = 1e-3,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    scheduler: str = "cosine",
-    warmup_epochs: int = 0,
     class_weighted: bool = True,
-    key_metric: str = "balanced_accuracy",
-    val_interval: int = 1,
-    checkpoint_every: int = 10,
-    keep_checkpoints: int | None = None,
-    early_stop_patience: int | None = None,
-    precision: str = "auto",
-    seed: int = 0,
-    num_workers: int = 0,
-    device: str | torch.device | None = None,
     train_transform: Callable | None = None,
     val_transform: Callable | None = None,
-    resume: bool = True,
-    progress: bool = True,
     config: Mapping[str, Any] | None = None,
     class_names: Sequence[str] | None = None,
+    **fit_fields: Any,
 ) -> TrainingResult:
     """Fine-tune a classifier; write ``model.pt`` (best ``key_metric``) and predictions CSVs for val and test.
 
@@ -399,6 +323,8 @@ def finetune_classifier(
         val_data: validation dicts or dataset.
         network: the classifier.
         run_dir: the run folder.
+        settings: the training knobs every task shares (:class:`pipeline.training.fit.FitSettings`; default: the
+            task's defaults, Adam at lr 0.001, ``key_metric`` ``balanced_accuracy`` (or ``accuracy``, ``auc``)).
         num_classes: K.
         test_data: optional held-out dicts, predicted once with the best weights.
         denoiser_run: the run folder of the denoiser whose encoder initialised ``network``: its training and
@@ -406,33 +332,15 @@ def finetune_classifier(
         freeze: ``networks.freeze_until`` stage before training (e.g. ``"layer3"``: conv1..layer2 frozen, their
             batch-norm statistics fixed).
         unfreeze_schedule: gradual unfreezing, ``{epoch: stage}`` (see
-        :class:`pipeline.training.handlers.GradualUnfreeze`).
-        max_epochs: epochs.
-        batch_size: training batch size.
-        optimizer: ``"sgd"``, ``"adam"``, ``"adamw"`` or a ready optimiser.
-        lr: learning rate.
-        momentum: SGD momentum.
-        weight_decay: weight decay.
-        scheduler: ``"none"``, ``"cosine"``, ``"step"`` or ``"plateau"``.
-        warmup_epochs: linear warm-up epochs.
+            :class:`pipeline.training.handlers.GradualUnfreeze`).
         class_weighted: weight the cross-entropy by inverse class frequency of the training labels.
-        key_metric: ``"balanced_accuracy"``, ``"accuracy"`` or ``"auc"``.
-        val_interval: validate every N epochs.
-        checkpoint_every: resumable checkpoint every N epochs (and at the end).
-        keep_checkpoints: periodic checkpoints kept (``None``: all).
-        early_stop_patience: validations without improvement before stopping.
-        precision: ``"auto"`` (bf16 where the hardware computes it natively, else fp32), ``"fp32"``, ``"bf16"`` or
-            ``"fp16"``.
-        seed: the run seed.
-        num_workers: data-loader workers.
-        device: default CUDA when available.
         train_transform: transform for dict training data.
         val_transform: transform for dict validation/test data.
-        resume: continue from the newest checkpoint in ``run_dir``.
-        progress: progress bars and console summaries.
         config: configuration to record in ``run_info.json``.
         class_names: the class names in index order, for the model card ``model.json`` beside ``model.pt``
             (default ``"0" .. "K-1"``).
+        **fit_fields: any :class:`~pipeline.training.fit.FitSettings` field (``max_epochs``, ``lr``, ``precision``,
+            ``channels_last``...), replacing that field of ``settings``; any other keyword is a ``TypeError``.
 
     Returns:
         A :class:`pipeline.training.engines.TrainingResult`.
@@ -441,41 +349,18 @@ def finetune_classifier(
         pipeline.data.splits.LeakageError: if the denoiser saw validation or test subjects, or train/val/test overlap.
         ValueError: for invalid arguments.
     """
-    arguments = {
-        k: v for k, v in locals().items() if k not in ("train_data", "val_data", "test_data", "network", "config")
-    }
-    settings = FitSettings(
-        max_epochs=max_epochs,
-        batch_size=batch_size,
-        optimizer=optimizer,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        scheduler=scheduler,
-        warmup_epochs=warmup_epochs,
-        key_metric=key_metric,
-        val_interval=val_interval,
-        checkpoint_every=checkpoint_every,
-        keep_checkpoints=keep_checkpoints,
-        early_stop_patience=early_stop_patience,
-        precision=precision,
-        seed=seed,
-        num_workers=num_workers,
-        device=device,
-        resume=resume,
-        progress=progress,
-    )
-    task = classify_task(
-        network,
+    settings = fit_settings(settings, CLASSIFY_DEFAULTS, **fit_fields)
+    task_arguments = dict(
         num_classes=num_classes,
-        class_weight=class_weights(labels_of(train_data), num_classes) if class_weighted else None,
         denoiser_run=denoiser_run,
         freeze=freeze,
         unfreeze_schedule=unfreeze_schedule,
         class_names=class_names,
     )
+    arguments = {**settings_record(settings), **task_arguments, "class_weighted": class_weighted, "run_dir": run_dir}
+    weights = class_weights(labels_of(train_data), num_classes) if class_weighted else None
     return fit(
-        task,
+        classify_task(network, class_weight=weights, **task_arguments),
         train_data,
         val_data,
         run_dir,

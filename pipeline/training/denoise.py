@@ -22,18 +22,14 @@ from torch import nn
 from torch.optim import Optimizer
 
 from pipeline.evaluation.metrics import denoise_metrics
-from pipeline.training.engines import (
-    TrainingResult,
-    make_loader,
-    memory_format,
-    precision_settings,
-    resolve_device,
-)
-from pipeline.training.fit import FitContext, FitSettings, Task, fit
+from pipeline.runtime.precision import memory_format, precision_settings
+from pipeline.training.engines import TrainingResult, make_loader, resolve_device
+from pipeline.training.fit import FitContext, FitSettings, Task, fit, fit_settings, lists_fit_fields, settings_record
 from pipeline.training.handlers import CopyBatchKeys, TensorBoardSlices
 from pipeline.training.losses import build_loss
 
 __all__ = [
+    "DENOISE_DEFAULTS",
     "build_denoise_evaluator",
     "build_denoise_trainer",
     "denoise_task",
@@ -65,7 +61,7 @@ def build_denoise_trainer(
         max_epochs: epochs to train.
         device: the device.
         precision: ``"auto"`` (bf16 where the hardware computes it natively, else fp32), ``"fp32"``, ``"bf16"`` or
-            ``"fp16"`` (see :func:`pipeline.training.engines.precision_settings`).
+            ``"fp16"`` (see :func:`pipeline.runtime.precision.precision_settings`).
         train_handlers: more handlers, attached in order.
         channels_last: convert the network (in place) and each batch to ``channels_last_3d``; the weights' names and
             values are unchanged.
@@ -170,45 +166,32 @@ def build_denoise_evaluator(
     )
 
 
+#: The denoiser's defaults where they differ from :class:`~pipeline.training.fit.FitSettings`'s.
+DENOISE_DEFAULTS: dict[str, Any] = {"optimizer": "sgd", "lr": 0.01, "key_metric": "psnr_brain"}
+
+
+@lists_fit_fields(DENOISE_DEFAULTS)
 def train_denoiser(
     train_data: Any,
     val_data: Any,
     network: nn.Module,
     run_dir: str | os.PathLike,
+    settings: FitSettings | None = None,
     *,
-    max_epochs: int = 10,
-    batch_size: int = 2,
-    optimizer: str | Optimizer = "sgd",
-    lr: float = 0.01,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    scheduler: str = "cosine",
-    warmup_epochs: int = 0,
     loss: str | nn.Module = "l1",
     l1_weight: float = 1.0,
     ssim_weight: float = 1.0,
     roi_size: Sequence[int] | int | None = None,
     sw_batch_size: int = 1,
     overlap: float = 0.25,
-    val_interval: int = 1,
-    checkpoint_every: int = 10,
-    keep_checkpoints: int | None = None,
-    key_metric: str = "psnr_brain",
-    early_stop_patience: int | None = None,
-    precision: str = "auto",
-    channels_last: bool = False,
-    seed: int = 0,
-    num_workers: int = 0,
-    device: str | torch.device | None = None,
     train_transform: Callable | None = None,
     val_transform: Callable | None = None,
     mask_key: str | None = "mask",
     data_range: float = 1.0,
     ssim_kernel_size: int = 7,
-    resume: bool = True,
-    progress: bool = True,
     config: Mapping[str, Any] | None = None,
     model_card: Mapping[str, Any] | None = None,
+    **fit_fields: Any,
 ) -> TrainingResult:
     """Train a denoiser, validate it on whole volumes, checkpoint, log to TensorBoard; resume when interrupted.
 
@@ -216,56 +199,34 @@ def train_denoiser(
 
     The network should be built after :func:`pipeline.utils.seed.seed_everything` for reproducible initial weights.
     Everything lands in ``run_dir`` (see :func:`pipeline.training.engines.run_training`); ``tensorboard --logdir
-    run_dir``
-    shows the loss, learning rate, all metrics and each validation's middle slices (tags ``val/axial``,
+    run_dir`` shows the loss, learning rate, all metrics and each validation's middle slices (tags ``val/axial``,
     ``val/coronal``, ``val/sagittal``: noisy | denoised | clean | |error|).
 
     Args:
         train_data: training dicts (``image``, ``label``[, ``subject``]) or a dataset yielding them (patches).
         val_data: validation dicts (``image``, ``label``, ``mask``) or a dataset (whole volumes).
-        network: the denoiser (moved to ``device``).
+        network: the denoiser (moved to the device).
         run_dir: the run folder.
-        max_epochs: epochs.
-        batch_size: training batch size.
-        optimizer: ``"sgd"`` (with ``momentum``), ``"adam"``, ``"adamw"`` or a ready optimiser.
-        lr: learning rate.
-        momentum: SGD momentum.
-        weight_decay: weight decay.
-        scheduler: ``"none"``, ``"cosine"``, ``"step"`` or ``"plateau"`` (on ``key_metric``).
-        warmup_epochs: linear warm-up epochs.
+        settings: the training knobs every task shares (:class:`pipeline.training.fit.FitSettings`; default: the
+            task's defaults, SGD at lr 0.01, ``key_metric`` ``psnr_brain``).
         loss: ``"l1"``, ``"mse"``, ``"ssim"``, ``"l1_ssim"`` or a module ``loss(pred, target)``.
         l1_weight: L1 weight of ``"l1_ssim"``.
         ssim_weight: SSIM weight of ``"l1_ssim"``.
         roi_size: sliding-window size for validation (``None``: whole volumes at once).
         sw_batch_size: sliding-window batch.
         overlap: sliding-window overlap.
-        val_interval: validate every N epochs.
-        checkpoint_every: resumable checkpoint every N epochs (and at the end).
-        keep_checkpoints: periodic checkpoints to keep (``None``: all).
-        key_metric: metric for ``model.pt``, early stopping and plateau (``psnr_brain`` by default).
-        early_stop_patience: validations without improvement before stopping (``None``: off).
-        precision: ``"auto"`` (default: bf16 where the CPU or GPU computes it natively, else fp32;
-            :func:`pipeline.utils.precision.resolve_precision`), ``"fp32"``, ``"bf16"`` (CPU or CUDA) or ``"fp16"``
-            (CUDA).
-            On an avx512_bf16 CPU bf16 ran the ResUnet3D training step 1.9x faster (``benchmarks/README.md``); on a
-            CPU without native bf16 it is emulated, about 40x slower than fp32.
-        channels_last: train in the ``channels_last_3d`` memory layout (network and batches; 1.2x on that CPU);
-            the checkpoints are the same either way.
-        seed: the run seed.
-        num_workers: data-loader workers.
-        device: default CUDA when available, else CPU.
         train_transform: transform for ``train_data`` given as dicts.
         val_transform: transform for ``val_data`` given as dicts.
         mask_key: brain-mask key (``None``: whole-volume metrics only; then use a ``*_volume`` key metric).
         data_range: intensity range (1.0 for [0, 1]).
         ssim_kernel_size: SSIM window for the metrics and the SSIM loss.
-        resume: continue from the newest checkpoint in ``run_dir``.
-        progress: progress bars and console epoch summaries.
         config: the resolved configuration to record in ``run_info.json`` (the arguments are recorded too).
         model_card: what inference needs beyond the network, for the card ``model.json`` beside ``model.pt``
-            (:mod:`pipeline.training.model_card`): ``config`` (bundle ids such as ``patch_size``, ``spacing``,
+            (:mod:`pipeline.runtime.model_card`): ``config`` (bundle ids such as ``patch_size``, ``spacing``,
             ``percentile_upper``; default ``patch_size`` = ``roi_size``) and facts such as ``noise`` and
             ``intensity``, as the caller's transforms define them.
+        **fit_fields: any :class:`~pipeline.training.fit.FitSettings` field (``max_epochs``, ``lr``, ``precision``,
+            ``channels_last``...), replacing that field of ``settings``; any other keyword is a ``TypeError``.
 
     Returns:
         A :class:`pipeline.training.engines.TrainingResult`.
@@ -274,31 +235,8 @@ def train_denoiser(
         ValueError: for invalid arguments, before any training.
         pipeline.training.handlers.NonFiniteLossError: when the loss becomes NaN/Inf (the last checkpoint stays).
     """
-    arguments = {k: v for k, v in locals().items() if k not in ("train_data", "val_data", "network", "config")}
-    settings = FitSettings(
-        max_epochs=max_epochs,
-        batch_size=batch_size,
-        optimizer=optimizer,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        scheduler=scheduler,
-        warmup_epochs=warmup_epochs,
-        key_metric=key_metric,
-        val_interval=val_interval,
-        checkpoint_every=checkpoint_every,
-        keep_checkpoints=keep_checkpoints,
-        early_stop_patience=early_stop_patience,
-        precision=precision,
-        channels_last=channels_last,
-        seed=seed,
-        num_workers=num_workers,
-        device=device,
-        resume=resume,
-        progress=progress,
-    )
-    task = denoise_task(
-        network,
+    settings = fit_settings(settings, DENOISE_DEFAULTS, **fit_fields)
+    task_arguments = dict(
         loss=loss,
         l1_weight=l1_weight,
         ssim_weight=ssim_weight,
@@ -310,8 +248,9 @@ def train_denoiser(
         ssim_kernel_size=ssim_kernel_size,
         model_card=model_card,
     )
+    arguments = {**settings_record(settings), **task_arguments, "run_dir": run_dir}
     return fit(
-        task,
+        denoise_task(network, **task_arguments),
         train_data,
         val_data,
         run_dir,

@@ -22,9 +22,16 @@ from torch import nn
 from torch.optim import Optimizer
 
 from pipeline.evaluation.metrics import logits_and_labels
-from pipeline.training.classify import classifier_card, classify_evaluator_builder, labels_of, prediction_step
-from pipeline.training.engines import TrainingResult, precision_settings
-from pipeline.training.fit import FitContext, FitSettings, Task, fit
+from pipeline.runtime.precision import precision_settings
+from pipeline.training.classify import (
+    CLASSIFY_DEFAULTS,
+    classifier_card,
+    classify_evaluator_builder,
+    labels_of,
+    prediction_step,
+)
+from pipeline.training.engines import TrainingResult
+from pipeline.training.fit import FitContext, FitSettings, Task, fit, fit_settings, lists_fit_fields, settings_record
 from pipeline.training.losses import DistillationLoss, class_weights
 
 __all__ = ["TeacherStudent", "build_distill_trainer", "distill", "distill_task"]
@@ -104,85 +111,52 @@ def build_distill_trainer(
     )
 
 
+@lists_fit_fields(CLASSIFY_DEFAULTS)
 def distill(
     train_data: Any,
     val_data: Any,
     student: nn.Module,
     teacher: nn.Module,
     run_dir: str | os.PathLike,
+    settings: FitSettings | None = None,
     *,
     num_classes: int = 2,
     alpha: float = 0.5,
     temperature: float = 4.0,
     test_data: Any = None,
-    max_epochs: int = 10,
-    batch_size: int = 2,
-    optimizer: str | Optimizer = "adam",
-    lr: float = 1e-3,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    scheduler: str = "cosine",
-    warmup_epochs: int = 0,
     class_weighted: bool = True,
-    key_metric: str = "balanced_accuracy",
-    val_interval: int = 1,
-    checkpoint_every: int = 10,
-    keep_checkpoints: int | None = None,
-    early_stop_patience: int | None = None,
-    precision: str = "auto",
-    seed: int = 0,
-    num_workers: int = 0,
-    device: str | torch.device | None = None,
     train_transform: Callable | None = None,
     val_transform: Callable | None = None,
-    resume: bool = True,
-    progress: bool = True,
     config: Mapping[str, Any] | None = None,
     class_names: Sequence[str] | None = None,
+    **fit_fields: Any,
 ) -> TrainingResult:
     """Distil ``teacher`` into ``student``; validate the student; write ``model.pt`` (student) and predictions CSVs.
 
     A thin wrapper: :func:`distill_task` run by :func:`pipeline.training.fit.fit`. After training the best student
     is reloaded and ``predictions_val.csv`` (and ``predictions_test.csv`` with ``test_data``) written; the test
-    metrics are stored in ``run_info.json`` under ``test_metrics``, as for
-    :func:`~pipeline.training.classify.finetune_classifier`.
+    metrics go to ``run_info.json``.
 
     Args:
         train_data: training dicts (``image``, ``label``, ``subject``) or a dataset.
         val_data: validation dicts or dataset.
-        student: the classifier to train (logits (B, K)).
-        teacher: the trained classifier (frozen, eval mode).
+        student: the network trained (e.g. a shallower ResNet).
+        teacher: the trained network distilled (frozen, in eval mode).
         run_dir: the run folder.
+        settings: the training knobs every task shares (:class:`pipeline.training.fit.FitSettings`; default: the
+            task's defaults, the classifier's, ``key_metric`` ``balanced_accuracy``).
         num_classes: K.
-        alpha: weight of the hard-label cross-entropy, in [0, 1].
-        temperature: softening temperature T > 0.
-        test_data: optional held-out data, predicted with the best student.
-        max_epochs: epochs.
-        batch_size: batch size.
-        optimizer: ``"sgd"``, ``"adam"``, ``"adamw"`` or a ready optimiser over the student's parameters.
-        lr: learning rate.
-        momentum: SGD momentum.
-        weight_decay: weight decay.
-        scheduler: ``"none"``, ``"cosine"``, ``"step"`` or ``"plateau"``.
-        warmup_epochs: linear warm-up epochs.
-        class_weighted: class-weight the hard-label term by the training labels' inverse frequency.
-        key_metric: ``"balanced_accuracy"``, ``"accuracy"`` or ``"auc"`` (of the student).
-        val_interval: validate every N epochs.
-        checkpoint_every: resumable checkpoint every N epochs (and at the end).
-        keep_checkpoints: periodic checkpoints kept (``None``: all).
-        early_stop_patience: validations without improvement before stopping.
-        precision: ``"auto"`` (bf16 where the hardware computes it natively, else fp32), ``"fp32"``, ``"bf16"`` or
-            ``"fp16"``.
-        seed: the run seed.
-        num_workers: data-loader workers.
-        device: default CUDA when available.
+        alpha: weight of the hard-label cross-entropy (``1 - alpha`` for the softened teacher term).
+        temperature: softens both distributions (> 0).
+        test_data: optional held-out dicts, predicted once with the best student.
+        class_weighted: weight the cross-entropy by inverse class frequency of the training labels.
         train_transform: transform for dict training data.
         val_transform: transform for dict validation/test data.
-        resume: continue from the newest checkpoint in ``run_dir``.
-        progress: progress bars and console summaries.
         config: configuration to record in ``run_info.json``.
         class_names: the class names in index order, for the student's model card ``model.json``
             (default ``"0" .. "K-1"``).
+        **fit_fields: any :class:`~pipeline.training.fit.FitSettings` field (``max_epochs``, ``lr``, ``precision``,
+            ``channels_last``...), replacing that field of ``settings``; any other keyword is a ``TypeError``.
 
     Returns:
         A :class:`pipeline.training.engines.TrainingResult`.
@@ -191,43 +165,12 @@ def distill(
         ValueError: for invalid arguments (``alpha``, ``temperature``...).
         pipeline.data.splits.LeakageError: if train, val and test share subjects.
     """
-    arguments = {
-        k: v
-        for k, v in locals().items()
-        if k not in ("train_data", "val_data", "test_data", "student", "teacher", "config")
-    }
-    settings = FitSettings(
-        max_epochs=max_epochs,
-        batch_size=batch_size,
-        optimizer=optimizer,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        scheduler=scheduler,
-        warmup_epochs=warmup_epochs,
-        key_metric=key_metric,
-        val_interval=val_interval,
-        checkpoint_every=checkpoint_every,
-        keep_checkpoints=keep_checkpoints,
-        early_stop_patience=early_stop_patience,
-        precision=precision,
-        seed=seed,
-        num_workers=num_workers,
-        device=device,
-        resume=resume,
-        progress=progress,
-    )
-    task = distill_task(
-        student,
-        teacher,
-        num_classes=num_classes,
-        alpha=alpha,
-        temperature=temperature,
-        class_weight=class_weights(labels_of(train_data), num_classes) if class_weighted else None,
-        class_names=class_names,
-    )
+    settings = fit_settings(settings, CLASSIFY_DEFAULTS, **fit_fields)
+    task_arguments = dict(num_classes=num_classes, alpha=alpha, temperature=temperature, class_names=class_names)
+    arguments = {**settings_record(settings), **task_arguments, "class_weighted": class_weighted, "run_dir": run_dir}
+    weights = class_weights(labels_of(train_data), num_classes) if class_weighted else None
     return fit(
-        task,
+        distill_task(student, teacher, class_weight=weights, **task_arguments),
         train_data,
         val_data,
         run_dir,

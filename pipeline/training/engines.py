@@ -38,26 +38,15 @@ from monai.handlers import (
     ValidationHandler,
     stopping_fn_from_metric,
 )
-from monai.inferers import Inferer
 from torch.optim import Optimizer
 from torch.utils.tensorboard import SummaryWriter
 
-from pipeline.training.checkpoint import (
-    AtomicCheckpointSaver,
-    find_last_checkpoint,
-    load_checkpoint,
-    remove_partial_files,
-)
-from pipeline.training.handlers import (
-    AutocastInferer,
-    ChannelsLastInferer,
-    EpochReseed,
-    LearningRateLogger,
-    NonFiniteLossGuard,
-)
+from pipeline.runtime.precision import PRECISIONS, check_precision, memory_format, precision_settings
+from pipeline.runtime.weights import load_checkpoint
+from pipeline.training.checkpoint import AtomicCheckpointSaver, find_last_checkpoint, remove_partial_files
+from pipeline.training.handlers import EpochReseed, LearningRateLogger, NonFiniteLossGuard
 from pipeline.training.optim import WarmupPlateau
 from pipeline.training.runinfo import collect_subjects, run_logging, write_run_info
-from pipeline.utils.precision import PRECISIONS, HardwareReport, resolve_precision
 from transforms.errors import InputError
 
 __all__ = [
@@ -112,96 +101,6 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def check_precision(precision: str, device: str | torch.device, hardware: HardwareReport | None = None) -> str:
-    """Resolve ``precision`` for ``device`` and refuse one it cannot run, before anything is built or written.
-
-    Args:
-        precision: ``"auto"`` (the fastest correct choice for the hardware, see
-            :func:`pipeline.utils.precision.resolve_precision`), ``"fp32"``, ``"bf16"`` or ``"fp16"``.
-        device: the device the network runs on.
-        hardware: the hardware ``"auto"`` decides for (default: this machine's).
-
-    Returns:
-        The precision to run: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
-
-    Raises:
-        ValueError: for an unknown precision, or fp16 on a device that is not CUDA.
-    """
-    return resolve_precision(precision, device, hardware)
-
-
-def memory_format(channels_last: bool) -> torch.memory_format:
-    """The memory format a 3-D network is converted to: ``channels_last_3d`` when asked, else unchanged.
-
-    Use it as ``network.to(device, memory_format=memory_format(channels_last))``: the conversion changes only
-    how the 5-D weights are laid out in memory, never their names or values, so checkpoints load either way.
-
-    Args:
-        channels_last: convert to ``torch.channels_last_3d``.
-
-    Returns:
-        ``torch.channels_last_3d`` or ``torch.preserve_format``.
-
-    Raises:
-        ValueError: if ``channels_last`` is not a bool (e.g. the string ``"false"``, which is truthy: MONAI's
-            command line passes ``--channels_last false`` as a string, ``--channels_last False`` as a bool).
-    """
-    if not isinstance(channels_last, bool):
-        raise ValueError(
-            f"channels_last must be True or False, got {channels_last!r} (on the command line: --channels_last True"
-            " or --channels_last False, capitalised)."
-        )
-    return torch.channels_last_3d if channels_last else torch.preserve_format
-
-
-def precision_settings(
-    precision: str,
-    device: str | torch.device,
-    inferer: Inferer,
-    *,
-    channels_last: bool = False,
-    training: bool = True,
-    hardware: HardwareReport | None = None,
-) -> tuple[bool, Inferer]:
-    """Translate the speed switches ``precision`` and ``channels_last`` into MONAI's ``amp`` flag and an inferer.
-
-    Whatever the precision, the inferer's floating-point outputs are float32 (except fp16 training, where MONAI's
-    ``amp`` autocasts the loss too), so losses, metrics, ``Invertd`` and NIfTI writers see full precision.
-
-    Args:
-        precision: ``"auto"`` (bf16 where the CPU or GPU computes it natively, else fp32:
-            :func:`pipeline.utils.precision.resolve_precision`), ``"fp32"``, ``"bf16"`` (autocast on the CPU or CUDA, no
-            loss scaling) or ``"fp16"`` (CUDA only: for training MONAI's ``amp=True`` with its gradient scaler, for
-            evaluation and inference fp16 autocast).
-        device: the device the network runs on.
-        inferer: the task's inferer.
-        channels_last: run the network's inputs in ``channels_last_3d``
-            (:class:`~pipeline.training.handlers.ChannelsLastInferer`; convert the network with :func:`memory_format`
-            too).
-        training: ``True`` for a ``SupervisedTrainer``, ``False`` for an evaluator or inference.
-        hardware: the hardware ``"auto"`` decides for (default: this machine's).
-
-    Returns:
-        ``(amp, inferer)`` for ``SupervisedTrainer``/``SupervisedEvaluator`` (or ``inferer`` alone for
-        :func:`pipeline.inference.infer.denoise_items`, where ``amp`` is always ``False`` with ``training=False``).
-
-    Raises:
-        ValueError: for an unknown precision, fp16 on a device that is not CUDA, or a ``channels_last`` that is not
-            a bool.
-    """
-    precision = check_precision(precision, device, hardware)
-    memory_format(channels_last)  # refuses a non-bool
-    device = torch.device(device)
-    if channels_last:
-        inferer = ChannelsLastInferer(inferer)
-    if precision == "fp16" and training:
-        return True, inferer
-    if precision in ("bf16", "fp16"):
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        return False, AutocastInferer(inferer, device_type=device.type, dtype=dtype, output_dtype=torch.float32)
-    return False, inferer
 
 
 def make_loader(
@@ -311,7 +210,7 @@ def run_training(
         train_data: the training data (its ``subject`` IDs are recorded).
         val_data: the validation data (ditto).
         run_info: more fields for ``run_info.json``.
-        model_card: :func:`pipeline.training.model_card.write_model_card` arguments (``task``, ``config``, ...): the
+        model_card: :func:`pipeline.runtime.model_card.write_model_card` arguments (``task``, ``config``, ...): the
         card
             ``model.json`` beside ``model.pt`` that lets inference rebuild the network from the weights alone.
 
@@ -551,7 +450,7 @@ def _write_records(
         info["resumed_from"] = resumed_from.name
     write_run_info(run_dir, **info)
     if model_card is not None:
-        from pipeline.training.model_card import write_model_card
+        from pipeline.runtime.model_card import write_model_card
 
         write_model_card(run_dir / BEST_FILENAME, network, **model_card)
 

@@ -19,12 +19,13 @@ single Python call would hide.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
@@ -33,21 +34,25 @@ from torch.optim import Optimizer
 from torch.utils.tensorboard import SummaryWriter
 
 from pipeline.data.splits import check_no_overlap
-from pipeline.training.engines import (
-    PRECISIONS,
-    TrainingResult,
-    check_precision,
-    make_loader,
-    memory_format,
-    resolve_device,
-    run_training,
-)
+from pipeline.runtime.precision import PRECISIONS, check_precision, memory_format
+from pipeline.training.engines import TrainingResult, make_loader, resolve_device, run_training
 from pipeline.training.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler
 from pipeline.training.runinfo import collect_subjects
 
-__all__ = ["FitContext", "FitSettings", "Task", "fit", "make_optimizer", "make_scheduler"]
+__all__ = [
+    "FitContext",
+    "FitSettings",
+    "Task",
+    "fit",
+    "fit_settings",
+    "lists_fit_fields",
+    "make_optimizer",
+    "make_scheduler",
+    "settings_record",
+]
 
 logger = logging.getLogger(__name__)
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ class FitSettings:
         early_stop_patience: validations without improvement before stopping (``None``: never; else >= 1).
         early_stop_min_delta: the smallest change that counts as an improvement (>= 0).
         precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``
-            (:func:`pipeline.training.engines.precision_settings`).
+            (:func:`pipeline.runtime.precision.precision_settings`).
         channels_last: train in the ``channels_last_3d`` memory layout (a bool).
         seed: the run seed (per-epoch re-seeding).
         num_workers: data-loader worker processes (>= 0).
@@ -127,6 +132,70 @@ class FitSettings:
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         if self.key_metric is not None and not (isinstance(self.key_metric, str) and self.key_metric):
             raise ValueError(f"key_metric must be a metric name or None, got {self.key_metric!r}.")
+
+
+def fit_settings(
+    settings: FitSettings | None = None, defaults: Mapping[str, Any] | None = None, **fields: Any
+) -> FitSettings:
+    """The settings a task wrapper runs with: ``settings`` (or the task's ``defaults``) with ``fields`` replaced.
+
+    The wrappers (:func:`pipeline.training.denoise.train_denoiser`,
+    :func:`pipeline.training.classify.finetune_classifier`, :func:`pipeline.training.distill.distill`) take a
+    :class:`FitSettings` or its fields as keyword arguments and pass them here, so every field reaches :func:`fit`
+    the same way in every task.
+
+    Args:
+        settings: the settings (default: ``FitSettings(**defaults)``).
+        defaults: the task's own defaults where they differ from :class:`FitSettings`'s (e.g. the denoiser's SGD).
+        **fields: :class:`FitSettings` fields, overriding ``settings``.
+
+    Returns:
+        The settings, validated.
+
+    Raises:
+        TypeError: a keyword that is not a :class:`FitSettings` field (a typo is never silently ignored).
+        ValueError: an invalid value, naming the field.
+    """
+    known = {f.name for f in dataclasses.fields(FitSettings)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {unknown}: not a FitSettings field ({sorted(known)}).")
+    base = settings if settings is not None else FitSettings(**dict(defaults or {}))
+    return dataclasses.replace(base, **fields) if fields else base
+
+
+def lists_fit_fields(defaults: Mapping[str, Any] | None = None) -> Callable[[_F], _F]:
+    """Show a task wrapper's ``**fit_fields`` as the :class:`FitSettings` fields in its signature.
+
+    The wrapper still takes them as ``**fit_fields`` (checked by :func:`fit_settings`); its ``__signature__`` lists
+    each field as a keyword-only parameter with the task's default, so ``inspect.signature(...).bind`` (help, the
+    README command checks) refuses a misspelt keyword as it would for a hand-written parameter.
+
+    Args:
+        defaults: the task's defaults where they differ from :class:`FitSettings`'s.
+
+    Returns:
+        The decorator (it returns the function itself).
+    """
+    base = FitSettings(**dict(defaults or {}))
+
+    def decorate(func: _F) -> _F:
+        signature = inspect.signature(func)
+        kept = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        fields = [
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=getattr(base, f.name), annotation=f.type)
+            for f in dataclasses.fields(FitSettings)
+            if f.name not in signature.parameters
+        ]
+        func.__signature__ = signature.replace(parameters=kept + fields)  # type: ignore[attr-defined]
+        return func
+
+    return decorate
+
+
+def settings_record(settings: FitSettings) -> dict[str, Any]:
+    """The fields of ``settings`` as a flat dict, for ``run_info.json``'s ``arguments``."""
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
 
 
 def _require(
@@ -195,7 +264,7 @@ class Task:
         check_subjects: more checks on ``{"train": [...], "val": [...], "test": [...]}`` (e.g. the denoiser
             leakage guard), before anything is built.
         run_info: more ``run_info.json`` fields.
-        model_card: :func:`pipeline.training.model_card.write_model_card` arguments, or ``None``.
+        model_card: :func:`pipeline.runtime.model_card.write_model_card` arguments, or ``None``.
         after_training: ``(context, result) -> None``, run after training (e.g. reload ``model.pt`` and write
             prediction CSVs).
     """

@@ -17,17 +17,17 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers.tensorboard_logger import OptimizerParamsHandler, TensorboardLogger
 from monai.engines.utils import IterationEvents
-from monai.inferers import Inferer
 from monai.utils import convert_to_tensor
 from torch import nn
 from torch.optim import Optimizer
 
 from networks import FREEZE_ORDER, freeze_until
 from pipeline.errors import NonFiniteLossError
+from pipeline.runtime.precision import AutocastInferer, ChannelsLastInferer
 from pipeline.utils.seed import epoch_seed, reseed
 
 __all__ = [
-    "AutocastInferer",
+    "AutocastInferer",  # pipeline.runtime.precision's, importable from here as before
     "ChannelsLastInferer",
     "CopyBatchKeys",
     "EpochReseed",
@@ -231,117 +231,6 @@ class CopyBatchKeys:
                 if isinstance(value, torch.Tensor):
                     value = value.to(engine.state.device)
                 engine.state.output[key] = value
-
-
-def _cast_floating(output: Any, dtype: torch.dtype) -> Any:
-    """``output`` with every floating-point tensor in it (also inside tuples, lists and dicts) cast to ``dtype``."""
-    if isinstance(output, torch.Tensor):
-        return output.to(dtype) if output.is_floating_point() else output
-    if isinstance(output, Mapping):
-        return type(output)((k, _cast_floating(v, dtype)) for k, v in output.items())
-    if isinstance(output, (list, tuple)):
-        return type(output)(_cast_floating(v, dtype) for v in output)
-    return output
-
-
-class AutocastInferer(Inferer):
-    """Run another inferer under ``torch.autocast``: bf16 on CPU or CUDA, fp16 on CUDA.
-
-    MONAI 1.6.1's ``amp=True`` hard-codes ``torch.autocast("cuda")`` with a CUDA ``GradScaler`` and does nothing on
-    the CPU; this wrapper makes bf16 work on both (bf16 needs no loss scaling). The losses in
-    :mod:`pipeline.training.losses` compute in float32, so only the network runs in reduced precision.
-
-    Args:
-        inferer: the wrapped inferer (``SimpleInferer``, ``SlidingWindowInferer``).
-        device_type: ``"cpu"`` or ``"cuda"``.
-        dtype: ``torch.bfloat16`` or ``torch.float16``.
-        output_dtype: cast the floating-point outputs to this type after the autocast region (e.g.
-            ``torch.float32``, so losses, metrics, ``Invertd`` and writers see full precision; the cast is
-            differentiable); ``None`` returns them in the reduced dtype.
-
-    Raises:
-        ValueError: for a ``device_type`` other than ``"cpu"`` or ``"cuda"``, or a ``dtype`` other than
-            ``torch.bfloat16`` or ``torch.float16``.
-    """
-
-    def __init__(
-        self,
-        inferer: Inferer,
-        device_type: str = "cpu",
-        dtype: torch.dtype = torch.bfloat16,
-        output_dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        if device_type not in ("cpu", "cuda"):
-            raise ValueError(f"device_type must be 'cpu' or 'cuda', got {device_type!r}.")
-        if dtype not in (torch.bfloat16, torch.float16):
-            raise ValueError(f"dtype must be torch.bfloat16 or torch.float16, got {dtype}.")
-        self.inferer = inferer
-        self.device_type = device_type
-        self.dtype = dtype
-        self.output_dtype = output_dtype
-
-    def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> Any:
-        """The wrapped inferer's output, computed under autocast (in ``output_dtype`` when it is set)."""
-        with torch.autocast(self.device_type, dtype=self.dtype):
-            output = self.inferer(inputs, network, *args, **kwargs)
-        return output if self.output_dtype is None else _cast_floating(output, self.output_dtype)
-
-
-class ChannelsLastInferer(Inferer):
-    """Run another inferer with every network input in the channels-last memory layout.
-
-    Each tensor the wrapped inferer hands to the network (the whole batch for ``SimpleInferer``, each batch of
-    windows for ``SlidingWindowInferer``) is made ``torch.channels_last_3d`` (5-D, (B, C, H, W, D)) or
-    ``torch.channels_last`` (4-D) before the call; other tensors pass unchanged. Convert the network once as well,
-    ``network.to(memory_format=torch.channels_last_3d)``: its parameters keep their values and names, so its
-    ``state_dict`` loads into (and from) a network in the default layout. oneDNN's CPU convolutions and cuDNN's
-    tensor-core kernels run faster in this layout. The output tensors are returned contiguous (default layout), so
-    what follows (losses, ``Invertd``, writers) sees ordinary tensors.
-
-    Args:
-        inferer: the wrapped inferer.
-    """
-
-    def __init__(self, inferer: Inferer) -> None:
-        super().__init__()
-        self.inferer = inferer
-
-    @staticmethod
-    def _channels_last(value: Any) -> Any:
-        if isinstance(value, torch.Tensor) and value.dim() == 5:
-            return value.contiguous(memory_format=torch.channels_last_3d)
-        if isinstance(value, torch.Tensor) and value.dim() == 4:
-            return value.contiguous(memory_format=torch.channels_last)
-        return value
-
-    @staticmethod
-    def _contiguous(output: Any) -> Any:
-        if isinstance(output, torch.Tensor):
-            return output.contiguous()
-        if isinstance(output, Mapping):
-            return type(output)((k, ChannelsLastInferer._contiguous(v)) for k, v in output.items())
-        if isinstance(output, (list, tuple)):
-            return type(output)(ChannelsLastInferer._contiguous(v) for v in output)
-        return output
-
-    def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> Any:
-        """The wrapped inferer's output, with ``network`` called on channels-last inputs.
-
-        Args:
-            inputs: the batch, (B, C, H, W, D).
-            network: the network (or any callable the wrapped inferer accepts).
-            *args: passed on to the wrapped inferer.
-            **kwargs: passed on to the wrapped inferer.
-
-        Returns:
-            The wrapped inferer's output, contiguous.
-        """
-
-        def predictor(data: Any, *net_args: Any, **net_kwargs: Any) -> Any:
-            return network(self._channels_last(data), *net_args, **net_kwargs)
-
-        return self._contiguous(self.inferer(inputs, predictor, *args, **kwargs))
 
 
 def middle_slices(volume: torch.Tensor) -> dict[str, np.ndarray]:

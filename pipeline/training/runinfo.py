@@ -7,15 +7,14 @@ import datetime as _dt
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.utils.files import atomic_path
+from pipeline.utils.versions import package_versions
 
 __all__ = [
     "RUN_INFO",
@@ -29,7 +28,6 @@ __all__ = [
 
 RUN_INFO = "run_info.json"
 _T = TypeVar("_T")
-_PACKAGES = ("torch", "monai", "pytorch-ignite", "numpy", "nibabel", "SimpleITK", "tensorboard", "resunet3d")
 _LOGGERS = (
     "pipeline",
     "pipeline.training",
@@ -40,15 +38,6 @@ _LOGGERS = (
     "monai",
     "py.warnings",
 )
-
-
-def package_versions() -> dict[str, str]:
-    """Python, platform and the installed versions of the packages that decide a run's numbers."""
-    versions = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in _PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[name] = metadata.version(name)
-    return versions
 
 
 def _git_commit() -> str | None:

@@ -37,7 +37,7 @@ def _touch(marker: Path) -> str:
 def _model(work: Path) -> tuple[Path, Path, dict[str, Any]]:
     """Tiny weights with the card training writes; returns ``(weights, marker, card)``."""
     from networks import ResUnet3D
-    from pipeline.training.model_card import card_path, write_model_card
+    from pipeline.runtime.model_card import card_path, write_model_card
     from tests.faults.infer import _TINY_DENOISER
 
     weights = tiny_weights(work / "model" / "model.pt")
@@ -57,7 +57,7 @@ def _card_case(key: str, hostile: Callable[[dict, Path], dict]) -> Callable[[Pat
 
     def check(work: Path) -> Outcome:
         from pipeline.inference import infer
-        from pipeline.training.model_card import card_path
+        from pipeline.runtime.model_card import card_path
 
         weights, marker, card = _model(work)
         card_path(weights).write_text(json.dumps(hostile(card, marker)))
@@ -75,7 +75,7 @@ def _card_case(key: str, hostile: Callable[[dict, Path], dict]) -> Callable[[Pat
 
 def _torchscript(work: Path) -> Outcome:
     from pipeline.errors import UnsafeModelCardError
-    from pipeline.training.model_card import CARD_NAME_IN_TORCHSCRIPT, load_torchscript
+    from pipeline.runtime.model_card import CARD_NAME_IN_TORCHSCRIPT, load_torchscript
 
     _, marker, card = _model(work)
     card["network_def"]["_target_"] = _touch(marker) + " or __import__('networks').ResUnet3D"

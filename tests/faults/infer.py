@@ -157,7 +157,7 @@ def _classify_batch(work: Path) -> Outcome:
 
 
 def _infer_unreadable(work: Path) -> Outcome:
-    from pipeline.inference import infer
+    from pipeline.inference import infer, runner
 
     with world_writable_dir() as shared:
         scans, out = shared_dir(shared / "scans"), shared_dir(shared / "denoised")
@@ -166,7 +166,7 @@ def _infer_unreadable(work: Path) -> Outcome:
         path = write_bad_file(scans, "unreadable")
         # the configs travel with the case: `nobody` may not traverse the checkout (e.g. a clone in a mode-700 dir)
         configs = [
-            Path(shutil.copy(c, shared_dir(shared / "configs"))) for c in infer._bundle_configs("inference.yaml")
+            Path(shutil.copy(c, shared_dir(shared / "configs"))) for c in runner._bundle_configs("inference.yaml")
         ]
         with unprivileged():
             summary = infer.denoise_scans(
