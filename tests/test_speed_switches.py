@@ -281,6 +281,7 @@ def test_inference_with_bf16_and_channels_last_writes_float32_close_to_fp32(bf16
             precision=precision,
             channels_last=channels_last,
             show_progress=False,
+            guard_enabled=False,  # the guard runs the network in float32 whatever the precision (below)
             **FAST,
             **TINY_UNET,
         )
@@ -309,6 +310,9 @@ def test_bundle_configs_wire_the_switches_into_every_engine(paired3, tmp_path):
     assert isinstance(inferer, AutocastInferer) and isinstance(inferer.inferer, ChannelsLastInferer)
     assert inferer.inferer.inferer is workflow.parser.get_parsed_content("inferer")
     assert workflow.parser.get_parsed_content("evaluator").inferer is inferer
+    # the guard's two passes run in float32 (bf16 rounding would swamp SURE's perturbation), channels_last kept
+    guarded = workflow.parser.get_parsed_content("denoise_inferer")
+    assert isinstance(guarded, ChannelsLastInferer) and not isinstance(guarded, AutocastInferer)
     network = workflow.parser.get_parsed_content("network")
     assert channels_last_weights(network)
     classify = create_workflow(
