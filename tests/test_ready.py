@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from pipeline.inference.infer import _denoiser_weights
+from pipeline.inference.cli import _denoiser_weights
 from pipeline.inference.ready import READY_DIR, default_weights
-from pipeline.training.model_card import build_network, read_model_card
+from pipeline.runtime.model_card import build_network, read_model_card
 
 
 def test_the_shipped_weights_load_into_the_network_of_their_card():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pipeline.bundle_files import bundle_configs
 from pipeline.inference.ready import READY_DIR
-from pipeline.training.model_card import read_model_card
+from pipeline.runtime.model_card import read_model_card
 from pipeline.utils.files import atomic_path
 
 __all__ = ["RECIPE", "main", "package_model", "train"]
