@@ -18,7 +18,8 @@ Python processes that each import torch and MONAI), and a suite on 2 cores must 
   earlier one was meant to write, all fail here. ``python -c`` snippets run for real too.
 * Commands whose real run cannot be made short are **checked, not run** (the cheapest check that still catches a
   renamed module or a flag that no longer exists): modules that only time or install (``venv``, ``pip``,
-  ``tests.faults``: a minute of fault cases that tests/test_faults.py runs, ``pipeline.demo``, ``benchmarks.*``)
+  ``tests.faults``: a minute of fault cases that tests/test_faults.py runs, ``pipeline.demo``, ``pipeline.study``,
+  ``benchmarks.*``)
   have their arguments parsed by their own ``argparse`` parser and stop there; ``torchrun`` arguments are parsed
   by torchrun's parser and the module it starts is checked the same way (``pipeline.bundle_run``: configs and
   override keys checked, nothing built; tests/test_bundle.py runs DDP for real); ``make X`` is ``make -n X``;
@@ -80,6 +81,8 @@ CHECK_ONLY = {
     "pip": "installs packages",
     "tests.faults": "runs every fault case (about a minute); tests/test_faults.py runs them",
     "pipeline.demo": "the whole demo (minutes); tests/test_demo.py runs it on small settings",
+    "pipeline.study": "the whole study (5-10 seeds per arm: even RESUNET3D_TINY trains for many minutes on 2 loaded"
+    " cores); tests/test_study.py runs its --quick settings end to end",
     "benchmarks": "benchmarks measure for minutes; tests/test_benchmarks.py runs their --quick",
 }
 _FENCE = re.compile(r"^```([\w-]*)\s*$")
