@@ -1,21 +1,25 @@
-"""Every fenced shell command of README.md and bundle/docs/README.md, run in order as a newcomer copies them.
+"""Every fenced shell command of README.md, bundle/docs/README.md and docs/, run in order as a newcomer copies them.
 
 Design. Running every command for real takes many minutes (trainings, a whole demo, a minute of fault cases, ~20
 Python processes that each import torch and MONAI), and a suite on 2 cores must stay within a few minutes. So:
 
-* The commands are **extracted, not listed here**: every ```bash / ```sh / ```shell / ```console block of both
-  READMEs is split into commands (line continuations, comments, ``&&``, heredocs, ``VAR=value`` assignments and
-  ``$VAR`` expansion, ``cd``). A command the harness cannot classify fails the test, so a new kind of command gets
-  a rule instead of being skipped silently.
-* Each README runs in order in a fresh "clone" (a temporary folder with the repository's files; ``bundle/`` copied
-  so ``bundle/models`` and ``bundle/eval`` are its own), with ``RESUNET3D_TINY=1`` (:mod:`pipeline.utils.tiny`; the
+* The commands are **extracted, not listed here**: every ```bash / ```sh / ```shell / ```console block of the
+  READMEs and of the documentation pages is split into commands (line continuations, comments, ``&&``, heredocs,
+  ``VAR=value`` assignments and ``$VAR`` expansion, ``cd``). A command the harness cannot classify fails the test,
+  so a new kind of command gets a rule instead of being skipped silently.
+* Each README runs in order in a fresh "clone"; the pages of ``docs/`` run as one session, in the order of
+  ``mkdocs.yml``'s navigation, since a page may use what an earlier page's commands wrote (``runs/cohort``, the
+  bundle's weights). A clone is a temporary folder with the repository's files (``bundle/`` copied so
+  ``bundle/models`` and ``bundle/eval`` are its own); the commands run with ``RESUNET3D_TINY=1``
+  (:mod:`pipeline.utils.tiny`; the
   README shows it): trainings run one epoch without loader workers, cohorts are 8 subjects at 8 mm. Every
   ``python -m`` command of the project runs **for real, in this process** (``runpy``, as ``python -m`` does), so
   torch and MONAI are imported once: a module path, a flag, a config key or a file that a command reads and an
   earlier one was meant to write, all fail here. ``python -c`` snippets run for real too.
 * Commands whose real run cannot be made short are **checked, not run** (the cheapest check that still catches a
   renamed module or a flag that no longer exists): modules that only time or install (``venv``, ``pip``,
-  ``tests.faults``: a minute of fault cases that tests/test_faults.py runs, ``pipeline.demo``, ``benchmarks.*``)
+  ``tests.faults``: a minute of fault cases that tests/test_faults.py runs, ``pipeline.demo``, ``pipeline.study``,
+  ``benchmarks.*``)
   have their arguments parsed by their own ``argparse`` parser and stop there; ``torchrun`` arguments are parsed
   by torchrun's parser and the module it starts is checked the same way (``pipeline.bundle_run``: configs and
   override keys checked, nothing built; tests/test_bundle.py runs DDP for real); ``make X`` is ``make -n X``;
@@ -56,6 +60,18 @@ from pipeline.bundle_files import BUNDLE_DIR_VARIABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 READMES = ("README.md", "bundle/docs/README.md")
+
+
+def docs_pages() -> tuple[str, ...]:
+    """The documentation pages in the order of ``mkdocs.yml``'s navigation (paths relative to the repository)."""
+    import yaml
+
+    nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]
+    return tuple(f"docs/{page}" for entry in nav for page in entry.values())
+
+
+#: What runs in one fresh clone, in order, and the fewest commands each must yield (so a broken extraction fails).
+SESSIONS = {"README.md": (READMES[:1], 2), "bundle/docs/README.md": (READMES[1:], 8), "docs": (docs_pages(), 20)}
 SHELL_LANGUAGES = {"bash", "sh", "shell", "console"}
 TINY = "RESUNET3D_TINY"
 
@@ -65,6 +81,8 @@ CHECK_ONLY = {
     "pip": "installs packages",
     "tests.faults": "runs every fault case (about a minute); tests/test_faults.py runs them",
     "pipeline.demo": "the whole demo (minutes); tests/test_demo.py runs it on small settings",
+    "pipeline.study": "the whole study (5-10 seeds per arm: even RESUNET3D_TINY trains for many minutes on 2 loaded"
+    " cores); tests/test_study.py runs its --quick settings end to end",
     "benchmarks": "benchmarks measure for minutes; tests/test_benchmarks.py runs their --quick",
 }
 _FENCE = re.compile(r"^```([\w-]*)\s*$")
@@ -402,7 +420,7 @@ class Session:
     def __init__(self, clone: Path) -> None:
         self.clone = clone
         self.cwd = clone
-        self.block = -1
+        self.block: tuple[str, int] = ("", -1)
         self.log: list[str] = []
 
     def run(self, command: Command) -> None:
@@ -411,8 +429,8 @@ class Session:
         Raises:
             ReadmeCommandError: naming the README line when the command fails or cannot be classified.
         """
-        if command.block != self.block:  # each block is pasted from the repository root
-            self.block, self.cwd = command.block, self.clone
+        if (command.readme, command.block) != self.block:  # each block is pasted from the repository root
+            self.block, self.cwd = (command.readme, command.block), self.clone
         wall, cpu = time.perf_counter(), time.process_time()
         try:
             done = self._dispatch(command)
@@ -590,14 +608,19 @@ def test_the_harness_fails_a_broken_command(tmp_path, line, message):
             session.run(command)
 
 
+def test_every_page_of_the_site_is_in_a_session():
+    assert sorted(docs_pages()) == sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("readme", READMES)
-def test_every_readme_command_works_in_order_on_a_fresh_clone(readme, tmp_path, monkeypatch):
+@pytest.mark.parametrize("session_name", SESSIONS)
+def test_every_readme_command_works_in_order_on_a_fresh_clone(session_name, tmp_path, monkeypatch):
     monkeypatch.setenv(TINY, "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    commands = readme_commands(readme)
-    assert len(commands) >= 8, f"{readme}: only {len(commands)} fenced shell commands found"
+    pages, fewest = SESSIONS[session_name]
+    commands = [command for page in pages for command in readme_commands(page)]
+    assert len(commands) >= fewest, f"{session_name}: only {len(commands)} fenced shell commands found"
     session = Session(make_clone(tmp_path / "clone"))
     for command in commands:
         session.run(command)
-    sys.stderr.write(f"{readme}:\n" + "\n".join(session.log) + "\n")  # shown with pytest -s or on failure
+    sys.stderr.write(f"{session_name}:\n" + "\n".join(session.log) + "\n")  # shown with pytest -s or on failure
