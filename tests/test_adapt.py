@@ -196,6 +196,7 @@ def test_adapt_yaml_adapts_a_trained_model_on_a_folder(noisy_folder, tmp_path):
         logging_file=False,
         dataset_dir=os.fspath(noisy_folder),
         ckpt_dir=os.fspath(tmp_path),
+        ckpt_path=os.fspath(tmp_path / "model.pt"),  # (without it: the ready denoiser the package ships)
         output_dir=os.fspath(tmp_path / "eval"),
         patch_size=[16, 16, 16],
         adapt_iterations=20,
