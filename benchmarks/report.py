@@ -153,8 +153,9 @@ def _real_scans(data: dict[str, Any]) -> str:
         cells.append(f"{_number(head, 2)} / {_number(whole, 2)}")
         body.append(cells)
     text = _table(headers, body) if body else ""
-    ratios = data.get("ratios", {})
-    return text + ("\n\n" if text and ratios else "") + "\n".join(f"- {k}: {v}" for k, v in ratios.items())
+    lines = [f"- {k}: {v}" for k, v in data.get("ratios", {}).items()]
+    lines += [f"- {target['text']}" for target in data.get("targets", [])]
+    return text + ("\n\n" if text and lines else "") + "\n".join(lines)
 
 
 def _generic(data: dict[str, Any]) -> str:
