@@ -117,7 +117,7 @@ def head_mask(img: NdarrayOrTensor, smoothing: float = 1.0) -> np.ndarray:
 
 
 def estimate_background_sigma(
-    img: NdarrayOrTensor, margin: int = 3, min_blocks: int = _MIN_AIR_BLOCKS
+    img: NdarrayOrTensor, margin: int = 3, min_blocks: int = _MIN_AIR_BLOCKS, head: np.ndarray | None = None
 ) -> tuple[float, str] | None:
     """Estimate the noise standard deviation in the air around the head (module docstring).
 
@@ -125,6 +125,7 @@ def estimate_background_sigma(
         img: the volume ``(X, Y, Z)`` or ``(1, X, Y, Z)``.
         margin: the head mask is dilated by this many voxels first (partial volume at the scalp is not air).
         min_blocks: the fewest 2x2x2 blocks of air that make an estimate.
+        head: the scan's :func:`head_mask`, when the caller has it already.
 
     Returns:
         ``(sigma in the volume's units, "gaussian" or "magnitude")``, or ``None`` when the scan has too little air
@@ -136,7 +137,7 @@ def estimate_background_sigma(
     x = _as_volume(img)
     if min(x.shape) < 2:
         return None
-    head = head_mask(x)
+    head = head_mask(x) if head is None else np.asarray(head, dtype=bool).reshape(x.shape)
     if margin > 0 and head.any():
         head = ndimage.binary_dilation(head, iterations=margin)
     air = ~head & (x != 0)
@@ -154,13 +155,16 @@ def estimate_background_sigma(
     return sigma, model
 
 
-def estimate_noise(img: NdarrayOrTensor, method: str = "auto", foreground: float | None = 0.1) -> dict[str, Any]:
+def estimate_noise(
+    img: NdarrayOrTensor, method: str = "auto", foreground: float | None = 0.1, head: np.ndarray | None = None
+) -> dict[str, Any]:
     """Blind noise estimate of a scan, from its air where it has enough (``auto``), else from its tissue.
 
     Args:
         img: the volume ``(X, Y, Z)`` or ``(1, X, Y, Z)``.
         method: one of :data:`NOISE_METHODS`.
         foreground: the tissue estimate's foreground fraction (:func:`estimate_noise_sigma`).
+        head: the scan's :func:`head_mask`, when the caller has it already.
 
     Returns:
         ``{"noise_sigma": image units, "noise_level_255": 0-255 scale of the robust maximum, "method": "background"
@@ -171,7 +175,7 @@ def estimate_noise(img: NdarrayOrTensor, method: str = "auto", foreground: float
     """
     if method not in NOISE_METHODS:
         raise ValueError(f"method must be one of {NOISE_METHODS}, got {method!r}.")
-    found = estimate_background_sigma(img) if method != "tissue" else None
+    found = estimate_background_sigma(img, head=head) if method != "tissue" else None
     if found is None and method == "background":
         raise ValueError("the scan has too little air holding noise to measure it there; use method='tissue'.")
     if found is not None:

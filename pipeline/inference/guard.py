@@ -164,11 +164,11 @@ class SureGuard:
         self.noise_method = noise_method
         self.seed = int(seed)
 
-    def noise(self, volume: np.ndarray) -> tuple[float, str, str]:
+    def noise(self, volume: np.ndarray, head: np.ndarray | None = None) -> tuple[float, str, str]:
         """``(sigma in image units, method, model)`` of a scan: the level given, or the blind estimate."""
         if self.sigma_255 is not None:
             return self.sigma_255 / 255.0 * robust_max(volume), "given", "unknown"
-        found = estimate_noise(volume, self.noise_method)
+        found = estimate_noise(volume, self.noise_method, head=head)
         return float(found["noise_sigma"]), str(found["method"]), str(found["model"])
 
     def __call__(
@@ -189,8 +189,8 @@ class SureGuard:
         y = image.detach().float().cpu()
         volume = y.reshape(y.shape[-3:]).numpy().astype(np.float64)
         pred = predict(image).detach().float().cpu().reshape(y.shape)
-        sigma, method, model = self.noise(volume)
         mask = head_mask(volume)
+        sigma, method, model = self.noise(volume, mask)
         if not sigma > 0 or not mask.any():
             logger.warning(
                 "the guard is off for this scan (noise %.3g, %d head voxels): writing the network's output",
