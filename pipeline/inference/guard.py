@@ -164,10 +164,16 @@ class SureGuard:
         self.noise_method = noise_method
         self.seed = int(seed)
 
-    def noise(self, volume: np.ndarray, head: np.ndarray | None = None) -> tuple[float, str, str]:
-        """``(sigma in image units, method, model)`` of a scan: the level given, or the blind estimate."""
+    def noise(
+        self, volume: np.ndarray, head: np.ndarray | None = None, reference: float | None = None
+    ) -> tuple[float, str, str]:
+        """``(sigma in image units, method, model)`` of a scan: the level given, or the blind estimate.
+
+        ``reference`` is the scan's :func:`robust_max` when the caller has it (the scale of a given level).
+        """
         if self.sigma_255 is not None:
-            return self.sigma_255 / 255.0 * robust_max(volume), "given", "unknown"
+            reference = robust_max(volume) if reference is None else reference
+            return self.sigma_255 / 255.0 * reference, "given", "unknown"
         found = estimate_noise(volume, self.noise_method, head=head)
         return float(found["noise_sigma"]), str(found["method"]), str(found["model"])
 
@@ -190,7 +196,8 @@ class SureGuard:
         volume = y.reshape(y.shape[-3:]).numpy().astype(np.float64)
         pred = predict(image).detach().float().cpu().reshape(y.shape)
         mask = head_mask(volume)
-        sigma, method, model = self.noise(volume, mask)
+        reference = robust_max(volume)
+        sigma, method, model = self.noise(volume, mask, reference)
         if not sigma > 0 or not mask.any():
             logger.warning(
                 "the guard is off for this scan (noise %.3g, %d head voxels): writing the network's output",
@@ -210,11 +217,9 @@ class SureGuard:
         )
         outputs = {_NETWORK: net - base}
         centre = {_NETWORK: divergence}
-        filtered = {}
-        for width in self.widths:
-            name = f"gaussian {width:g}"
-            filtered[name] = ndimage.gaussian_filter(volume, width)
-            outputs[name] = torch.from_numpy(filtered[name].reshape(-1)[mask.reshape(-1)]) - base
+        widths = {f"gaussian {width:g}": width for width in self.widths}
+        for name, width in widths.items():  # only the head's voxels are kept; the chosen filter is run again below
+            outputs[name] = torch.from_numpy(ndimage.gaussian_filter(volume, width)[mask]) - base
             centre[name] = gaussian_centre_weight(width)
         if not (math.isfinite(divergence) and bool(torch.isfinite(outputs[_NETWORK]).all())):
             logger.warning("the network's output is not finite: the guard chooses among the filters and the input")
@@ -228,7 +233,7 @@ class SureGuard:
                 "wrong, e.g. a scan without air around the head; writing the network's output (give the level with "
                 "--noise-level to use the guard)",
                 gains[best],
-                255.0 * sigma / robust_max(volume),
+                255.0 * sigma / reference,
                 method,
             )
             best = _UNGUARDED
@@ -236,11 +241,14 @@ class SureGuard:
             gains = {name: math.nan for name in [*gains, best]}
         output = y.double().clone()
         for name, weight in weights[best].items():
-            full = pred.double() if name == _NETWORK else torch.from_numpy(filtered[name]).reshape(y.shape)
+            full = (
+                pred.double() if name == _NETWORK else torch.from_numpy(ndimage.gaussian_filter(volume, widths[name]))
+            )
+            full = full.reshape(y.shape)
             output += weight * (full - y.double())
         report = GuardReport(
             sigma=sigma,
-            sigma_255=255.0 * sigma / robust_max(volume),
+            sigma_255=255.0 * sigma / reference,
             noise_method=method,
             noise_model=model,
             choice=best,
