@@ -101,6 +101,21 @@ def test_the_air_gives_the_level_and_tells_signed_from_magnitude_data(sigma):
         assert estimate_background_sigma(noisy) == pytest.approx((found[NOISE_SIGMA_KEY], model))
 
 
+def test_signed_noise_on_a_magnitude_scans_smooth_air_is_measured_in_the_air():
+    """Noise added to a resampled magnitude scan: its air keeps a Rayleigh offset but little fine spread."""
+    from scipy import ndimage
+
+    clean = _head_on_air()
+    rng = np.random.default_rng(7)
+    own = 6 / 255
+    magnitude = np.sqrt((clean + rng.normal(0, own, clean.shape)) ** 2 + rng.normal(0, own, clean.shape) ** 2)
+    scan = ndimage.gaussian_filter(magnitude, 1.0)  # a resampled grid: the own noise's offset stays, its spread goes
+    sigma = 5 / 255
+    found = estimate_noise(scan + rng.normal(0, sigma, clean.shape))
+    assert found["method"] == "background" and found["model"] == "gaussian"
+    assert found[NOISE_SIGMA_KEY] == pytest.approx(sigma, rel=0.1)
+
+
 def test_without_air_holding_noise_the_tissue_estimate_is_used():
     clean = _head_on_air()
     noisy = clean + np.random.default_rng(4).normal(0, 0.05, clean.shape)

@@ -64,9 +64,10 @@ _ROBUST_PERCENTILE = 99.5
 _MIN_AIR_BLOCKS = 500  # fewer blocks of air than this: the tissue estimate is used
 _SIGNED_SHARE = 0.05  # at least this share of negative air voxels: signed (Gaussian) data
 # the largest median of air, in estimated sigmas, that is still air: a Rayleigh variable's median is 1.18 sigma (twice
-# that allows for ghosting and the reference's own noise); signed noise's is 0 (1 sigma allowed)
+# that allows for ghosting and the reference's own noise); signed noise's is 0, but noise added to a magnitude scan
+# sits on the scan's own Rayleigh air, whose offset stays where resampling has smoothed its spread away (2 sigma)
 _RAYLEIGH_AIR_MEDIAN = 2.4
-_SIGNED_AIR_MEDIAN = 1.0
+_SIGNED_AIR_MEDIAN = 2.0
 
 
 def _as_volume(img: Any) -> np.ndarray:
