@@ -160,3 +160,14 @@ def test_an_overestimated_noise_level_is_caught_and_the_networks_output_written(
     assert np.allclose(out, _nonlinear(noisy), atol=1e-5) and "implausible" in caplog.text
     assert report.as_dict()["estimated_gain_db"] is None
     json.dumps(report.as_dict(), allow_nan=False)  # valid JSON: no NaN in the sidecar
+
+
+def test_a_level_measured_in_the_tissue_is_reported_with_a_warning(caplog):
+    noisy = _noisy(15 / 255)[1][14:42, 14:42, 14:42]  # a crop inside the head: no air holds noise
+    with caplog.at_level("WARNING", logger="pipeline.inference.guard"):
+        _, report = _run(noisy, _nonlinear)
+    assert report.noise_method == "tissue" and "estimated in the tissue" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pipeline.inference.guard"):
+        _, report = _run(_noisy(15 / 255)[1], _nonlinear)
+    assert report.noise_method == "background" and "tissue" not in caplog.text

@@ -175,6 +175,13 @@ class SureGuard:
             reference = robust_max(volume) if reference is None else reference
             return self.sigma_255 / 255.0 * reference, "given", "unknown"
         found = estimate_noise(volume, self.noise_method, head=head)
+        if found["method"] == "tissue":
+            logger.warning(
+                "no air around the head to measure the noise in: its level (%.1f/255) was estimated in the tissue, "
+                "where fine anatomy counts as noise too (on a 3 mm grid up to twice the true level, and the guard "
+                "then smooths too much); give the level with --noise-level where it is known",
+                found["noise_level_255"],
+            )
         return float(found["noise_sigma"]), str(found["method"]), str(found["model"])
 
     def __call__(
