@@ -27,9 +27,9 @@ Scans (:func:`real_scans`; nothing is downloaded), each divided by its robust ma
 own noise, estimated blind, is at most a third of the added noise; otherwise it is skipped and the reason printed.
 The own noise (:func:`own_noise`): of a pair, ``sqrt(var(y1 - y2) / 2)`` in the head mask (misalignment can only raise
 it); of a single scan, the larger of two estimates (the Haar-MAD estimator of
-:func:`transforms.noise_level.estimate_noise_sigma` on tissue, which also counts fine anatomy, and on the air around
-the head divided by 0.655, the spread of Rayleigh noise, when the air is not blanked); on a resampled grid, the
-native estimate times the resampler's noise gain (the standard deviation of resampled unit white noise). Every
+:func:`transforms.noise_level.estimate_noise_sigma` on tissue, which also counts fine anatomy, and the guard's air
+estimate, :func:`transforms.noise_level.estimate_background_sigma`, when the air is not blanked); on a resampled
+grid, the native estimate times the resampler's noise gain (the standard deviation of resampled unit white noise). Every
 estimate is recorded.
 
 Noise: Gaussian and Rician of sigma ``--levels`` on the 0-255 scale (``transforms.noise.make_noise``, reference 1.0),
@@ -259,20 +259,20 @@ def own_noise(volume: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
 
     Returns:
         ``{"tissue", "air", "air_nonzero", "used", "method"}``: the Haar-MAD estimate on tissue (an upper bound: fine
-        anatomy counts), the one from the air (Rayleigh-corrected; ``None`` when the air is blanked or too small),
+        anatomy counts), the one from the air (:func:`transforms.noise_level.estimate_background_sigma`, the guard's
+        own; ``None`` when the air is blanked, too small, or brighter than noise alone, as on a resampled grid),
         the share of non-zero air voxels, and the estimate the rule uses: the larger of the two (the rule never
         admits a reference on the lower estimate; on the ROBEX atlas the air gives 3.3/255 and the tissue 7.4/255).
     """
     from scipy import ndimage
 
-    from transforms.noise_level import estimate_noise_sigma
+    from transforms.noise_level import estimate_background_sigma, estimate_noise_sigma
 
     tissue = 255.0 * estimate_noise_sigma(volume)
     air = ~ndimage.binary_dilation(mask, iterations=3)
     nonzero = float((volume[air] != 0).mean()) if air.any() else 0.0
-    air_sigma = None
-    if air.sum() >= 4096 and nonzero > 0.9:
-        air_sigma = 255.0 * estimate_noise_sigma(volume, mask=air) / 0.655
+    found = estimate_background_sigma(volume, head=mask) if nonzero > 0.9 else None
+    air_sigma = None if found is None else 255.0 * found[0]
     if air_sigma is None:
         used, method = tissue, "tissue (air blanked or too small)"
     else:
