@@ -15,7 +15,6 @@ Each subject (see :func:`simulate_subject`):
    a small "normal ageing" severity drawn in ``control_severity``, so the classes overlap a little, as real ones do.
 3. **Intensity**: a global gain (0.85-1.15, on a 1000-unit scale), tissue-contrast jitter and a smooth
    multiplicative bias field (exponential of a random second-order polynomial, about +-7 %).
-
 """
 
 from __future__ import annotations
