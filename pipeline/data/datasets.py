@@ -329,46 +329,10 @@ def load_subjects_csv(
             IDs (with their line numbers), unknown labels, invalid split names, subjects without a scan.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "does not exist or is not a file")
-    try:
-        table = pd.read_csv(path, dtype={"subject_id": str, "label": str, "split": str}, keep_default_na=True)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise InputError(path, f"cannot be read as CSV ({err})") from err
-    table.columns = [str(c).strip() for c in table.columns]
-    file_column = next((c for c in ("path", "image") if c in table.columns), None)
-    required = ["subject_id", "label"]
-    missing_columns = [c for c in required if c not in table.columns]
-    if file_column is None and image_dir is None:
-        missing_columns.append("path (or image, or pass image_dir)")
-    if missing_columns:
-        raise InputError(path, f"missing columns: {', '.join(missing_columns)} (found: {', '.join(table.columns)})")
-    if table.empty:
-        raise InputError(path, "has no rows")
-
-    def line(row: int) -> str:
-        return f"line {row + 2}"  # header is line 1
-
-    problems: list[str] = []
+    table, file_column = _read_subjects_table(path, image_dir)
     ids = table["subject_id"].fillna("").str.strip()
-    empty = [line(r) for r in range(len(ids)) if not ids.iloc[r]]
-    if empty:
-        problems.append(f"empty subject_id on {_listing(empty)}")
-    duplicated = ids[ids.duplicated(keep=False) & (ids != "")]
-    if not duplicated.empty:
-        groups = [
-            f"{sid} ({', '.join(line(r) for r in duplicated.index[duplicated == sid])})"
-            for sid in sorted(set(duplicated))
-        ]
-        problems.append(f"duplicate subject_id: {_listing(groups)}")
-
-    labels: list[int | None] = []
-    unknown = []
-    for r, raw in enumerate(table["label"].fillna("").str.strip()):
-        value = _parse_label(raw, class_names)
-        labels.append(value)
-        if value is None:
-            unknown.append(f"{raw or '<empty>'} ({ids.iloc[r] or line(r)})")
+    problems = _subject_id_problems(ids)
+    labels, unknown = _table_labels(table, ids, class_names)
     if unknown:
         allowed = f"{', '.join(class_names)} or 0..{len(class_names) - 1}" if class_names else "a non-negative integer"
         problems.append(f"unknown label {_listing(unknown)}; allowed: {allowed}")
@@ -376,29 +340,11 @@ def load_subjects_csv(
     splits = None
     if "split" in table.columns:
         splits = table["split"].fillna("").str.strip().str.lower()
-        bad = [f"{s} ({ids.iloc[r] or line(r)})" for r, s in enumerate(splits) if s and s not in SPLIT_NAMES]
+        bad = [f"{s} ({ids.iloc[r] or _line(r)})" for r, s in enumerate(splits) if s and s not in SPLIT_NAMES]
         if bad:
             problems.append(f"invalid split {_listing(bad)}; allowed: {', '.join(SPLIT_NAMES)} or empty")
 
-    files: list[str | None] = []
-    no_file = []
-    for r in range(len(table)):
-        sid = ids.iloc[r]
-        found: Path | None = None
-        if file_column is not None and isinstance(table[file_column].iloc[r], str) and table[file_column].iloc[r]:
-            found = Path(table[file_column].iloc[r].strip())
-            found = found if found.is_absolute() else path.parent / found
-            if require_files and not found.exists():
-                no_file.append(f"{sid} ({found})")
-        elif image_dir is not None and sid:
-            found = _find_scan(Path(image_dir), sid)
-            if found is None:
-                if require_files:
-                    no_file.append(f"{sid} (no {sid}.nii.gz or other scan in {image_dir})")
-                found = Path(image_dir) / f"{sid}.nii.gz"
-        else:
-            no_file.append(f"{sid or line(r)} (empty {file_column} entry)")
-        files.append(os.path.normpath(found) if found is not None else None)
+    files, no_file = _table_scans(table, ids, file_column, path, image_dir, require_files)
     if no_file:
         problems.append(f"subjects without a scan: {_listing(no_file)}")
     if problems:
@@ -416,6 +362,101 @@ def load_subjects_csv(
         items.append(item)
     logger.info("read %d subjects from %s", len(items), path)
     return items
+
+
+def _line(row: int) -> str:
+    """The CSV line of a table row (the header is line 1)."""
+    return f"line {row + 2}"
+
+
+def _read_subjects_table(path: Path, image_dir: str | os.PathLike | None) -> tuple[pd.DataFrame, str | None]:
+    """Read a subjects CSV and check its columns; returns the table and its scan column (``path``/``image``/None).
+
+    Raises:
+        InputError: the file is missing, unreadable, lacks a required column or has no rows.
+    """
+    if not path.is_file():
+        raise InputError(path, "does not exist or is not a file")
+    try:
+        table = pd.read_csv(path, dtype={"subject_id": str, "label": str, "split": str}, keep_default_na=True)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise InputError(path, f"cannot be read as CSV ({err})") from err
+    table.columns = [str(c).strip() for c in table.columns]
+    file_column = next((c for c in ("path", "image") if c in table.columns), None)
+    required = ["subject_id", "label"]
+    missing_columns = [c for c in required if c not in table.columns]
+    if file_column is None and image_dir is None:
+        missing_columns.append("path (or image, or pass image_dir)")
+    if missing_columns:
+        raise InputError(path, f"missing columns: {', '.join(missing_columns)} (found: {', '.join(table.columns)})")
+    if table.empty:
+        raise InputError(path, "has no rows")
+    return table, file_column
+
+
+def _subject_id_problems(ids: pd.Series) -> list[str]:
+    """The empty and the duplicate subject IDs of a table, as problem descriptions with their line numbers."""
+    problems = []
+    empty = [_line(r) for r in range(len(ids)) if not ids.iloc[r]]
+    if empty:
+        problems.append(f"empty subject_id on {_listing(empty)}")
+    duplicated = ids[ids.duplicated(keep=False) & (ids != "")]
+    if not duplicated.empty:
+        groups = [
+            f"{sid} ({', '.join(_line(r) for r in duplicated.index[duplicated == sid])})"
+            for sid in sorted(set(duplicated))
+        ]
+        problems.append(f"duplicate subject_id: {_listing(groups)}")
+    return problems
+
+
+def _table_labels(
+    table: pd.DataFrame, ids: pd.Series, class_names: Sequence[str] | None
+) -> tuple[list[int | None], list[str]]:
+    """The class index of every row (``None`` where not allowed) and the unknown labels, named by subject."""
+    labels: list[int | None] = []
+    unknown = []
+    for r, raw in enumerate(table["label"].fillna("").str.strip()):
+        value = _parse_label(raw, class_names)
+        labels.append(value)
+        if value is None:
+            unknown.append(f"{raw or '<empty>'} ({ids.iloc[r] or _line(r)})")
+    return labels, unknown
+
+
+def _table_scans(
+    table: pd.DataFrame,
+    ids: pd.Series,
+    file_column: str | None,
+    path: Path,
+    image_dir: str | os.PathLike | None,
+    require_files: bool,
+) -> tuple[list[str | None], list[str]]:
+    """Every row's scan path (from ``file_column``, else found in ``image_dir``) and the subjects without one.
+
+    Relative paths are resolved against the CSV's folder ``path.parent``; with ``require_files`` a scan that does
+    not exist counts as missing.
+    """
+    files: list[str | None] = []
+    no_file = []
+    for r in range(len(table)):
+        sid = ids.iloc[r]
+        found: Path | None = None
+        if file_column is not None and isinstance(table[file_column].iloc[r], str) and table[file_column].iloc[r]:
+            found = Path(table[file_column].iloc[r].strip())
+            found = found if found.is_absolute() else path.parent / found
+            if require_files and not found.exists():
+                no_file.append(f"{sid} ({found})")
+        elif image_dir is not None and sid:
+            found = _find_scan(Path(image_dir), sid)
+            if found is None:
+                if require_files:
+                    no_file.append(f"{sid} (no {sid}.nii.gz or other scan in {image_dir})")
+                found = Path(image_dir) / f"{sid}.nii.gz"
+        else:
+            no_file.append(f"{sid or _line(r)} (empty {file_column} entry)")
+        files.append(os.path.normpath(found) if found is not None else None)
+    return files, no_file
 
 
 def _parse_label(raw: str, class_names: Sequence[str] | None) -> int | None:
