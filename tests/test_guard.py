@@ -167,6 +167,11 @@ def test_a_level_measured_in_the_tissue_is_reported_with_a_warning(caplog):
     with caplog.at_level("WARNING", logger="pipeline.inference.guard"):
         _, report = _run(noisy, _nonlinear)
     assert report.noise_method == "tissue" and "estimated in the tissue" in caplog.text
+    guard, image = SureGuard(), torch.from_numpy(noisy[None]).float()
+    with caplog.at_level("INFO", logger="pipeline.inference.guard"):
+        for _ in range(2):
+            guard(image, _as_network(_nonlinear))
+    assert [r.levelname for r in caplog.records if "in the tissue" in r.message][-2:] == ["WARNING", "INFO"]
     caplog.clear()
     with caplog.at_level("WARNING", logger="pipeline.inference.guard"):
         _, report = _run(_noisy(15 / 255)[1], _nonlinear)

@@ -162,6 +162,7 @@ class SureGuard:
         self.widths = tuple(float(w) for w in widths)
         self.sigma_255 = None if sigma_255 is None else float(sigma_255)
         self.noise_method = noise_method
+        self._warned_tissue = False
         self.seed = int(seed)
 
     def noise(
@@ -175,8 +176,10 @@ class SureGuard:
             reference = robust_max(volume) if reference is None else reference
             return self.sigma_255 / 255.0 * reference, "given", "unknown"
         found = estimate_noise(volume, self.noise_method, head=head)
-        if found["method"] == "tissue":
-            logger.warning(
+        if found["method"] == "tissue":  # warned once per guard (a skull-stripped cohort is all like this), then logged
+            log = logger.info if self._warned_tissue else logger.warning
+            self._warned_tissue = True
+            log(
                 "no air around the head to measure the noise in: its level (%.1f/255) was estimated in the tissue, "
                 "where fine anatomy counts as noise too (on a 3 mm grid up to twice the true level, and the guard "
                 "then smooths too much); give the level with --noise-level where it is known",
