@@ -34,11 +34,12 @@ __all__ = ["load_site_volumes", "main", "summarise"]
 _PATCH, _OVERLAP = 32, 0.25
 
 
-def load_site_volumes(run: Path) -> list[dict[str, Any]]:
+def load_site_volumes(run: Path, split: str = "test") -> list[dict[str, Any]]:
     """The clean test volumes of a demo run (scaled to their robust maximum) with their brain masks.
 
     Args:
         run: a demo run folder (``cohort/``, ``splits/denoiser.json``).
+        split: the denoiser split's part to read (``"test"``; ``"val"`` for choosing a recipe).
 
     Returns:
         ``{"scan", "clean", "mask"}`` per test subject.
@@ -54,7 +55,7 @@ def load_site_volumes(run: Path) -> list[dict[str, Any]]:
     if not split_file.is_file():
         raise FileNotFoundError(f"{run}: no splits/denoiser.json; pass a finished demo run folder")
     volumes = []
-    for subject in json.loads(split_file.read_text())["test"]:
+    for subject in json.loads(split_file.read_text())[split]:
         clean = np.asarray(nib.load(run / "cohort" / "clean" / f"{subject}.nii.gz").dataobj, dtype=np.float32)
         mask = np.asarray(nib.load(run / "cohort" / "masks" / f"{subject}.nii.gz").dataobj) > 0
         volumes.append({"scan": subject, "clean": clean / robust_max(clean), "mask": mask})

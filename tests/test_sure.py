@@ -236,3 +236,21 @@ def test_a_gain_that_depends_on_the_assumed_sigma_is_refused_by_the_band():
         current["net"], engine.state.iteration = heavy, 1
         guard.check(engine)
         assert (guard.best_iteration == 1) == taken
+
+
+def test_the_demo_recipe_benchmark_scores_both_models_on_the_validation_volumes_only(tmp_path):
+    from benchmarks import demo_recipe
+
+    run = fake_demo_run(tmp_path / "run")
+    split = run / "splits" / "denoiser.json"
+    names = json.loads(split.read_text())["test"]
+    split.write_text(json.dumps({"train": [], "val": names[:1], "test": names[1:]}))
+    result = demo_recipe.main(
+        ["--run", str(run), "--levels", "15", "--noises", "gaussian", "--out", str(tmp_path / "r.json")]
+    )
+    assert result["subjects"] == names[:1] and len(result["rows"]) == 1
+    row = result["rows"][0]
+    assert row["noisy"] == pytest.approx(20 * np.log10(255 / 15), abs=0.5)  # sigma 15/255 of the robust maximum
+    assert all(np.isfinite(row[m]) for m in ("demo", "demo_guarded", "ready", "ready_guarded"))
+    task = result["means"][0]
+    assert result["decision"]["switch"] == (task["ready_guarded"] > task["demo_guarded"])
