@@ -130,7 +130,7 @@ def _slices(data: Mapping[str, Any], folder: Path) -> tuple[Figure, str]:
     noise = data.get("noise", {})
     caption = (
         f"{data.get('scan', {}).get('description', 'a real head')}: {noise.get('kind', '?')} noise of "
-        f"{noise.get('level_255', '?')}/255 added, denoised by {data.get('denoiser', 'the ready denoiser')}; PSNR in "
+        f"{noise.get('level_255', '?'):g}/255 added, denoised by {data.get('denoiser', 'the ready denoiser')}; PSNR in "
         f"the head mask over the whole volume."
     )
     return figure, caption

@@ -145,7 +145,8 @@ def _render(text: str, results: Path, images: str) -> tuple[str, dict[str, bytes
             file = f"{m.group('name')}-{m.group('plot')}.png"
             caption, pngs[file] = render_figure(m.group("name"), m.group("plot"), results)
             line = provenance(load_result(m.group("name"), results), m.group("name"))
-            body = f"\n![{caption}]({images}/{file})\n\n{caption} {line}\n\n"
+            alt = f"{m.group('name')}, {m.group('plot')}"
+            body = f"\n![{alt}]({images}/{file})\n\n{caption} {line}\n\n"
         out += [text[last : m.start()], m.group(1), body, m.group(6)]
         last = m.end()
     return "".join(out) + text[last:], pngs

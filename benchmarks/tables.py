@@ -9,6 +9,7 @@ and ``"transcribed": true``, and its provenance line says so. Nothing here measu
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,7 @@ def _mean(values: Iterable[Any]) -> float | None:
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -173,6 +174,9 @@ def _is_number(value: Any) -> bool:
 
 
 def _signed(value: float, digits: int) -> str:
+    """``+0.54``; one more digit where rounding would show a non-zero value as 0."""
+    if value and round(value, digits) == 0:
+        digits += 1
     return f"{value:+.{digits}f}"
 
 
@@ -196,7 +200,7 @@ def metric_cells(scores: Mapping[str, Any], digits: int = 2) -> dict[str, str]:
     for key, value in scores.items():
         if key.endswith("_interval"):
             continue
-        if key == "n" and _is_number(value):
+        if isinstance(value, int) and not isinstance(value, bool):
             cells[key] = str(value)
         elif _is_number(value):
             cells[key] = _with_interval(value, scores.get(f"{key}_interval"), digits)
@@ -219,43 +223,43 @@ _QUALITY += (("ssim_brain", "SSIM brain", 3), ("ssim_volume", "SSIM volume", 3),
 
 def demo_classification(data: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     """The demo's classification rows: each classifier, then the logistic-regression floor, every figure generic."""
-    digits = int(data.get("digits", 2))
-    rows = {_DEMO_NAMES.get(k, k): metric_cells(v, digits) for k, v in data.get("classification", {}).items()}
+    rows = {_DEMO_NAMES.get(k, k): metric_cells(v) for k, v in data.get("classification", {}).items()}
     for key, value in data.items():
         if key.startswith("logistic_floor"):
             metric = key.removeprefix("logistic_floor").strip("_") or "balanced_accuracy"
-            cells = metric_cells(value, digits) if isinstance(value, Mapping) else metric_cells({metric: value}, digits)
+            cells = metric_cells(value) if isinstance(value, Mapping) else metric_cells({metric: value})
             rows.setdefault("logistic-regression floor", {}).update(cells)
     return rows
 
 
+def _demo_run(data: Mapping[str, Any]) -> str:
+    """``16.4 minutes wall (...), stages: ...``, or nothing when the run's duration is not recorded."""
+    if not _is_number(data.get("total_wall_s")):
+        return ""
+    cpu = data.get("total_cpu_s")
+    stages = "; ".join(f"{s['name']} {s['wall_s'] / 60:.1f} min" for s in data.get("stages", []))
+    return (
+        f"**{data['total_wall_s'] / 60:.1f} minutes** wall"
+        + (f" ({cpu / 60:.1f} CPU minutes)" if _is_number(cpu) else "")
+        + (f"; stages: {stages}" if stages else "")
+        + "."
+    )
+
+
 def _demo(data: dict[str, Any]) -> str:
     """The run's duration and stages, the denoising table (means over the held-out volumes), the classification."""
-    digits = data.get("digits")
-    lines = []
-    if _is_number(data.get("total_wall_s")):
-        cpu = data.get("total_cpu_s")
-        lines.append(
-            f"**{data['total_wall_s'] / 60:.1f} minutes** wall"
-            + (f" ({cpu / 60:.1f} CPU minutes)" if _is_number(cpu) else "")
-            + ", stages: "
-            + "; ".join(f"{s['name']} {s['wall_s'] / 60:.1f} min" for s in data.get("stages", []))
-        )
+    lines = [_demo_run(data)]
     den = data.get("denoising", {})
     if den:
         shown = [q for q in _QUALITY if any(q[0] in m.get("mean", {}) for m in den.values())]
         body = []
         for method, entry in den.items():
-            mean = entry.get("mean", {})
-            seconds = {"seconds": None} if method == "noisy" else {}
-            body.append([method, *(_number({**mean, **seconds}.get(k), digits or d) for k, _, d in shown)])
-        n = len(next(iter(den.values())).get("per_volume", [])) or data.get("test_volumes", "?")
-        lines += [
-            "",
-            f"Denoising, mean of the {n} held-out volumes:",
-            "",
-            _table(["method", *(q[1] for q in shown)], body),
-        ]
+            mean = {**entry.get("mean", {}), **({"seconds": None} if method == "noisy" else {})}
+            digits = {k: data.get("digits", d) if k.startswith("psnr") else d for k, _, d in shown}
+            body.append([method, *(_number(mean.get(k), digits[k]) for k, _, _ in shown)])
+        n = len(next(iter(den.values())).get("per_volume", [])) or data.get("test_volumes")
+        table = _table(["method", *(q[1] for q in shown)], body)
+        lines += ["", f"Denoising, mean of the {n} held-out volumes:" if n else "Denoising:", "", table]
     rows = demo_classification(data)
     if rows:
         lines += ["", "Classification of the held-out subjects:", "", _rows_table(rows, "classifier")]
@@ -370,7 +374,8 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
 def _short_machine(data: Mapping[str, Any]) -> str:
     """``2026-12-07, AMD EPYC (AVX2)``: the date and CPU of a result, for a summary row."""
     machine = data.get("machine", {})
-    date = str(machine.get("date_utc") or data.get("started") or "date not recorded")[:10]
+    date = str(machine.get("date_utc") or data.get("started") or "date not recorded")
+    date = date[:10] if re.match(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d", date) else date
     cpu = machine.get("cpu") or machine.get("processor") or "CPU not recorded"
     kernels = f" ({machine['torch_cpu_kernels']})" if machine.get("torch_cpu_kernels") else ""
     gpu = f", {machine['cuda']}" if machine.get("cuda") else ""
@@ -387,7 +392,11 @@ def provenance(data: Mapping[str, Any], name: str) -> str:
     gpu = f", GPU {machine['cuda']}" if machine.get("cuda") else ""
     date = machine.get("date_utc") or data.get("started") or "on an unrecorded date"
     notes = (", a --quick smoke run" if data.get("quick") else "") + (", PARTIAL run" if data.get("partial") else "")
-    threads = f" ({machine['torch_threads']} threads)" if machine.get("torch_threads") else ""
+    threads = (
+        f" ({machine['torch_threads']} thread{'s' if machine['torch_threads'] != 1 else ''})"
+        if machine.get("torch_threads")
+        else ""
+    )
     measured = f"{date} UTC on {cpu}{gpu}, torch {machine.get('torch', '?')}{threads}{notes}"
     if data.get("source"):
         return (
@@ -433,7 +442,7 @@ def _real_scans_targets(data: Mapping[str, Any]) -> str:
     return "; ".join(
         f"{t['target']}: {_signed(t['value'], 2)} dB ({'met' if t['met'] else 'missed'})"
         for t in data.get("targets", [])
-        if _is_number(t.get("value")) and " - " in t["target"]
+        if _is_number(t.get("value")) and t["target"].startswith("default - ")
     )
 
 
