@@ -376,7 +376,8 @@ def _short_machine(data: Mapping[str, Any]) -> str:
     machine = data.get("machine", {})
     date = str(machine.get("date_utc") or data.get("started") or "date not recorded")
     date = date[:10] if re.match(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d", date) else date
-    cpu = machine.get("cpu") or machine.get("processor") or "CPU not recorded"
+    described = str(machine.get("cpu_description", "")).split(",")[0]
+    cpu = machine.get("cpu") or described or machine.get("processor") or "CPU not recorded"
     kernels = f" ({machine['torch_cpu_kernels']})" if machine.get("torch_cpu_kernels") else ""
     gpu = f", {machine['cuda']}" if machine.get("cuda") else ""
     where = f"{date}, {cpu}{kernels}{gpu}"
