@@ -398,7 +398,8 @@ def provenance(data: Mapping[str, Any], name: str) -> str:
         if machine.get("torch_threads")
         else ""
     )
-    measured = f"{date} UTC on {cpu}{gpu}, torch {machine.get('torch', '?')}{threads}{notes}"
+    load = f", load average {machine['load_average']:g} at the start" if _is_number(machine.get("load_average")) else ""
+    measured = f"{date} UTC on {cpu}{gpu}, torch {machine.get('torch', '?')}{threads}{load}{notes}"
     if data.get("source"):
         return (
             f"*Rendered from `docs/results/{name}.json` by `python -m benchmarks.report --render`; its figures were "
