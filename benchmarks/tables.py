@@ -399,7 +399,9 @@ def provenance(data: Mapping[str, Any], name: str) -> str:
         else ""
     )
     load = f", load average {machine['load_average']:g} at the start" if _is_number(machine.get("load_average")) else ""
-    measured = f"{date} UTC on {cpu}{gpu}, torch {machine.get('torch', '?')}{threads}{load}{notes}"
+    utc = " UTC" if re.match(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d$", str(date)) else ""
+    torch = f", torch {machine['torch']}{threads}" if machine.get("torch") else threads
+    measured = f"{date}{utc} on {cpu}{gpu}{torch}{load}{notes}"
     if data.get("source"):
         return (
             f"*Rendered from `docs/results/{name}.json` by `python -m benchmarks.report --render`; its figures were "
