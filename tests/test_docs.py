@@ -206,7 +206,7 @@ def test_the_demo_renders_every_classification_figure_with_its_interval_whatever
     assert "| classifier | balanced accuracy | auc | n | sensitivity |" in body
     assert "| ResNet from scratch | 0.75 [0.50, 1.00] | 0.80 | 12 | 0.70 [0.40, 0.90] |" in body
     assert "| logistic-regression floor | 0.78 [0.60, 0.90] | 0.81 | - | - |" in body
-    assert "measured 2026-12-07T01:00:00+00:00 UTC on x86_64" in body  # the demo's own JSON: no CPU model yet
+    assert "measured 2026-12-07T01:00:00+00:00 on x86_64" in body  # the demo's own JSON: no CPU model yet
 
 
 def test_the_summary_draws_one_row_from_each_result_with_its_date_and_cpu(tmp_path):
