@@ -93,6 +93,8 @@ def machine_info() -> dict[str, Any]:
         "native_bf16": hardware.native_cpu_bf16,
         "logical_cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        # other jobs on a shared machine slow every timing: the 1-minute load average when the run started
+        "load_average": round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "monai": monai.__version__,

@@ -260,6 +260,24 @@ def _write(result: dict[str, Any]) -> None:
         tmp.replace(path)
 
 
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and small networks: a smoke run in seconds")
+    parser.add_argument("--budget-s", type=float, default=270.0, help="skip sections that would start after this")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile section")
+    parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
+    return parser
+
+
+def _fast_cuda(device: torch.device) -> None:
+    """TF32 matrix products and convolutions, cuDNN's autotuner (on a CUDA device only)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the sections within the time budget, print the JSON, write ``$OUT/gpu.json`` when ``OUT`` is set.
 
@@ -269,19 +287,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     Returns:
         The result dict.
     """
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and small networks: a smoke run in seconds")
-    parser.add_argument("--budget-s", type=float, default=270.0, help="skip sections that would start after this")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile section")
-    parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     device = torch.device(args.device)
     started = time.perf_counter()
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    _fast_cuda(device)
     small = args.quick
     # the smoke run: 16^3 patches, except for the networks that pool too often for them
     quick_patch = 32 if {"basicunet", "flexibleunet"} & set(args.networks) else 16

@@ -260,15 +260,7 @@ def measure(cfg: dict[str, Any], timeout: float = 1800.0) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run every knob and the batch of scans, print the table and ratios, write the JSON.
-
-    Args:
-        argv: command-line arguments (default: ``sys.argv``).
-
-    Returns:
-        The result dict that was written (or, with ``--worker``, the worker's result, printed as one JSON line).
-    """
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick", action="store_true", help="a smoke run: a 20 x 24 x 20 volume, 16^3 tiles, small network"
@@ -289,13 +281,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(default_out("inference")))
-    args = parser.parse_args(argv)
-    if args.worker:
-        result = run_worker(json.loads(args.worker))
-        print(json.dumps(result))
-        return result
+    return parser
 
-    base = dict(BASELINE, resunet=args.resunet, shape=list(args.shape))
+
+def _configs(args: argparse.Namespace, base: dict[str, Any]) -> tuple[list[tuple[str, dict]], str]:
+    """The configurations to run (``(name, worker config)``) and the precision note; ``base`` is updated in place."""
     auto, note = benchmark_precision("auto")
     if args.knobs is None:
         args.knobs = [k for k in KNOBS if auto == "bf16" or k != "bf16"]
@@ -305,13 +295,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         base.update(size="small", shape=[20, 24, 20], roi=16)
         args.knobs = [k for k in args.knobs if k != "overlap0.25_roi96"]
-    rows = []
     if "onnxruntime" in args.knobs and not _onnx_available():
         print("onnxruntime: skipped - the optional 'onnx' extra is not installed (pip install -e '.[onnx]')")
         args.knobs = [k for k in args.knobs if k != "onnxruntime"]
     configs = [(name, dict(base, **KNOBS[name])) for name in args.knobs]
     if args.scans > 0:
         configs.append((f"pipeline, folder of {args.scans} scans", dict(base, mode="pipeline", scans=args.scans)))
+    return configs, note
+
+
+def _announce(args: argparse.Namespace, base: dict[str, Any], configs: list, note: str) -> None:
     if args.quick:
         # a fresh process each: CPU seconds on the 2-core Xeon (AMX) / 1.5, mostly imports
         expected = expected_duration(7.0 * len(configs), 8.0 * len(configs))
@@ -328,7 +321,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         expected,
         note,
     )
+
+
+def _measure_all(configs: list, quick: bool, out: str) -> list[dict[str, Any]]:
+    """One row per configuration, each in a fresh process; the JSON is rewritten (``partial``) after each."""
     progress = Progress(len(configs))
+    rows = []
     for name, cfg in configs:
         res = measure(cfg)
         row = {
@@ -342,17 +340,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         rows.append(row)
         progress.step(f"{name}: {row['seconds_per_scan']:.2f} s/scan, peak RSS {row['peak_rss_gib']:.2f} GiB")
-        write_json({"benchmark": "inference", "quick": args.quick, "partial": True, "rows": rows}, args.out)
+        write_json({"benchmark": "inference", "quick": quick, "partial": True, "rows": rows}, out)
+    return rows
 
-    reference = next((r for r in rows if r["config"] == "baseline"), rows[0])
-    base_s = reference["seconds_per_scan"]
-    for row in rows:
-        row["speedup_vs_baseline"] = base_s / row["seconds_per_scan"]
-    shape = "x".join(str(n) for n in base["shape"])
-    print(f"\n{shape} volume, {base['network']} ({base['size']}), {base['roi']}^3 tiles\n")
-    columns = ["config", "seconds_per_scan", "first_scan_s", "speedup_vs_baseline", "peak_rss_gib", "rss_before_gib"]
-    print(format_table(rows, columns))
-    ratios = {
+
+def _ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
         f"{rows[0]['config']} peak RSS GiB (target <= 4)": round(rows[0]["peak_rss_gib"], 2),
         "max peak RSS GiB over configs (target <= 4)": round(max(r["peak_rss_gib"] for r in rows), 2),
         "best config": min(rows, key=lambda r: r["seconds_per_scan"])["config"],
@@ -361,18 +354,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             (round(r["seconds_per_scan"], 2) for r in rows if r["config"] == "pipeline"), None
         ),
     }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run every knob and the batch of scans, print the table and ratios, write the JSON.
+
+    Args:
+        argv: command-line arguments (default: ``sys.argv``).
+
+    Returns:
+        The result dict that was written (or, with ``--worker``, the worker's result, printed as one JSON line).
+    """
+    args = _parser().parse_args(argv)
+    if args.worker:
+        result = run_worker(json.loads(args.worker))
+        print(json.dumps(result))
+        return result
+    base = dict(BASELINE, resunet=args.resunet, shape=list(args.shape))
+    configs, note = _configs(args, base)
+    _announce(args, base, configs, note)
+    rows = _measure_all(configs, args.quick, args.out)
+    reference = next((r for r in rows if r["config"] == "baseline"), rows[0])
+    for row in rows:
+        row["speedup_vs_baseline"] = reference["seconds_per_scan"] / row["seconds_per_scan"]
+    shape = "x".join(str(n) for n in base["shape"])
+    print(f"\n{shape} volume, {base['network']} ({base['size']}), {base['roi']}^3 tiles\n")
+    columns = ["config", "seconds_per_scan", "first_scan_s", "speedup_vs_baseline", "peak_rss_gib", "rss_before_gib"]
+    print(format_table(rows, columns))
+    ratios = _ratios(rows)
     for key, value in ratios.items():
         print(f"{key}: {value}")
-    result = {
-        "benchmark": "inference",
-        "quick": args.quick,
-        "partial": False,
-        "machine": machine_info(),
-        "setup": {k: base[k] for k in ("network", "size", "shape", "roi")}
-        | {"resunet3d": {**bundle_resunet_config(), **args.resunet}, "precision_note": note},
-        "rows": rows,
-        "ratios": ratios,
-    }
+    setup = {k: base[k] for k in ("network", "size", "shape", "roi")}
+    setup |= {"resunet3d": {**bundle_resunet_config(), **args.resunet}, "precision_note": note}
+    result = {"benchmark": "inference", "quick": args.quick, "partial": False, "machine": machine_info()}
+    result.update(setup=setup, rows=rows, ratios=ratios)
     write_json(result, args.out)
     print(f"wrote {args.out}")
     return result

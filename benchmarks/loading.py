@@ -66,21 +66,7 @@ def loader_rate(loader: Any, samples: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the benchmark, print the table and ratios, write the JSON.
-
-    Args:
-        argv: command-line arguments (default: ``sys.argv``).
-
-    Returns:
-        The result dict that was written.
-    """
-    from monai.data import CacheDataset, DataLoader, Dataset, ThreadDataLoader
-
-    from pipeline.data.cohort import CohortParameters, build_cohort
-    from pipeline.data.datasets import clean_folder
-    from transforms.presets import denoise_transforms
-
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick",
@@ -93,19 +79,104 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch", type=int, default=4, help="patches per batch")
     parser.add_argument("--per-volume", type=int, default=4, help="patches cut from each noisy volume")
     parser.add_argument("--out", default=str(default_out("loading")))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _loader_setups(items: list, volumes: int, quick: bool) -> list[tuple[str, Any]]:
+    """``(name, make(transform) -> loader)`` per loader; ``None`` marks the cached ones (built with their cache)."""
+    from monai.data import DataLoader, Dataset
+
+    setups = [
+        ("Dataset + DataLoader, 0 workers", lambda t: DataLoader(Dataset(items, t), batch_size=volumes, shuffle=True)),
+        (
+            "Dataset + DataLoader, 2 workers",
+            lambda t: DataLoader(Dataset(items, t), batch_size=volumes, shuffle=True, num_workers=2),
+        ),
+        ("CacheDataset + ThreadDataLoader, 0 workers", None),
+        ("CacheDataset + ThreadDataLoader, 1 thread", None),
+    ]
+    return [setups[0], setups[2]] if quick else setups  # the smoke run: one uncached and one cached loader
+
+
+def _loader_rows(items: list, args: argparse.Namespace, sizes: tuple[int, int, int], progress: Progress) -> list:
+    """Samples/s of every loader, without and with augmentation (``sizes``: volumes per batch, samples, patch)."""
+    from monai.data import CacheDataset, ThreadDataLoader
+
+    from transforms.presets import denoise_transforms
+
+    volumes, samples, patch = sizes
+    rows = []
+    for augment in (False,) if args.quick else (False, True):
+        chain = dict(stage="train", patch_size=patch, noise="gaussian", level=(5.0, 25.0), augment=augment)
+        for name, make in _loader_setups(items, volumes, args.quick):
+            transform = denoise_transforms(**chain, num_samples=args.per_volume)
+            cache_s = 0.0
+            if make is None:
+                start = time.perf_counter()
+                dataset = CacheDataset(items, transform, cache_rate=1.0, num_workers=0, progress=False)
+                cache_s = time.perf_counter() - start
+                workers = 1 if "1 thread" in name else 0
+                loader = ThreadDataLoader(dataset, batch_size=volumes, shuffle=True, num_workers=workers)
+            else:
+                loader = make(transform)
+            rate = loader_rate(loader, samples)
+            rows.append({"loader": name, "augment": augment, "samples_per_s": rate, "cache_build_s": cache_s})
+            progress.step(f"{name}, augment={augment}: {rate:.2f} samples/s")
+    return rows
+
+
+def _step_rates(precisions: tuple[str, ...], patch: int, args: argparse.Namespace, progress: Progress) -> dict:
+    """The denoiser's training step rate in each precision (the quick run: the small network)."""
+    from pipeline.demo.run import DemoSettings
+
+    # the quick run's step: the small network (its stride-2 stem), not the demo's full-resolution one
+    denoiser = {} if args.quick else dict(DemoSettings().denoiser)
+    size = "small" if args.quick else "default"
+    steps = {}
+    for precision in precisions:
+        network = build_denoiser("resunet3d", size, **denoiser)
+        steps[precision] = training_step_rate(
+            network, patch, args.batch, steps=1 if args.quick else 5, bf16=precision == "bf16"
+        )
+        progress.step(f"ResUnet3D {precision} step: {steps[precision]['samples_per_s']:.2f} samples/s")
+        print(f"ResUnet3D ({size}) {precision} step at {patch}^3, batch {args.batch}", flush=True)
+    return steps
+
+
+def _ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    best = max(rows, key=lambda r: r["samples_per_s"])
+    cached = next(r for r in rows if r["loader"].startswith("CacheDataset") and not r["augment"])
+    return {
+        "uncached (0 workers) / step rate": round(rows[0]["ratio_to_step_rate"], 2),
+        "best loader / step rate (target >= 3)": round(best["ratio_to_step_rate"], 2),
+        "best loader": f"{best['loader']} (augment={best['augment']})",
+        "cached / uncached (0 workers, no augmentation)": round(cached["samples_per_s"] / rows[0]["samples_per_s"], 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print the table and ratios, write the JSON.
+
+    Args:
+        argv: command-line arguments (default: ``sys.argv``).
+
+    Returns:
+        The result dict that was written.
+    """
+    from pipeline.data.cohort import CohortParameters, build_cohort
+    from pipeline.data.datasets import clean_folder
+
+    args = _parser().parse_args(argv)
     subjects, samples, patch = (4, 4, 16) if args.quick else (args.subjects, args.samples, args.patch)
     if args.per_volume < 1 or args.batch % args.per_volume:
         raise ValueError(f"--per-volume must be >= 1 and divide --batch ({args.batch}), got {args.per_volume}")
-    volumes = args.batch // args.per_volume
     params = CohortParameters(spacing=4.0) if args.quick else CohortParameters()
     torch.manual_seed(0)
     auto, note = benchmark_precision("auto")
     precisions = ("fp32", "bf16") if auto == "bf16" else ("fp32",)
     if auto != "bf16":
         note += "; the bf16 step rate is left out (emulated here, about 40x slower)"
-    augments = (False,) if args.quick else (False, True)
-    loaders = len(augments) * (2 if args.quick else 4)
+    loaders = (1 if args.quick else 2) * (2 if args.quick else 4)
     announce(
         "benchmarks.loading",
         f"a {subjects}-subject cohort at {params.spacing:g} mm, {loaders} loader runs of {samples} {patch}^3 patches,"
@@ -115,105 +186,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         note,
     )
     progress = Progress(1 + loaders + len(precisions))
-
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         cohort = build_cohort(Path(tmp) / "cohort", n_subjects=subjects, seed=0, params=params, noisy=False)
         build_s = time.perf_counter() - start
         progress.step(f"cohort: {subjects} subjects, {tuple(cohort.shape)} voxels at {params.spacing:g} mm")
         items = clean_folder(cohort.folders["clean"])
-        for augment in augments:
-            chain = dict(
-                stage="train",
-                patch_size=patch,
-                noise="gaussian",
-                level=(5.0, 25.0),
-                augment=augment,
-                num_samples=args.per_volume,
-            )
-            setups = [
-                (
-                    "Dataset + DataLoader, 0 workers",
-                    lambda t: DataLoader(Dataset(items, t), batch_size=volumes, shuffle=True),
-                ),
-                (
-                    "Dataset + DataLoader, 2 workers",
-                    lambda t: DataLoader(Dataset(items, t), batch_size=volumes, shuffle=True, num_workers=2),
-                ),
-                ("CacheDataset + ThreadDataLoader, 0 workers", None),
-                ("CacheDataset + ThreadDataLoader, 1 thread", None),
-            ]
-            if args.quick:  # the smoke run: one uncached and one cached loader
-                setups = [setups[0], setups[2]]
-            for name, make in setups:
-                transform = denoise_transforms(**chain)
-                cache_s = 0.0
-                if make is None:
-                    start = time.perf_counter()
-                    dataset = CacheDataset(items, transform, cache_rate=1.0, num_workers=0, progress=False)
-                    cache_s = time.perf_counter() - start
-                    workers = 1 if "1 thread" in name else 0
-                    loader = ThreadDataLoader(dataset, batch_size=volumes, shuffle=True, num_workers=workers)
-                else:
-                    loader = make(transform)
-                rate = loader_rate(loader, samples)
-                rows.append({"loader": name, "augment": augment, "samples_per_s": rate, "cache_build_s": cache_s})
-                progress.step(f"{name}, augment={augment}: {rate:.2f} samples/s")
-
-    from pipeline.demo.run import DemoSettings
-
-    # the quick run's step: the small network (its stride-2 stem), not the demo's full-resolution one
-    denoiser = {} if args.quick else dict(DemoSettings().denoiser)
-    size = "small" if args.quick else "default"
-    steps = {}
-    for precision in precisions:
-        steps[precision] = training_step_rate(
-            build_denoiser("resunet3d", size, **denoiser),
-            patch,
-            args.batch,
-            steps=1 if args.quick else 5,
-            bf16=precision == "bf16",
-        )
-        progress.step(f"ResUnet3D {precision} step: {steps[precision]['samples_per_s']:.2f} samples/s")
+        rows = _loader_rows(items, args, (args.batch // args.per_volume, samples, patch), progress)
+    steps = _step_rates(precisions, patch, args, progress)
     step = max(steps.values(), key=lambda r: r["samples_per_s"])
     for row in rows:
         row["ratio_to_step_rate"] = row["samples_per_s"] / step["samples_per_s"]
-    print(f"\ncohort: {subjects} subjects, {tuple(cohort.shape)} voxels at {params.spacing:g} mm ({build_s:.1f} s)")
-    for precision, rate in steps.items():
-        print(
-            f"ResUnet3D ({size}) {precision} step: {rate['samples_per_s']:.2f} samples/s at {patch}^3,"
-            f" batch {args.batch}"
-        )
-    print()
+    print(f"\ncohort: {subjects} subjects, {tuple(cohort.shape)} voxels at {params.spacing:g} mm ({build_s:.1f} s)\n")
     print(format_table(rows, ["loader", "augment", "samples_per_s", "cache_build_s", "ratio_to_step_rate"]))
-    best = max(rows, key=lambda r: r["samples_per_s"])
-    cached = next(r for r in rows if r["loader"].startswith("CacheDataset") and not r["augment"])
-    ratios = {
-        "uncached (0 workers) / step rate": round(rows[0]["ratio_to_step_rate"], 2),
-        "best loader / step rate (target >= 3)": round(best["ratio_to_step_rate"], 2),
-        "best loader": f"{best['loader']} (augment={best['augment']})",
-        "cached / uncached (0 workers, no augmentation)": round(cached["samples_per_s"] / rows[0]["samples_per_s"], 2),
-    }
+    ratios = _ratios(rows)
     for key, value in ratios.items():
         print(f"{key}: {value}")
-    result = {
-        "benchmark": "loading",
-        "quick": args.quick,
-        "machine": machine_info(),
-        "setup": {
-            "subjects": subjects,
-            "spacing_mm": params.spacing,
-            "patch": patch,
-            "batch": args.batch,
-            "per_volume": args.per_volume,
-            "precision_note": note,
-        },
-        "step": step,
-        "steps": steps,
-        "rows": rows,
-        "ratios": ratios,
-    }
+    setup = {"subjects": subjects, "spacing_mm": params.spacing, "patch": patch, "batch": args.batch}
+    setup.update(per_volume=args.per_volume, precision_note=note)
+    result = {"benchmark": "loading", "quick": args.quick, "machine": machine_info(), "setup": setup}
+    result.update(step=step, steps=steps, rows=rows, ratios=ratios)
     write_json(result, args.out)
     print(f"wrote {args.out}")
     return result

@@ -50,10 +50,9 @@ test volumes as the bundle does (input scaled by its own 99.5th percentile, slid
 pass, Gaussian blending, ``torch.inference_mode``, the training precision) with overlap 0.25 (``--overlap``).
 
 The settings were chosen on ResUnet3D with 5-minute pilots on the same cohort (mean test PSNR, Gaussian 15, 1
-thread): float32 64^3 x 2 at lr 1e-3 25.1 dB (114 steps); bf16 27.4 (297 steps); bf16 at lr 3e-3 28.6; 32^3 x 4
-patches 28.3 (732 steps); 32^3 x 4 from one volume at lr 3e-3 29.9 (988 steps); the same with 32-256 channels 29.9
-(463 steps); instance instead of batch norm 28.8 at 2 minutes (batch norm: 29.6); 96^3 tiles instead of 32^3 at
-evaluation: no gain (29.90 vs 29.93).
+thread): float32 64^3 x 2 at lr 1e-3 25.1 dB (114 steps); bf16 27.4; bf16 at lr 3e-3 28.6; 32^3 x 4 patches 28.3;
+32^3 x 4 from one volume at lr 3e-3 29.9 (988 steps; 32-256 channels: 29.9); instance norm 28.8 at 2 minutes (batch
+norm 29.6); 96^3 evaluation tiles instead of 32^3: no gain (29.90 vs 29.93).
 """
 
 from __future__ import annotations
@@ -77,13 +76,13 @@ from benchmarks._common import (
     bundle_resunet_config,
     default_out,
     expected_duration,
-    format_table,
     load_real_scan,
     machine_info,
     noisy_copy,
     write_json,
 )
 from benchmarks.classical import bm4d_available, evaluate_methods
+from benchmarks.quality_report import NOISES, collect, print_tables, ratios
 from pipeline.errors import NonFiniteLossError
 from pipeline.evaluation.classical import OUTPUT_FLOOR
 from pipeline.evaluation.metrics import masked_psnr, masked_ssim
@@ -103,8 +102,6 @@ __all__ = [
 ]
 
 NETWORKS = ("unet", "basicunet", "flexibleunet", "resunet3d")
-#: The scored noise kinds and their short names in the tables and JSON fields (``g15_psnr``, ``real_ric_psnr``, ...).
-NOISES = {"gaussian": "g15", "poisson": "poi", "rician": "ric"}
 #: Rician sigma of the scored volumes on the 0-255 scale of the robust maximum (the cohort's Gaussian level).
 RICIAN_LEVEL = 15.0
 #: The training noise, one third of the volumes each: (name, level range in ``transforms.noise.make_noise``'s units).
@@ -390,23 +387,6 @@ def _checkpoint_rows(
     return rows
 
 
-def _summarise(rows: list[dict[str, Any]], label: str) -> dict[str, Any]:
-    """Mean PSNR/SSIM/seconds of one method over the test volumes, per noise, plus its real-scan PSNR/SSIM."""
-    out: dict[str, Any] = {"method": label}
-    for kind, short in NOISES.items():
-        test = [r for r in rows if r["noise"] == kind and r["volume"] != "real_scan"]
-        real = [r for r in rows if r["noise"] == kind and r["volume"] == "real_scan"]
-        if test:
-            out[f"{short}_psnr"] = round(float(np.mean([r["psnr"] for r in test])), 2)
-            out[f"{short}_ssim"] = round(float(np.mean([r["ssim"] for r in test])), 4)
-            out[f"{short}_s"] = round(float(np.mean([r["seconds"] for r in test])), 3)
-            out[f"{short}_cpu_s"] = round(float(np.mean([r["cpu_seconds"] for r in test])), 3)
-        if real:
-            out[f"real_{short}_psnr"] = real[0]["psnr"]
-            out[f"real_{short}_ssim"] = real[0]["ssim"]
-    return out
-
-
 def _attempts(precision: str, lr: float) -> list[tuple[str, float]]:
     """(precision, learning rate) to try in turn while a network's loss turns non-finite.
 
@@ -422,26 +402,14 @@ def _default_checkpoints(minutes: float) -> list[float]:
     return [m for m in (1.0, 2.0, 5.0, 10.0, 20.0, 60.0) if m < minutes] + [minutes]
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the benchmark, print the tables and target ratios, write the JSON.
-
-    Args:
-        argv: command-line arguments (default: ``sys.argv``).
-
-    Returns:
-        The result dict that was written.
-    """
-    from pipeline.data.cohort import CohortParameters, build_cohort
-
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick", action="store_true", help="a smoke run: 5 subjects at 4 mm, small networks, 32^3, 1.2 CPU s each"
     )
     parser.add_argument("--minutes", type=float, default=5.0, help="training budget per network (see --clock)")
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="budget in process CPU or wall minutes")
-    parser.add_argument(
-        "--checkpoints", type=float, nargs="+", help="minutes to score at (default 1,2,5,... <= budget)"
-    )
+    parser.add_argument("--checkpoints", type=float, nargs="+", help="minutes to score at (default 1,2,5,...)")
     parser.add_argument("--subjects", type=int, default=16, help="cohort size (60/20/20 train/val/test)")
     parser.add_argument(
         "--resunet-minutes",
@@ -462,9 +430,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch", type=int, default=4, help="patches per training step")
     parser.add_argument("--samples", type=int, default=4, help="patches cut from each noisy volume")
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam's peak learning rate (every network)")
-    parser.add_argument(
-        "--schedule", choices=("cosine", "constant"), default="cosine", help="learning rate over the budget"
-    )
+    parser.add_argument("--schedule", choices=("cosine", "constant"), default="cosine", help="lr over the budget")
     parser.add_argument(
         "--precision",
         choices=("auto", "fp32", "bf16"),
@@ -474,26 +440,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(default_out("quality")))
-    args = parser.parse_args(argv)
-    if args.resunet is None:
-        from pipeline.demo.run import DemoSettings
+    return parser
 
-        args.resunet = dict(DemoSettings().denoiser)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.quick:
-        args.minutes, args.subjects, args.patch = 0.02, 5, 32
-    checkpoints = sorted(args.checkpoints) if args.checkpoints else _default_checkpoints(args.minutes)
-    size = "small" if args.quick else "default"
-    params = CohortParameters(spacing=4.0) if args.quick else CohortParameters()
-    precision, note = benchmark_precision(args.precision)
-    runs = [(name, checkpoints) for name in args.networks]
-    if args.resunet_minutes and "resunet3d" in args.networks:
-        runs.append(("resunet3d", _default_checkpoints(args.resunet_minutes)))
+
+def _announce(args: argparse.Namespace, runs: list, checkpoints: list[float], spacing: float, note: str) -> None:
+    """Say what the run measures and how long it should take."""
     budget = sum(max(marks) for _, marks in runs)
     if args.quick:
-        # CPU seconds on the 2-core Xeon (AMX) / 1.5 with Gaussian and Poisson cases, x 1.2 for the Rician ones (a
-        # quick run with them took 98 s wall against 82 s without, on the same shared machine)
+        # CPU seconds on the 2-core Xeon (AMX) / 1.5, x 1.2 for the Rician cases (98 s wall against 82 s without)
         expected = expected_duration(25, 30)
     else:  # the training budget dominates; the classical filters take minutes, BM4D tens of minutes
         threads = torch.get_num_threads() if args.clock == "cpu" else 1
@@ -505,13 +459,112 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     announce(
         "benchmarks.quality",
-        f"a {args.subjects}-subject cohort at {params.spacing:g} mm, classical filters"
+        f"a {args.subjects}-subject cohort at {spacing:g} mm, classical filters"
         f"{' except ' + ', '.join(args.skip) if args.skip else ''}, then "
         + ", ".join(f"{name} for {max(marks):g} min" for name, marks in runs)
         + f" (scored at {', '.join(f'{m:g}' for m in checkpoints)} min)",
         expected,
         note,
     )
+
+
+def _train_runs(
+    args: argparse.Namespace, runs: list, items: list, cases: list, precision: str
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Train every network run, retrying a diverged one (:func:`_attempts`); its checkpoint rows and the failures."""
+    size = "small" if args.quick else "default"
+    networks, diverged = [], []
+    for index, (name, marks) in enumerate(runs, 1):
+        for attempt, lr in _attempts(precision, args.lr):
+            print(
+                f"[{index}/{len(runs)}] training {name} for {max(marks):g} {args.clock} min ({attempt}, lr {lr:g})",
+                flush=True,
+            )
+            try:
+                rows = train_with_checkpoints(
+                    name,
+                    size,
+                    items,
+                    cases,
+                    marks,
+                    patch=args.patch,
+                    batch=args.batch,
+                    seed=args.seed,
+                    clock=args.clock,
+                    resunet=args.resunet,
+                    overlap=args.overlap,
+                    bf16=attempt == "bf16",
+                    schedule=args.schedule,
+                    lr=lr,
+                    samples=args.samples,
+                )
+                break
+            except Diverged as error:
+                print(f"{error}, {attempt}: trained again from the start", flush=True)
+                diverged.append(f"{error}, {attempt}")
+        else:
+            continue
+        networks += [{"run": f"{name} ({max(marks):g} min)", "lr": lr, "precision": attempt, **row} for row in rows]
+    return networks, diverged
+
+
+def _setup(args: argparse.Namespace, params: Any, checkpoints: list[float], precision: str, note: str) -> dict:
+    """The run's settings, as the JSON records them (the test subjects and real scan are added by :func:`main`)."""
+    return {
+        "subjects": args.subjects,
+        "spacing_mm": params.spacing,
+        "noise": {
+            "gaussian": f"sigma {params.gaussian_level:g}/255 of the robust maximum (the cohort's gaussian folder)",
+            "poisson": f"{params.poisson_scale:g} photons at the robust maximum (poisson/)",
+            "rician": f"sigma {RICIAN_LEVEL:g}/255 of the robust maximum per channel, seeded per subject",
+        },
+        "training_noise": {noise: list(level) for noise, level in TRAINING_NOISE},
+        "minutes_per_network": args.minutes,
+        "resunet3d_long_minutes": args.resunet_minutes,
+        "clock": args.clock,
+        "overlap": args.overlap,
+        "resunet3d": {**bundle_resunet_config(), **args.resunet},
+        "checkpoints_min": checkpoints,
+        "patch": args.patch,
+        "batch": args.batch,
+        "samples_per_volume": args.samples,
+        "lr": args.lr,
+        "schedule": args.schedule,
+        "precision": precision,
+        "precision_note": note,
+        "torch_threads": torch.get_num_threads(),
+        "seed": args.seed,
+        "bm4d_installed": bm4d_available(),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print the tables and target ratios, write the JSON.
+
+    Args:
+        argv: command-line arguments (default: ``sys.argv``).
+
+    Returns:
+        The result dict that was written.
+    """
+    from pipeline.data.cohort import CohortParameters, build_cohort
+
+    args = _parser().parse_args(argv)
+    if args.resunet is None:
+        from pipeline.demo.run import DemoSettings
+
+        args.resunet = dict(DemoSettings().denoiser)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.minutes, args.subjects, args.patch = 0.02, 5, 32
+    checkpoints = sorted(args.checkpoints) if args.checkpoints else _default_checkpoints(args.minutes)
+    params = CohortParameters(spacing=4.0) if args.quick else CohortParameters()
+    precision, note = benchmark_precision(args.precision)
+    runs = [(name, checkpoints) for name in args.networks]
+    if args.resunet_minutes and "resunet3d" in args.networks:
+        runs.append(("resunet3d", _default_checkpoints(args.resunet_minutes)))
+    _announce(args, runs, checkpoints, params.spacing, note)
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -523,180 +576,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         cases, tuning, items, test_ids = _cohort_cases(cohort, args.seed)
         real_cases, real_info = _real_cases(args.seed)
-        all_cases = cases + real_cases
-        classical = evaluate_methods(all_cases, tuning, quick=args.quick, skip=tuple(args.skip))
-        networks, diverged = [], []
-        for index, (name, marks) in enumerate(runs, 1):
-            for attempt, lr in _attempts(precision, args.lr):
-                print(
-                    f"[{index}/{len(runs)}] training {name} for {max(marks):g} {args.clock} min ({attempt}, lr {lr:g})",
-                    flush=True,
-                )
-                try:
-                    rows = train_with_checkpoints(
-                        name,
-                        size,
-                        items,
-                        all_cases,
-                        marks,
-                        patch=args.patch,
-                        batch=args.batch,
-                        seed=args.seed,
-                        clock=args.clock,
-                        resunet=args.resunet,
-                        overlap=args.overlap,
-                        bf16=attempt == "bf16",
-                        schedule=args.schedule,
-                        lr=lr,
-                        samples=args.samples,
-                    )
-                    break
-                except Diverged as error:
-                    print(f"{error}, {attempt}: trained again from the start", flush=True)
-                    diverged.append(f"{error}, {attempt}")
-            else:
-                continue
-            run = f"{name} ({max(marks):g} min)"
-            networks += [{"run": run, "lr": lr, "precision": attempt, **row} for row in rows]
+        classical = evaluate_methods(cases + real_cases, tuning, quick=args.quick, skip=tuple(args.skip))
+        networks, diverged = _train_runs(args, runs, items, cases + real_cases, precision)
 
-    summary = [
-        _summarise([r for r in classical if r["method"] == m], m) for m in dict.fromkeys(r["method"] for r in classical)
-    ]
-    curves = []
-    for run in dict.fromkeys(r["run"] for r in networks):
-        rows = [r for r in networks if r["run"] == run]
-        marks = list(dict.fromkeys(r["minutes"] for r in rows))
-        summary.append(_summarise([r for r in rows if r["minutes"] == max(marks)], run))
-        for minutes in marks:
-            cell = _summarise([r for r in rows if r["minutes"] == minutes], run)
-            first = next(r for r in rows if r["minutes"] == minutes)
-            curves.append(
-                {
-                    "run": run,
-                    "minutes": minutes,
-                    "wall_minutes": first["wall_minutes"],
-                    "steps": first["steps"],
-                    "lr": first["lr"],
-                    "precision": first["precision"],
-                    **{k: v for k, v in cell.items() if k != "method"},
-                }
-            )
-
-    print(f"\nheld-out cohort subjects {test_ids} (mean), real scan {real_info}\n")
-    cols = [
-        "method",
-        "g15_psnr",
-        "g15_ssim",
-        "g15_s",
-        "g15_cpu_s",
-        "poi_psnr",
-        "poi_ssim",
-        "ric_psnr",
-        "ric_ssim",
-        "real_g15_psnr",
-        "real_poi_psnr",
-        "real_ric_psnr",
-    ]
-    print(format_table(summary, cols))
-    print(f"\nPSNR vs. training minutes ({args.clock} clock; held-out cohort mean; real scan)\n")
-    curve_cols = [
-        "run",
-        "minutes",
-        "wall_minutes",
-        "steps",
-        "lr",
-        "precision",
-        "g15_psnr",
-        "poi_psnr",
-        "ric_psnr",
-        "real_g15_psnr",
-        "real_poi_psnr",
-        "real_ric_psnr",
-    ]
-    print(format_table(curves, curve_cols))
-    ratios = _ratios(summary, args.minutes)
-    for key, value in ratios.items():
+    summary, curves = collect(classical, networks)
+    print_tables(summary, curves, args.clock, test_ids, real_info)
+    found = ratios(summary, args.minutes)
+    for key, value in found.items():
         print(f"{key}: {value}")
-    result = {
-        "benchmark": "quality",
-        "quick": args.quick,
-        "machine": machine_info(),
-        "setup": {
-            "subjects": args.subjects,
-            "spacing_mm": params.spacing,
-            "test_subjects": test_ids,
-            "noise": {
-                "gaussian": f"sigma {params.gaussian_level:g}/255 of the robust maximum (the cohort's gaussian folder)",
-                "poisson": f"{params.poisson_scale:g} photons at the robust maximum (poisson/)",
-                "rician": f"sigma {RICIAN_LEVEL:g}/255 of the robust maximum per channel, seeded per subject",
-            },
-            "training_noise": {noise: list(level) for noise, level in TRAINING_NOISE},
-            "training_subjects": len(items),
-            "minutes_per_network": args.minutes,
-            "resunet3d_long_minutes": args.resunet_minutes,
-            "clock": args.clock,
-            "overlap": args.overlap,
-            "resunet3d": {**bundle_resunet_config(), **args.resunet},
-            "checkpoints_min": checkpoints,
-            "patch": args.patch,
-            "batch": args.batch,
-            "samples_per_volume": args.samples,
-            "lr": args.lr,
-            "schedule": args.schedule,
-            "precision": precision,
-            "precision_note": note,
-            "torch_threads": torch.get_num_threads(),
-            "seed": args.seed,
-            "real_scan": real_info,
-            "bm4d_installed": bm4d_available(),
-        },
-        "summary": summary,
-        "curves": curves,
-        "classical_rows": classical,
-        "network_rows": networks,
-        "ratios": ratios,
-        "diverged": diverged,
-    }
+    setup = _setup(args, params, checkpoints, precision, note)
+    setup.update(test_subjects=test_ids, training_subjects=len(items), real_scan=real_info)
+    result = {"benchmark": "quality", "quick": args.quick, "machine": machine_info(), "setup": setup}
+    result.update(summary=summary, curves=curves, classical_rows=classical, network_rows=networks)
+    result.update(ratios=found, diverged=diverged)
     write_json(result, args.out)
     print(f"wrote {args.out}")
     return result
-
-
-def _ratios(summary: list[dict[str, Any]], minutes: float) -> dict[str, Any]:
-    """The issue's targets, each as a measured difference or ratio (met or not is printed beside it).
-
-    ResUnet3D's longest run is compared with the classical methods; its run at ``minutes`` (the budget every
-    network had) with the MONAI networks.
-    """
-    by = {row["method"]: row for row in summary}
-    same = f"resunet3d ({minutes:g} min)"
-    resunet = [m for m in by if m.startswith("resunet3d (")]
-    longest = max(resunet, key=lambda m: float(m.split("(")[1].split()[0]), default=None)
-    out: dict[str, Any] = {}
-
-    def diff(a: str | None, b: str, key: str, target: float, label: str) -> None:
-        if a in by and b in by and key in by[a] and key in by[b]:
-            value = round(by[a][key] - by[b][key], 2)
-            out[f"{label} (target >= {target:+g} dB)"] = f"{value:+.2f} dB, {'met' if value >= target else 'missed'}"
-
-    diff(longest, "bm4d", "g15_psnr", 1.0, f"{longest} - BM4D, Gaussian 15")
-    diff(longest, "bm4d", "poi_psnr", 0.0, f"{longest} - BM4D, Poisson")
-    diff(longest, "bm4d", "ric_psnr", 0.0, f"{longest} - BM4D, Rician 15")
-    diff(longest, "nl_means", "real_g15_psnr", 1.0, f"{longest} - NL means, real scan, Gaussian 15")
-    for other in ("unet", "basicunet", "flexibleunet"):
-        name = f"{other} ({minutes:g} min)"
-        diff(same, name, "g15_psnr", 0.0, f"{same} - {name}, Gaussian 15")
-        diff(same, name, "poi_psnr", 0.0, f"{same} - {name}, Poisson")
-        diff(same, name, "ric_psnr", 0.0, f"{same} - {name}, Rician 15")
-    if longest and "g15_s" in by[longest]:
-        for other, target in (("bm4d", 20.0), ("nl_means", 1.0)):
-            if other in by and "g15_s" in by[other]:
-                value = by[other]["g15_s"] / max(by[longest]["g15_s"], 1e-9)
-                cpu = by[other]["g15_cpu_s"] / max(by[longest]["g15_cpu_s"], 1e-9)
-                out[f"{other} seconds / ResUnet3D seconds per volume (target >= {target:g}x)"] = (
-                    f"{value:.1f}x wall ({cpu:.1f}x CPU time), {'met' if value >= target else 'missed'}"
-                )
-    return out
 
 
 if __name__ == "__main__":

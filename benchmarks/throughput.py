@@ -220,15 +220,7 @@ def training_step_rate(
     }
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the benchmark, print the table and ratios, write the JSON.
-
-    Args:
-        argv: command-line arguments (default: ``sys.argv``).
-
-    Returns:
-        The result dict that was written.
-    """
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick",
@@ -256,17 +248,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         " bundle's)",
     )
     parser.add_argument("--out", default=str(default_out("throughput")))
-    args = parser.parse_args(argv)
-    if args.resunet is None:
-        from pipeline.demo.run import DemoSettings
+    return parser
 
-        args.resunet = dict(DemoSettings().denoiser)
-    # BasicUNet pools four times and FlexibleUNet's ResNet-18 five: they need 32^3
-    quick_patch = 32 if {"basicunet", "flexibleunet"} & set(args.networks) else 16
-    patch, batch, steps = (quick_patch, 2, 1) if args.quick else (args.patch, args.batch, args.steps)
-    size = "small" if args.quick else "default"
-    conv_size = 8 if args.quick else 48
-    torch.manual_seed(0)
+
+def _variants(args: argparse.Namespace) -> tuple[list[tuple], str, bool]:
+    """The variants to measure (``(name, channels_last, bf16, compile)``), the precision note, bf16 emulated?"""
     auto, note = benchmark_precision("auto")
     if args.variants is None:
         args.variants = default_variants(auto)
@@ -278,6 +264,63 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     variants = [(v, *VARIANTS[v]) for v in args.variants]
     if args.compile:
         variants.append(("compile", False, False, True))
+    return variants, note, emulated
+
+
+def _ceilings(ceilings: dict, conv_size: int, steps: int, when: str, progress: Progress) -> dict:
+    out = {}
+    for name, (channels_last, bf16) in ceilings.items():
+        out[name] = conv3d_ceiling(conv_size, steps=steps, channels_last=channels_last, bf16=bf16)
+        progress.step(f"conv3d ceiling {name} ({when}): {out[name]['gflops']:.1f} GFLOP/s")
+    return out
+
+
+def _step_rows(args: argparse.Namespace, variants: list, sizes: tuple[int, int, int], progress: Progress) -> list:
+    """One row per network and variant (``sizes``: patch, batch, timed steps)."""
+    patch, batch, steps = sizes
+    rows = []
+    for name in args.networks:
+        for variant, channels_last, bf16, compile_model in variants:
+            model = build_denoiser(
+                name, "small" if args.quick else "default", **args.resunet if name == "resunet3d" else {}
+            )
+            params = sum(p.numel() for p in model.parameters())
+            rate = training_step_rate(model, patch, batch, steps, channels_last, bf16, compile_model)
+            rows.append({"network": name, "variant": variant, "params_m": round(params / 1e6, 2), **rate})
+            progress.step(f"{name} {variant}: {rate['seconds']:.3f} s/step, {rate['gflops']:.1f} GFLOP/s")
+    return rows
+
+
+def _print_tables(rows: list, ceiling: dict, runs: dict, sizes: tuple[int, int, int]) -> None:
+    print("\nconv3d 32->32 3^3 fwd+bwd ceiling (GFLOP/s; the higher of the runs at the start and the end):")
+    for name, value in ceiling.items():
+        start, end = runs["start"][name]["gflops"], runs["end"][name]["gflops"]
+        print(f"  {name:17s} {value:7.1f} (start {start:.1f}, end {end:.1f})")
+    print(f"patch {sizes[0]}^3, batch {sizes[1]}, {sizes[2]} timed steps each (median)\n")
+    columns = ["network", "variant", "params_m", "gflop_per_step", "seconds", "samples_per_s", "gflops"]
+    print(format_table(rows, [*columns, "fraction_of_ceiling"]))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print the table and ratios, write the JSON.
+
+    Args:
+        argv: command-line arguments (default: ``sys.argv``).
+
+    Returns:
+        The result dict that was written.
+    """
+    args = _parser().parse_args(argv)
+    if args.resunet is None:
+        from pipeline.demo.run import DemoSettings
+
+        args.resunet = dict(DemoSettings().denoiser)
+    # BasicUNet pools four times and FlexibleUNet's ResNet-18 five: they need 32^3
+    quick_patch = 32 if {"basicunet", "flexibleunet"} & set(args.networks) else 16
+    patch, batch, steps = (quick_patch, 2, 1) if args.quick else (args.patch, args.batch, args.steps)
+    conv_size = 8 if args.quick else 48
+    torch.manual_seed(0)
+    variants, note, emulated = _variants(args)
     ceilings = {name: key for key, name in CEILINGS.items() if key in {v[1:3] for v in variants}}
     reference = _reference_seconds(args.networks, variants, patch, batch, steps, conv_size, len(ceilings), args.quick)
     announce(
@@ -289,60 +332,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         note,
     )
     progress = Progress(len(args.networks) * len(variants) + 2 * len(ceilings))
-
-    def measure_ceilings(when: str) -> dict[str, dict[str, float]]:
-        out = {}
-        for name, (cl, bf16) in ceilings.items():
-            out[name] = conv3d_ceiling(conv_size, steps=steps, channels_last=cl, bf16=bf16)
-            progress.step(f"conv3d ceiling {name} ({when}): {out[name]['gflops']:.1f} GFLOP/s")
-        return out
-
-    ceiling_before = measure_ceilings("start")
-    rows = []
-    for name in args.networks:
-        for variant, channels_last, bf16, compile_model in variants:
-            model = build_denoiser(name, size, **args.resunet if name == "resunet3d" else {})
-            params = sum(p.numel() for p in model.parameters())
-            rate = training_step_rate(model, patch, batch, steps, channels_last, bf16, compile_model)
-            rows.append({"network": name, "variant": variant, "params_m": round(params / 1e6, 2), **rate})
-            progress.step(f"{name} {variant}: {rate['seconds']:.3f} s/step, {rate['gflops']:.1f} GFLOP/s")
-    ceiling_after = measure_ceilings("end")
-    ceiling = {k: max(ceiling_before[k]["gflops"], ceiling_after[k]["gflops"]) for k in ceiling_before}
-    best_ceiling = max(ceiling.values())
+    runs = {"start": _ceilings(ceilings, conv_size, steps, "start", progress)}
+    rows = _step_rows(args, variants, (patch, batch, steps), progress)
+    runs["end"] = _ceilings(ceilings, conv_size, steps, "end", progress)
+    ceiling = {k: max(runs["start"][k]["gflops"], runs["end"][k]["gflops"]) for k in runs["start"]}
     for row in rows:
         row["ceiling"] = CEILINGS[VARIANTS.get(row["variant"], (False, False, False))[:2]]
         row["fraction_of_ceiling"] = row["gflops"] / ceiling[row["ceiling"]]
-        row["fraction_of_best_ceiling"] = row["gflops"] / best_ceiling
-
-    print("\nconv3d 32->32 3^3 fwd+bwd ceiling (GFLOP/s; the higher of the runs at the start and the end):")
-    for name, value in ceiling.items():
-        print(
-            f"  {name:17s} {value:7.1f} (start {ceiling_before[name]['gflops']:.1f}, "
-            f"end {ceiling_after[name]['gflops']:.1f})"
-        )
-    print(f"patch {patch}^3, batch {batch}, {steps} timed steps each (median)\n")
-    columns = ["network", "variant", "params_m", "gflop_per_step", "seconds", "samples_per_s", "gflops"]
-    print(format_table(rows, [*columns, "fraction_of_ceiling"]))
+        row["fraction_of_best_ceiling"] = row["gflops"] / max(ceiling.values())
+    _print_tables(rows, ceiling, runs, (patch, batch, steps))
     ratios = _ratios(rows)
     for key, value in ratios.items():
         print(f"{key}: {value}")
-    result = {
-        "benchmark": "throughput",
-        "quick": args.quick,
-        "machine": machine_info(),
-        "setup": {
-            "patch": patch,
-            "batch": batch,
-            "steps": steps,
-            "precision_note": note,
-            "variants": [v[0] for v in variants],
-            "conv_input": [2, 32, conv_size, conv_size, conv_size],
-        },
-        "ceiling_gflops": ceiling,
-        "ceiling_runs": {"start": ceiling_before, "end": ceiling_after},
-        "rows": rows,
-        "ratios": ratios,
-    }
+    setup = {"patch": patch, "batch": batch, "steps": steps, "precision_note": note}
+    setup.update(variants=[v[0] for v in variants], conv_input=[2, 32, conv_size, conv_size, conv_size])
+    result = {"benchmark": "throughput", "quick": args.quick, "machine": machine_info(), "setup": setup}
+    result.update(ceiling_gflops=ceiling, ceiling_runs=runs, rows=rows, ratios=ratios)
     write_json(result, args.out)
     print(f"wrote {args.out}")
     return result

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks import _common, classical, gpu, inference, loading, quality, throughput
+from benchmarks import _common, classical, gpu, inference, loading, quality, quality_report, throughput
 from pipeline.evaluation.metrics import masked_psnr, masked_ssim
 
 
@@ -254,7 +254,7 @@ def test_quality_ratios_compare_the_longest_resunet_with_bm4d_and_the_same_budge
         {"method": "resunet3d (60 min)", "g15_psnr": 32.5, "poi_psnr": 29.9, "ric_psnr": 30.75}
         | {"g15_s": 2.0, "g15_cpu_s": 4.0},
     ]
-    ratios = quality._ratios(summary, 10)
+    ratios = quality_report.ratios(summary, 10)
     assert ratios["resunet3d (60 min) - BM4D, Gaussian 15 (target >= +1 dB)"] == "+1.50 dB, met"
     assert ratios["resunet3d (60 min) - BM4D, Poisson (target >= +0 dB)"] == "-0.10 dB, missed"
     assert ratios["resunet3d (60 min) - BM4D, Rician 15 (target >= +0 dB)"] == "+0.25 dB, met"

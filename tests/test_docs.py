@@ -169,3 +169,166 @@ def test_a_block_without_its_json_fails_with_the_file_named(tmp_path):
 def test_an_example_marker_inside_a_code_block_is_no_block(tmp_path):
     text = "```text\n<!-- results:example -->\n<!-- /results -->\n```\n"
     assert report.page_blocks(text) == [] and report.render_text(text, tmp_path) == text
+
+
+def test_a_transcribed_result_says_where_it_came_from_and_renders_its_tables_and_notes(tmp_path):
+    table = {"title": "old runs", "columns": ["what", "s"], "rows": [["step", 1.93], ["a | b", "-"]]}
+    data = {"benchmark": "transcribed", "source": "docs/old.md", "machine": _MACHINE, "tables": [table]}
+    _write(tmp_path, "old", {**data, "notes": ["one seed only"]})
+    body = report.render_block("old", tmp_path)
+    assert "transcribed from docs/old.md, not re-measured: measured 2026-12-07 01:00 UTC on AMD EPYC" in body
+    assert "**old runs**" in body and "| step | 1.93 |" in body and "| a \\| b | - |" in body
+    assert body.rstrip().endswith("- one seed only")
+
+
+def _demo(classification: dict, floor: object) -> dict:
+    quality = {"psnr_brain": 30.81, "psnr_volume": 33.9, "ssim_brain": 0.951, "seconds": 2.5}
+    return {
+        "started": "2026-12-07T01:00:00+00:00",
+        "machine": {"processor": "x86_64", "torch": "2.13.0"},
+        "total_wall_s": 984.0,
+        "stages": [{"name": "train the denoiser", "wall_s": 570.0, "cpu_s": 1100.0}],
+        "denoising": {m: {"mean": quality, "per_volume": [quality] * 6} for m in ("noisy", "resunet3d")},
+        "classification": classification,
+        "logistic_floor_balanced_accuracy": floor,
+    }
+
+
+def test_the_demo_renders_every_classification_figure_with_its_interval_whatever_the_json_holds(tmp_path):
+    """The classification rows are generic: a new metric, or a floor with intervals, renders without a code change."""
+    scratch = {"balanced_accuracy": 0.75, "balanced_accuracy_interval": [0.5, 1.0], "auc": 0.8, "n": 12}
+    scratch |= {"sensitivity": [0.7, 0.4, 0.9], "subjects": {"sub-001": {"label": 1}}}
+    floor = {"balanced_accuracy": 0.78, "balanced_accuracy_interval": [0.6, 0.9], "auc": 0.81}
+    _write(tmp_path, "demo", _demo({"scratch": scratch}, floor))
+    body = report.render_block("demo", tmp_path)
+    assert "**16.4 minutes** wall; stages: train the denoiser 9.5 min." in body
+    assert "Denoising, mean of the 6 held-out volumes:" in body and "| noisy | 30.81 | 33.90 | 0.951 | - |" in body
+    assert "| classifier | balanced accuracy | auc | n | sensitivity |" in body
+    assert "| ResNet from scratch | 0.75 [0.50, 1.00] | 0.80 | 12 | 0.70 [0.40, 0.90] |" in body
+    assert "| logistic-regression floor | 0.78 [0.60, 0.90] | 0.81 | - | - |" in body
+    assert "measured 2026-12-07T01:00:00+00:00 on x86_64" in body  # the demo's own JSON: no CPU model yet
+
+
+def test_the_summary_draws_one_row_from_each_result_with_its_date_and_cpu(tmp_path):
+    _write(tmp_path, "demo", {**_demo({"scratch": {"balanced_accuracy": 0.67}}, 0.78), "quick": True})
+    targets = [{"target": "default - noisy input, every level", "value": 1.94, "met": True}]
+    targets.append({"target": "|SURE gain - true gain|", "value": 2.1, "met": False})
+    _write(tmp_path, "real", {"benchmark": "real_scans", "machine": _MACHINE, "targets": targets})
+    _write(tmp_path, "gpu", {"benchmark": "transcribed", "source": "x", "machine": _MACHINE, "headline": "0.21 s"})
+    rows = [
+        {"what": "demo", "link": "docs/a.md", "result": "demo", "headline": "denoising"},
+        {"what": "demo classification", "result": "demo", "headline": "classification"},
+        {"what": "real heads", "result": "real", "headline": "targets"},
+        {"what": "GPU", "result": "gpu", "headline": "headline"},
+    ]
+    _write(tmp_path, "summary", {"benchmark": "summary", "rows": rows})
+    body = report.render_block("summary", tmp_path)
+    assert "| [demo](docs/a.md) | noisy 30.8, **ResUnet3D 30.8** | 2026-12-07, x86_64, a quick run |" in body
+    assert "| demo classification | ResNet from scratch: balanced accuracy 0.67; logistic-regression floor:" in body
+    assert "| real heads | default - noisy input, every level: +1.94 dB (met) | 2026-12-07, AMD EPYC" in body
+    assert "| GPU | 0.21 s | 2026-12-07, AMD EPYC; transcribed, not re-measured |" in body
+    _write(tmp_path, "summary", {"benchmark": "summary", "rows": [{**rows[0], "headline": "speed"}]})
+    with pytest.raises(report.ResultsBlockError, match="no headline"):
+        report.render_block("summary", tmp_path)
+
+
+def _study() -> dict:
+    """A small result of ``pipeline.study``'s shape (``pipeline/study/report.py``)."""
+    diff = {"estimate": -0.5, "t_interval": [-0.9, -0.1], "bootstrap_interval": [-0.8, -0.2], "margin": 0.1}
+    arms = [{"arm": "baseline", "question": "q", "psnr_brain": 28.0, "cpu_seconds": 50.0}]
+    arms += [
+        {"arm": name, "question": "q", "psnr_brain": 27.5, "cpu_seconds": 60.0, "diff_psnr_brain": {**diff, **extra}}
+        for name, extra in (
+            ("depth_18", {"verdict": "worse"}),
+            ("lr_x3", {"verdict": "inconclusive", "underpowered": True}),
+        )
+    ]
+    auc = {"random": [0.7, 0.6, 0.8], "denoiser_x0.25": [0.72, 0.6, 0.8], "denoiser": [0.75, 0.65, 0.85]}
+    rows = [{"encoder": "logistic floor", "evaluation": "voxels", "size": "small", "seeds": 1, "auc": [0.7, 0.6, 0.8]}]
+    rows += [
+        {"encoder": kind, "evaluation": ev, "size": "small", "seeds": 10, "auc": value, "balanced_accuracy": value}
+        for ev in ("probe", "finetune")
+        for kind, value in auc.items()
+    ]
+    contrast = {"encoder": "denoiser", "evaluation": "probe", "size": "small", "answer": "inconclusive"}
+    contrast["diff_auc"] = {"estimate": 0.05, "bootstrap_interval": [-0.05, 0.15], "verdict": "inconclusive"}
+    machine = {"processor": "x86_64", "python": "3.11.7"}
+    return {
+        "command": "python -m pipeline.study",
+        "machine": machine,
+        "arms": arms,
+        "longer": [],
+        "transfer": {"rows": rows, "contrasts": [contrast], "level": 0.9875},
+    }
+
+
+def test_the_study_renders_its_verdicts_and_its_plots_are_the_same_bytes_every_time(tmp_path):
+    results = tmp_path / "docs" / "results"
+    _write(results, "study", _study())
+    body = report.render_block("study", results)
+    assert "| q | depth_18 | 27.50 | -0.50 [-0.80, -0.20], t [-0.90, -0.10] | worse | 60 |" in body
+    assert "| inconclusive (underpowered) |" in body and "| random, probe, small | 10 | 0.70 [0.60, 0.80] |" in body
+    assert "| denoiser | probe | small | +0.05 [-0.05, +0.15] | inconclusive |" in body
+    for plot in ("forest", "transfer"):
+        caption, png = report.render_figure("study", plot, results)
+        assert png.startswith(b"\x89PNG") and caption
+        assert report.render_figure("study", plot, results)[1] == png
+    with pytest.raises(report.ResultsBlockError, match="has no plot 'slices'"):
+        report.render_figure("study", "slices", results)
+
+
+def test_check_fails_when_an_image_is_stale_and_render_rewrites_it(tmp_path):
+    results = tmp_path / "docs" / "results"
+    _write(results, "study", _study())
+    (tmp_path / "README.md").write_text("<!-- figure:study:forest -->\n<!-- /figure -->\n")
+    (tmp_path / "docs" / "page.md").write_text("<!-- figure:study:transfer -->\n<!-- /figure -->\n")
+    images = tmp_path / "docs" / "images"
+    stale = report.render_pages(tmp_path, check=True)
+    assert stale == [tmp_path / "README.md", tmp_path / "docs" / "page.md"] + [
+        images / "study-forest.png",
+        images / "study-transfer.png",
+    ]
+    assert not images.exists()  # check writes nothing
+    report.render_pages(tmp_path)
+    assert "![study, forest](docs/images/study-forest.png)" in (tmp_path / "README.md").read_text()
+    assert "![study, transfer](images/study-transfer.png)" in (tmp_path / "docs" / "page.md").read_text()
+    assert report.render_pages(tmp_path, check=True) == []
+    (images / "study-forest.png").write_bytes(b"typed over")
+    assert report.render_pages(tmp_path, check=True) == [images / "study-forest.png"]
+    study = _study()
+    study["arms"][1]["diff_psnr_brain"]["estimate"] = -0.4  # a re-recorded result, not rendered again
+    _write(results, "study", study)
+    assert images / "study-forest.png" in report.render_pages(tmp_path, check=True)
+
+
+def test_the_real_head_slices_come_from_the_npz_beside_the_json(tmp_path):
+    import numpy as np
+
+    from benchmarks.figures import slices
+
+    volume = np.zeros((12, 10, 8), np.float32)
+    volume[3:9, 2:8, 2:6] = 1.0
+    cut = slices({"noisy": volume + 0.1, "denoised": volume, "clean": volume}, volume > 0)
+    assert cut["clean"].shape == (10, 10) and cut["clean"].dtype == np.float16  # the head box plus 2 voxels
+    np.savez_compressed(tmp_path / "head.npz", **cut)
+    data = {"benchmark": "figures", "machine": _MACHINE, "slices_file": "head.npz", "psnr_head": {"noisy": 20.0}}
+    _write(tmp_path, "head", {**data, "noise": {"kind": "Gaussian", "level_255": 15.0}})
+    caption, png = report.render_figure("head", "slices", tmp_path)
+    assert "Gaussian noise of 15/255 added" in caption and png.startswith(b"\x89PNG")
+
+
+def test_record_as_names_the_demo_result(tmp_path):
+    source = tmp_path / "demo" / "results.json"
+    _write(source.parent, "results", _demo({}, 0.5))
+    assert report.record([source], tmp_path / "out", name="demo") == [tmp_path / "out" / "demo.json"]
+    with pytest.raises(report.ResultsBlockError, match="one file at a time"):
+        report.record([source, source], tmp_path / "out", name="demo")
+
+
+def test_every_committed_image_is_shown_on_a_page():
+    shown = set()
+    for page in report._pages(ROOT):
+        shown |= {
+            f"{m.group('name')}-{m.group('plot')}.png" for m in report._blocks(page.read_text()) if m.group("plot")
+        }
+    assert {p.name for p in (ROOT / "docs" / "images").glob("*.png")} == shown
