@@ -357,6 +357,7 @@ def test_quality_trains_with_the_pipelines_supervised_trainer_and_scores_at_each
 ):
     from monai.engines import SupervisedTrainer
 
+    from pipeline.training import handlers
     from pipeline.training.handlers import NonFiniteLossGuard, TimeBudget
 
     built = []
@@ -368,6 +369,16 @@ def test_quality_trains_with_the_pipelines_supervised_trainer_and_scores_at_each
         return trainer
 
     monkeypatch.setattr(quality, "build_denoise_trainer", spy)
+
+    class Clock:  # each reading 0.05 s later: a loaded machine cannot squeeze the budget into one step
+        now = 0.0
+
+        @classmethod
+        def perf_counter(cls) -> float:
+            cls.now += 0.05
+            return cls.now
+
+    monkeypatch.setattr(handlers, "time", Clock)
     items = [{"image": str(path)} for path in nifti_volumes]
     rng = np.random.default_rng(0)
     clean = rng.uniform(0.2, 0.8, (24, 24, 24)).astype(np.float32)
@@ -376,7 +387,7 @@ def test_quality_trains_with_the_pipelines_supervised_trainer_and_scores_at_each
         {"noise": kind, "volume": "v", "noisy": noisy, "clean": clean, "mask": np.ones(clean.shape, bool)}
         for kind in ("gaussian", "poisson", "rician")
     ]
-    marks = [0.002, 0.004]  # wall minutes: 0.12 and 0.24 s
+    marks = [0.002, 0.004]  # wall minutes: 0.12 and 0.24 s, 3 and 5 steps of the fake clock
     rows = quality.train_with_checkpoints(
         "unet", "small", items, cases, marks, patch=16, batch=2, seed=0, clock="wall", lr=1e-3, samples=2
     )
@@ -388,7 +399,7 @@ def test_quality_trains_with_the_pipelines_supervised_trainer_and_scores_at_each
     assert [r["minutes"] for r in rows] == [0.002] * 3 + [0.004] * 3
     assert [r["noise"] for r in rows] == ["gaussian", "poisson", "rician"] * 2
     first, last = rows[0], rows[-1]
-    assert 1 <= first["steps"] <= last["steps"] == trainer.state.iteration
+    assert first["steps"] == 3 and last["steps"] == trainer.state.iteration == 5
     assert math.isfinite(last["loss"]) and last["clock"] == "wall" and last["network"] == "unet"
     assert handlers[1].elapsed_s >= 0.004 * 60
     printed = capsys.readouterr().out
