@@ -213,7 +213,9 @@ def test_configs_use_the_zoo_ids_relative_paths_and_map_location():
     assert len(loaders) >= 5
     for name, loader in loaders:
         assert loader.get("map_location") == "@device", name
-    resume = [loader for _, loader in loaders if "trainer" in loader["load_dict"]]
+    # the resume loaders restore the trainer with the rest (train::checkpoint_state, which the saver saves too)
+    assert set(merged["train"]["checkpoint_state"]) == {"network", "optimizer", "lr_scheduler", "trainer", "best_saver"}
+    resume = [loader for _, loader in loaders if loader["load_dict"] == "@train::checkpoint_state"]
     assert resume and all(loader["_disabled_"] == "$not os.path.exists(@resume_ckpt)" for loader in resume)
 
 
