@@ -113,7 +113,8 @@ def make_loader(
     """A MONAI ``DataLoader`` over a dataset, or over a list of dicts wrapped in ``monai.data.Dataset``.
 
     Args:
-        data: a ``torch.utils.data.Dataset`` (used as is) or a sequence of dicts (paths or tensors per key).
+        data: a ready ``DataLoader`` (returned as is: its own batch size, sampler and generator), a
+            ``torch.utils.data.Dataset`` (used as is) or a sequence of dicts (paths or tensors per key).
         transform: applied to each dict when ``data`` is a sequence.
         batch_size: items per batch (>= 1).
         shuffle: reshuffle every epoch (training); the order follows torch's global generator, which
@@ -125,6 +126,8 @@ def make_loader(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if isinstance(data, torch.utils.data.DataLoader):
+        return data
     dataset = data if isinstance(data, torch.utils.data.Dataset) else Dataset(list(data), transform=transform)
     if len(dataset) == 0:
         raise ValueError("the data set is empty.")

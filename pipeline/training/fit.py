@@ -220,10 +220,10 @@ class FitContext:
         run_dir: the run folder.
         optimizer: the optimiser over the task's network.
         train_loader: the shuffled training loader.
-        val_loader: the validation loader.
+        val_loader: the validation loader (``None`` without validation data).
         summary_writer: the run's TensorBoard writer.
         train_data: the training data.
-        val_data: the validation data.
+        val_data: the validation data (``None``: none).
         val_transform: the transform of dict validation (and test) data.
         test_data: the held-out data, or ``None``.
         subjects: ``{"train": [...], "val": [...]}`` (and ``"test"`` with test data).
@@ -255,7 +255,8 @@ class Task:
         network: the network that is optimised and saved as ``model.pt``.
         loss: the loss (moved to the device when it is a module).
         build_trainer: ``(context) -> SupervisedTrainer`` running ``module``.
-        build_evaluator: ``(context) -> SupervisedEvaluator`` of ``network`` with the key metric.
+        build_evaluator: ``(context) -> SupervisedEvaluator`` of ``network`` with the key metric; ``None`` for a
+            task without validation (adaptation: its guard checks instead), run with ``val_data=None``.
         key_metric: the default key metric (used when the settings give none).
         module: what the trainer runs when it is not ``network`` (e.g. the
             :class:`~pipeline.training.distill.TeacherStudent` pair); moved to the device.
@@ -273,7 +274,7 @@ class Task:
     network: nn.Module
     loss: Callable
     build_trainer: Callable[[FitContext], SupervisedTrainer]
-    build_evaluator: Callable[[FitContext], SupervisedEvaluator]
+    build_evaluator: Callable[[FitContext], SupervisedEvaluator] | None
     key_metric: str
     module: nn.Module | None = None
     val_batch_size: int | None = None
@@ -341,8 +342,8 @@ def fit(
     Args:
         task: what to train (:func:`~pipeline.training.denoise.denoise_task`,
             :func:`~pipeline.training.classify.classify_task`, :func:`~pipeline.training.distill.distill_task`).
-        train_data: training dicts or a dataset.
-        val_data: validation dicts or a dataset.
+        train_data: training dicts, a dataset or a ready ``DataLoader``.
+        val_data: validation dicts or a dataset (``None`` for a task without an evaluator).
         run_dir: the run folder (see :func:`pipeline.training.engines.run_training`).
         settings: the shared training settings.
         test_data: held-out data for the task's after-training step (e.g. ``predictions_test.csv``).
@@ -369,9 +370,10 @@ def fit(
     train_loader = make_loader(
         train_data, train_transform, batch_size=settings.batch_size, shuffle=True, num_workers=settings.num_workers
     )
-    val_loader = make_loader(
-        val_data, val_transform, batch_size=task.val_batch_size or settings.batch_size, num_workers=settings.num_workers
-    )
+    val_loader = None
+    if val_data is not None:
+        val_batch = task.val_batch_size or settings.batch_size
+        val_loader = make_loader(val_data, val_transform, batch_size=val_batch, num_workers=settings.num_workers)
     writer = SummaryWriter(log_dir=str(run_dir))
     context = FitContext(
         settings=settings,
@@ -437,7 +439,7 @@ def _train(
 ) -> TrainingResult:
     """Build the task's evaluator and trainer and run them through :func:`~pipeline.training.engines.run_training`."""
     settings = context.settings
-    evaluator = task.build_evaluator(context)
+    evaluator = task.build_evaluator(context) if task.build_evaluator is not None else None
     trainer = task.build_trainer(context)
     run_info = {**task.run_info}
     if task.check_overlap:
