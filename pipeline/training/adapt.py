@@ -173,31 +173,37 @@ ADAPT_DERIVED: tuple[str, ...] = ("max_epochs", "batch_size")
 
 
 def _check_arguments(
-    loss: str, criterion: str, counts: Mapping[str, int], batch_size: int, num_samples: int, fractions: Mapping
+    loss: str,
+    criterion: str,
+    limits: Mapping[str, float],
+    heldout_per_scan: int,
+    batch_size: int,
+    num_samples: int,
+    holdout_fraction: float,
+    sigma_band: Sequence[float],
 ) -> None:
     """Refuse out-of-range arguments before any scan is read (``ValueError`` naming them)."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}.")
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}.")
-    if any(value < 1 for value in counts.values()):
-        raise ValueError(f"{', '.join(counts)} must be >= 1.")
+    counts = (limits["max_iterations"], limits["check_every"], limits["patience"], heldout_per_scan)
+    if min(counts) < 1:
+        raise ValueError("iterations, check_every, patience and heldout_per_scan must be >= 1.")
     if num_samples < 1 or batch_size % num_samples:
         raise ValueError(f"num_samples must be >= 1 and divide batch_size ({batch_size}), got {num_samples}.")
-    if not 0 < fractions["holdout_fraction"] <= 0.5:
-        raise ValueError(f"holdout_fraction must be in (0, 0.5], got {fractions['holdout_fraction']!r}.")
-    band = fractions["sigma_band"]
-    if not band or not all(k > 0 for k in band):
-        raise ValueError(f"sigma_band must hold positive factors, got {band!r}.")
-    if not 0 <= fractions["min_improvement"] < 1 or not fractions["harm_tolerance"] >= 0:
-        raise ValueError("min_improvement must be in [0, 1), harm_tolerance >= 0 and lr > 0.")
+    if not 0 < holdout_fraction <= 0.5:
+        raise ValueError(f"holdout_fraction must be in (0, 0.5], got {holdout_fraction!r}.")
+    if not sigma_band or not all(k > 0 for k in sigma_band):
+        raise ValueError(f"sigma_band must hold positive factors, got {sigma_band!r}.")
+    if not 0 <= limits["min_improvement"] < 1 or not limits["harm_tolerance"] >= 0:
+        raise ValueError("min_improvement must be in [0, 1) and harm_tolerance >= 0.")
 
 
 def _prepare_scans(
     items: Sequence[Mapping[str, Any]],
     preprocessing: Callable[[dict], dict],
     patch: tuple[int, ...],
-    *,
     loss: str,
     criterion: str,
     sigma: float | None,
@@ -388,56 +394,20 @@ def adapt_denoiser(
     Raises:
         ValueError: an argument out of range, or no scan.
     """
-    counts = {"iterations": iterations, "check_every": check_every, "patience": patience}
-    fractions = {"holdout_fraction": holdout_fraction, "sigma_band": sigma_band}
-    fractions.update(min_improvement=min_improvement, harm_tolerance=harm_tolerance)
-    _check_arguments(
-        loss, criterion, counts | {"heldout_per_scan": heldout_per_scan}, batch_size, num_samples, fractions
-    )
+    limits = {"check_every": check_every, "patience": patience, "harm_tolerance": harm_tolerance}
+    limits.update(max_iterations=iterations, min_improvement=min_improvement)
+    _check_arguments(loss, criterion, limits, heldout_per_scan, batch_size, num_samples, holdout_fraction, sigma_band)
     settings = fit_settings(settings, ADAPT_DEFAULTS, **fit_fields)
     if not items:
         raise ValueError("no scan to adapt to.")
     patch = (int(patch_size),) * 3 if isinstance(patch_size, int) else tuple(int(p) for p in patch_size)
     seed, device = settings.seed, resolve_device(settings.device)
-    prepared = _prepare_scans(
-        items,
-        preprocessing,
-        patch,
-        loss=loss,
-        criterion=criterion,
-        sigma=sigma,
-        holdout_fraction=holdout_fraction,
-        seed=seed,
-    )
+    prepared = _prepare_scans(items, preprocessing, patch, loss, criterion, sigma, holdout_fraction, seed)
     check_batches = heldout_batches(prepared, patch, heldout_per_scan, batch_size, seed)
-    crops = RandSpatialCropSamplesd(["image", "holdout"], roi_size=patch, num_samples=num_samples, random_size=False)
-    dataset = CacheDataset(prepared, transform=Compose([crops]).set_random_state(seed), cache_rate=0.0, progress=False)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size // num_samples,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
-        num_workers=settings.num_workers,
-    )
-    prepare = {
-        "n2s": lambda: BlindSpotBatch(mask_prob, seed),
-        "r2r": lambda: RecorruptBatch(None, seed=seed),
-        "sure": lambda: SureBatch(seed),
-    }[loss]()
+    loader = _patch_loader(prepared, patch, num_samples, batch_size // num_samples, seed, settings.num_workers)
+    prepare = _batch_builder(loss, mask_prob, seed)
     network.to(device)
-    guard = _make_guard(
-        network,
-        check_batches,
-        criterion,
-        device,
-        seed,
-        sigma_band,
-        check_every=check_every,
-        patience=patience,
-        harm_tolerance=harm_tolerance,
-        max_iterations=iterations,
-        min_improvement=min_improvement,
-    )
+    guard = _make_guard(network, check_batches, criterion, device, seed, sigma_band, **limits)
     derived = {"max_epochs": max(1, math.ceil(iterations / max(1, len(loader)))), "batch_size": loader.batch_size}
     settings = dataclasses.replace(settings, **derived)
     output_path = Path(output_path)
@@ -452,6 +422,23 @@ def adapt_denoiser(
         with atomic_path(Path(report_path)) as tmp:
             tmp.write_text(json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8")
     return result
+
+
+def _patch_loader(
+    prepared: list[dict[str, Any]], patch: tuple[int, ...], num_samples: int, scans: int, seed: int, num_workers: int
+) -> DataLoader:
+    """Shuffled ``scans`` per step (seeded), ``num_samples`` random patches cut from each, with their hold-out."""
+    crops = RandSpatialCropSamplesd(["image", "holdout"], roi_size=patch, num_samples=num_samples, random_size=False)
+    dataset = CacheDataset(prepared, transform=Compose([crops]).set_random_state(seed), cache_rate=0.0, progress=False)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=scans, shuffle=True, generator=generator, num_workers=num_workers)
+
+
+def _batch_builder(loss: str, mask_prob: float, seed: int) -> Callable:
+    """The ``prepare_batch`` of ``loss``: input and target built from the noisy patches."""
+    if loss == "n2s":
+        return BlindSpotBatch(mask_prob, seed)
+    return RecorruptBatch(None, seed=seed) if loss == "r2r" else SureBatch(seed)
 
 
 def _fit_guarded(
