@@ -49,7 +49,9 @@ def test_the_denoiser_splits_inside_the_classifiers_train_subjects_and_tests_on_
 
 
 def test_the_classifier_split_is_the_file_then_the_csv_column_then_drawn(tmp_path):
-    with_column = [dict(item, split="test" if i > 7 else "val" if i > 5 else "train") for i, item in enumerate(items(10))]
+    with_column = [
+        dict(item, split="test" if i > 7 else "val" if i > 5 else "train") for i, item in enumerate(items(10))
+    ]
     splits = classifier_splits(with_column)
     assert set(splits.test) == {"sub-08", "sub-09"} and set(splits.val) == {"sub-06", "sub-07"}
     drawn = classifier_splits(items(10), val_fraction=0.2, test_fraction=0.2, seed=3)
