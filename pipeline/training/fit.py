@@ -1,19 +1,21 @@
 """One ``fit`` for every training task: the shared settings (:class:`FitSettings`), a task description (:class:`Task`).
 
 Denoising (:func:`pipeline.training.denoise.denoise_task`), classification
-(:func:`pipeline.training.classify.classify_task`) and distillation (:func:`pipeline.training.distill.distill_task`)
+(:func:`pipeline.training.classify.classify_task`), distillation (:func:`pipeline.training.distill.distill_task`) and
+site adaptation (:func:`pipeline.training.adapt.adapt_task`: no evaluator, its held-out guard as the trainer's handler)
 describe only what differs: the network saved as ``model.pt``, the module the trainer runs, the loss, how to build
 the trainer and the evaluator, their ``run_info.json`` fields, the model card and an optional step after training.
-:func:`fit` does the rest once for all three: subject checks, device and precision, optimiser and schedule, loaders,
+:func:`fit` does the rest once for all four: subject checks, device and precision, optimiser and schedule, loaders,
 the TensorBoard writer, :func:`pipeline.training.engines.run_training` and the after-training step. The public
-``train_denoiser``, ``finetune_classifier`` and ``distill`` are thin wrappers around it.
+``train_denoiser``, ``finetune_classifier``, ``distill`` and ``adapt_denoiser`` are thin wrappers around it.
 
 The bundle configs build their optimiser and learning-rate schedule with :func:`make_optimizer` and
 :func:`make_scheduler` from a :class:`FitSettings` (``fit_settings`` in ``finetune_classifier.yaml`` and
-``train_denoise.yaml``), the same code :func:`fit` runs. Their handler lists, trainer and evaluator stay written out
-in YAML: MONAI's model zoo requires ``train#trainer``, ``train#handlers`` and ``validate#evaluator`` as config
-items that ``multi_gpu_train.yaml`` and command-line overrides reach one by one (``_disabled_`` per rank), which a
-single Python call would hide.
+``train_denoise.yaml``), the same code :func:`fit` runs, and their logs, periodic checkpoint and best-model saver with
+:mod:`pipeline.training.bundle_engine`. Their trainer, evaluator and the rest of the handler list stay config items:
+MONAI's model zoo requires ``train#trainer``, ``train#handlers`` (a list of components, whose ``ValidationHandler``
+``check_properties`` reads) and ``validate#evaluator``, which ``multi_gpu_train.yaml`` and command-line overrides reach
+one by one.
 """
 
 from __future__ import annotations
