@@ -347,15 +347,15 @@ def adapt_denoiser(
     freeze_norm: bool = True,
     report_path: str | os.PathLike | None = None,
     run_dir: str | os.PathLike | None = None,
+    refuse_is_error: bool = False,
     settings: FitSettings | None = None,
     **fit_fields: Any,
 ) -> AdaptationResult:
     """Fine-tune ``network`` on noisy scans without clean references, saving the weights only if they help.
 
-    See the module docstring for the losses and the guard. It trains through :func:`~pipeline.training.fit.fit`
-    (:func:`adapt_task`): ``lr``, ``seed``, ``device``, ``precision``... are :class:`FitSettings` fields (defaults
-    :data:`ADAPT_DEFAULTS`: Adam at 1e-4, fp32, the CPU); ``max_epochs`` and ``batch_size`` follow from
-    ``iterations``, ``batch_size`` and ``num_samples``; fields about validation do nothing (there is none).
+    See the module docstring for the losses and the guard. It trains through :func:`fit` (:func:`adapt_task`):
+    ``lr``, ``seed``, ``device``... are :class:`FitSettings` fields (defaults :data:`ADAPT_DEFAULTS`); fields about
+    validation do nothing (there is none), and :data:`ADAPT_DERIVED` follow from the step budget and batches.
 
     Args:
         network: the trained denoiser (weights loaded), modified in place (restored when refused).
@@ -380,11 +380,10 @@ def adapt_denoiser(
         harm_tolerance: stop when the criterion exceeds the start's by this share of the same scale.
         sigma_band: SURE check: factors on each scan's sigma (its estimate's uncertainty) at which a gain must hold
             too (:mod:`pipeline.evaluation.sure`); ``(1,)`` trusts a known sigma.
-        freeze_norm: keep normalisation layers' running statistics fixed (small batches of one site would
-            otherwise overwrite them).
+        freeze_norm: keep normalisation layers' running statistics fixed (one site's small batches would not).
         report_path: write the result as JSON here (``None``: no report).
-        run_dir: the training record (``train.log``, ``run_info.json``, TensorBoard; default: beside
-            ``output_path``, ``<stem>_run``).
+        run_dir: the run record (``train.log``, ``run_info.json``, TensorBoard); default ``<output stem>_run``.
+        refuse_is_error: raise :class:`AdaptationRefused` when refused (after the report is written).
         settings: the shared training settings (``lr``, ``seed``, ``device``, ...).
         **fit_fields: :class:`FitSettings` fields replacing those of ``settings``.
 
@@ -393,6 +392,7 @@ def adapt_denoiser(
 
     Raises:
         ValueError: an argument out of range, or no scan.
+        AdaptationRefused: with ``refuse_is_error``, when the adapted weights were refused.
     """
     limits = {"check_every": check_every, "patience": patience, "harm_tolerance": harm_tolerance}
     limits.update(max_iterations=iterations, min_improvement=min_improvement)
@@ -421,7 +421,7 @@ def adapt_denoiser(
         Path(report_path).parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(Path(report_path)) as tmp:
             tmp.write_text(json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8")
-    return result
+    return result.raise_if_refused() if refuse_is_error else result
 
 
 def _patch_loader(
