@@ -23,11 +23,17 @@ from ignite.handlers import ProgressBar
 from monai.handlers import StatsHandler, TensorBoardStatsHandler
 from torch.optim import Optimizer
 
+from pipeline.data.splits import SubjectSplits, save_splits
+from pipeline.runtime.model_card import write_model_card
+from pipeline.runtime.weights import load_checkpoint
 from pipeline.training.checkpoint import AtomicCheckpointSaver
 from pipeline.training.handlers import LearningRateLogger
+from pipeline.training.runinfo import write_run_info
 
 __all__ = [
     "attach_checkpoint_handlers",
+    "check_resume",
+    "record_run",
     "TrainingLogs",
     "best_saver",
     "checkpoint_saver",
@@ -155,3 +161,41 @@ def attach_checkpoint_handlers(handlers: Sequence[Any], trainer: Engine) -> None
     for handler in handlers:
         if handler is not None:
             handler.attach(trainer)
+
+
+def check_resume(resume_ckpt: str | os.PathLike) -> None:
+    """Refuse a truncated or unsafe checkpoint to resume from before anything runs (``""``: nothing to resume).
+
+    ``CheckpointLoader`` would fail only when the trainer starts; the loaded dict is not kept.
+
+    Raises:
+        pipeline.errors.CheckpointError: naming the file and its problem.
+    """
+    if resume_ckpt:
+        load_checkpoint(resume_ckpt)
+
+
+def record_run(
+    output_dir: str | os.PathLike,
+    splits: SubjectSplits,
+    *,
+    run_info: Mapping[str, Any],
+    model_card: Mapping[str, Any],
+    rank: int = 0,
+) -> None:
+    """On rank 0: ``splits.json``, ``run_info.json`` (with the subjects of each part) and the model card.
+
+    Args:
+        output_dir: the run's folder.
+        splits: the run's subject split.
+        run_info: more ``run_info.json`` fields (``seed``, ...), before the subjects.
+        model_card: :func:`pipeline.runtime.model_card.write_model_card` arguments (``weights``, ``network``,
+            ``task``, ...): the card beside the weights that lets inference rebuild the network from them alone.
+        rank: the process rank (other ranks write nothing).
+    """
+    if rank != 0:
+        return
+    save_splits(splits, os.path.join(output_dir, "splits.json"))
+    subjects = {f"{part}_subjects": list(getattr(splits, part)) for part in ("train", "val", "test")}
+    write_run_info(output_dir, **run_info, **subjects)
+    write_model_card(**model_card)
