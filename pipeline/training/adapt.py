@@ -319,6 +319,7 @@ def adapt_task(network: nn.Module, loss: str, prepare_batch: Callable, guard: He
         build_trainer=build_trainer,
         build_evaluator=None,
         key_metric=guard.name,
+        reseed_epochs=False,  # the patches draw one seeded stream over the step budget, as before it ran on fit
     )
     return task
 

@@ -138,6 +138,11 @@ def make_loader(
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers)
 
 
+def _progress_loss(output: Any) -> dict[str, float]:
+    """The progress bar's ``{"loss": value}`` of a trainer output."""
+    return {"loss": _loss_value(output)}
+
+
 def _loss_value(output: Any) -> float:
     """The scalar loss of a trainer output (batched dict, ``decollate=False``)."""
     loss = output["loss"] if isinstance(output, Mapping) else output[0]["loss"]
@@ -169,6 +174,7 @@ def run_training(
     optimizer: Optimizer,
     lr_scheduler: Any = None,
     seed: int = 0,
+    reseed_epochs: bool = True,
     key_metric: str | None = None,
     val_interval: int = 1,
     checkpoint_every: int = 10,
@@ -196,6 +202,7 @@ def run_training(
         lr_scheduler: an epoch-level schedule; a :class:`~pipeline.training.optim.WarmupPlateau` or
             ``ReduceLROnPlateau`` is stepped with the key metric after each validation.
         seed: the run seed (per-epoch re-seeding from ``(seed, epoch)``).
+        reseed_epochs: re-seed every generator and the data's random transforms at each epoch start.
         key_metric: the evaluator metric that picks ``model.pt``, drives early stopping and the plateau schedule.
         val_interval: validate every N epochs.
         checkpoint_every: save a resumable checkpoint every N epochs (the notes' ``--checkpoint 10``).
@@ -223,8 +230,7 @@ def run_training(
     _check_run_arguments(evaluator, key_metric, val_interval, checkpoint_every, keep_checkpoints)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    own_writer = summary_writer is None
-    writer = SummaryWriter(log_dir=str(run_dir)) if own_writer else summary_writer
+    writer = summary_writer or SummaryWriter(log_dir=str(run_dir))
 
     with run_logging(run_dir, console=progress) as log_file:
         history, best_saver, early = _attach_handlers(
@@ -235,7 +241,7 @@ def run_training(
             network=network,
             optimizer=optimizer,
             lr_scheduler=lr_scheduler,
-            seed=seed,
+            seed=seed if reseed_epochs else None,
             key_metric=key_metric,
             val_interval=val_interval,
             early_stop=(early_stop_patience, early_stop_min_delta),
@@ -246,9 +252,7 @@ def run_training(
         )
         resumed_from = _attach_checkpoints(trainer, run_dir, save_dict, checkpoint_every, keep_checkpoints, resume)
         if progress:
-            ProgressBar(persist=False, desc="train").attach(
-                trainer, output_transform=lambda out: {"loss": _loss_value(out)}
-            )
+            ProgressBar(persist=False, desc="train").attach(trainer, output_transform=_progress_loss)
         info = {**(run_info or {}), "seed": seed, "config": dict(config or {}), "key_metric": key_metric}
         info.update(device=str(trainer.state.device), train_subjects=collect_subjects(train_data))
         info.update(val_subjects=collect_subjects(val_data), log_file=log_file.name)
@@ -256,7 +260,7 @@ def run_training(
         try:
             _run_trainer(trainer)
         finally:
-            if own_writer:
+            if summary_writer is None:
                 writer.close()
     return _training_result(run_dir, trainer, evaluator, history, early)
 
@@ -270,7 +274,7 @@ def _attach_handlers(
     network: torch.nn.Module,
     optimizer: Optimizer,
     lr_scheduler: Any,
-    seed: int,
+    seed: int | None,
     key_metric: str | None,
     val_interval: int,
     early_stop: tuple[int | None, float],
@@ -395,16 +399,17 @@ def _attach_training_handlers(
     optimizer: Optimizer,
     lr_scheduler: Any,
     *,
-    seed: int,
+    seed: int | None,
     val_interval: int,
     writer: SummaryWriter,
 ) -> _History:
-    """The trainer's handlers, in order: re-seeding, loss guard, validation, schedule, logs, the loss history.
+    """The trainer's handlers, in order: re-seeding (``seed`` not ``None``), loss guard, validation, schedule, logs.
 
     Returns:
         The history that records each iteration's loss and (on the evaluator, last) each validation's metrics.
     """
-    EpochReseed(seed).attach(trainer)
+    if seed is not None:
+        EpochReseed(seed).attach(trainer)
     NonFiniteLossGuard().attach(trainer)
     if evaluator is not None:
         ValidationHandler(interval=val_interval, validator=evaluator).attach(trainer)

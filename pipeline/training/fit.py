@@ -270,6 +270,8 @@ class Task:
         model_card: :func:`pipeline.runtime.model_card.write_model_card` arguments, or ``None``.
         after_training: ``(context, result) -> None``, run after training (e.g. reload ``model.pt`` and write
             prediction CSVs).
+        reseed_epochs: re-seed the generators and the data's random transforms at each epoch start (exact resume);
+            off for a task whose data draws one seeded stream across epochs (adaptation's step budget).
     """
 
     name: str
@@ -285,6 +287,7 @@ class Task:
     run_info: Mapping[str, Any] = field(default_factory=dict)
     model_card: Mapping[str, Any] | None = None
     after_training: Callable[[FitContext, TrainingResult], None] | None = None
+    reseed_epochs: bool = True
 
 
 def make_optimizer(network: nn.Module, settings: FitSettings) -> Optimizer:
@@ -454,6 +457,7 @@ def _train(
         optimizer=context.optimizer,
         lr_scheduler=scheduler,
         seed=settings.seed,
+        reseed_epochs=task.reseed_epochs,
         key_metric=settings.key_metric,
         val_interval=settings.val_interval,
         checkpoint_every=settings.checkpoint_every,
