@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import pipeline.training.adapt as adapt
 import pipeline.training.classify as classify
 import pipeline.training.denoise as denoise
 import pipeline.training.distill as distill_module
@@ -45,14 +46,14 @@ class _Called(Exception):
 
 @pytest.fixture
 def spy(monkeypatch):
-    """Replace ``fit`` in the three task modules with a recorder that stops before training."""
+    """Replace ``fit`` in the task modules (adaptation's too) with a recorder that stops before training."""
     calls = []
 
     def fake_fit(task, train_data, val_data, run_dir, settings, **kwargs):
         calls.append((task, settings, kwargs))
         raise _Called
 
-    for module in (denoise, classify, distill_module):
+    for module in (denoise, classify, distill_module, adapt):
         monkeypatch.setattr(module, "fit", fake_fit)
     return calls
 
@@ -101,6 +102,33 @@ def test_every_task_honours_every_fit_setting(spy, tmp_path):
     for run in runs:
         with pytest.raises(TypeError, match="not a FitSettings field"):
             run(epochs=3)
+
+
+def _adapt(tmp_path, **kwargs):
+    """Adapt a tiny denoiser to two in-memory scans (stopped by the spy at ``fit``)."""
+    from monai.data import MetaTensor
+
+    scans = [{"image": MetaTensor(item["image"]), "subject": item["subject"]} for item in separable(2, 0, "s")]
+    network = ResUnet3D(levels=2, **SMALL)
+    settings = dict(patch_size=8, sigma=10.0, loss="n2s", criterion="blindspot", num_samples=1)
+    return adapt.adapt_denoiser(network, scans, lambda item: item, tmp_path / "a.pt", **settings, **kwargs)
+
+
+def test_adaptation_honours_every_fit_setting_it_does_not_derive(spy, tmp_path):
+    """Adaptation hands ``fit`` every field given, except the two it derives from its step budget and batches."""
+    assert adapt.ADAPT_DERIVED == ("max_epochs", "batch_size")
+    wanted = FitSettings(**_EVERY_FIELD)
+    for kwargs in (_EVERY_FIELD, {"settings": wanted}):
+        with pytest.raises(_Called):
+            _adapt(tmp_path, iterations=5, **kwargs)
+    kept = [f.name for f in dataclasses.fields(FitSettings) if f.name not in adapt.ADAPT_DERIVED]
+    for task, settings, _ in spy:
+        assert task.name == "adapt" and task.build_evaluator is None
+        assert {k: getattr(settings, k) for k in kept} == {k: getattr(wanted, k) for k in kept}
+        assert settings.max_epochs == 5  # one scan batch per epoch: the 5 steps take 5 epochs
+    assert [s.batch_size for _, s, _ in spy] == [3, 4]  # batch_size patches per step, num_samples=1 per scan
+    with pytest.raises(TypeError, match="not a FitSettings field"):
+        _adapt(tmp_path, epochs=3)
 
 
 def test_the_three_wrappers_go_through_fit_once(spy, tmp_path):

@@ -1,4 +1,4 @@
-"""Data: datalists of scan folders, subject splits, the demo cohort and noisy copies of clean scans."""
+"""Data: datalists of scan folders, subject splits and the workflows' choice of them, the demo cohort, noisy copies."""
 
 from __future__ import annotations
 

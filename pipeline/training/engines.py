@@ -12,6 +12,10 @@ exists;
   so a checkpoint holds the state *after* everything of its epoch (including the best-metric record and the
   early-stopping counter);
 - evaluator ``EPOCH_COMPLETED``: metrics, plateau schedule, best checkpoint (``model.pt``), early stopping, logging.
+
+A run folder holds ``checkpoint_epoch=K.pt`` every ``checkpoint_every`` epochs and at the end (``{network, optimizer,
+lr_scheduler, trainer, ...}`` together, atomically), ``model.pt`` (the network at the best key metric),
+``run_info.json`` (config, seed, versions, training and validation subjects), ``train.log`` and TensorBoard events.
 """
 
 from __future__ import annotations
@@ -113,7 +117,8 @@ def make_loader(
     """A MONAI ``DataLoader`` over a dataset, or over a list of dicts wrapped in ``monai.data.Dataset``.
 
     Args:
-        data: a ``torch.utils.data.Dataset`` (used as is) or a sequence of dicts (paths or tensors per key).
+        data: a ready ``DataLoader`` (returned as is: its own batch size, sampler and generator), a
+            ``torch.utils.data.Dataset`` (used as is) or a sequence of dicts (paths or tensors per key).
         transform: applied to each dict when ``data`` is a sequence.
         batch_size: items per batch (>= 1).
         shuffle: reshuffle every epoch (training); the order follows torch's global generator, which
@@ -125,10 +130,17 @@ def make_loader(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if isinstance(data, torch.utils.data.DataLoader):
+        return data
     dataset = data if isinstance(data, torch.utils.data.Dataset) else Dataset(list(data), transform=transform)
     if len(dataset) == 0:
         raise ValueError("the data set is empty.")
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers)
+
+
+def _progress_loss(output: Any) -> dict[str, float]:
+    """The progress bar's ``{"loss": value}`` of a trainer output."""
+    return {"loss": _loss_value(output)}
 
 
 def _loss_value(output: Any) -> float:
@@ -162,6 +174,7 @@ def run_training(
     optimizer: Optimizer,
     lr_scheduler: Any = None,
     seed: int = 0,
+    reseed_epochs: bool = True,
     key_metric: str | None = None,
     val_interval: int = 1,
     checkpoint_every: int = 10,
@@ -180,21 +193,16 @@ def run_training(
 ) -> TrainingResult:
     """Attach the shared handlers to a task's trainer and evaluator, resume if asked, train, and report.
 
-    Writes into ``run_dir``: ``checkpoint_epoch=K.pt`` every ``checkpoint_every`` epochs and at the end
-    (``{network, optimizer, lr_scheduler, trainer, ...}`` together, atomically), ``model.pt`` (the network at
-    the best key metric), ``run_info.json`` (config, seed, versions, training and validation subjects),
-    ``train.log`` and TensorBoard events.
-
     Args:
         trainer: the task's ``SupervisedTrainer`` (not yet run).
         evaluator: its validation ``SupervisedEvaluator`` with ``key_metric`` among its metrics, or ``None``.
-        run_dir: the run folder.
+        run_dir: the run folder (its files: see the module docstring).
         network: the trained network.
         optimizer: its optimiser.
         lr_scheduler: an epoch-level schedule; a :class:`~pipeline.training.optim.WarmupPlateau` or
-        ``ReduceLROnPlateau``
-            is stepped with the key metric after each validation.
+            ``ReduceLROnPlateau`` is stepped with the key metric after each validation.
         seed: the run seed (per-epoch re-seeding from ``(seed, epoch)``).
+        reseed_epochs: re-seed every generator and the data's random transforms at each epoch start.
         key_metric: the evaluator metric that picks ``model.pt``, drives early stopping and the plateau schedule.
         val_interval: validate every N epochs.
         checkpoint_every: save a resumable checkpoint every N epochs (the notes' ``--checkpoint 10``).
@@ -202,17 +210,14 @@ def run_training(
         early_stop_patience: stop after this many validations without improvement (``None``: never).
         early_stop_min_delta: the smallest change that counts as an improvement.
         resume: continue from the newest ``checkpoint_epoch=K.pt`` in ``run_dir`` when there is one.
-        extra_state: more stateful objects saved and restored with the checkpoint, in order (they load before
-            the network and optimiser, e.g. :class:`~pipeline.training.handlers.GradualUnfreeze`).
+        extra_state: more stateful objects checkpointed, loaded first (e.g. a ``GradualUnfreeze``).
         summary_writer: TensorBoard writer (created in ``run_dir`` when ``None``; closed at the end).
         progress: show ignite progress bars.
         config: the run's full resolved configuration, recorded in ``run_info.json``.
         train_data: the training data (its ``subject`` IDs are recorded).
         val_data: the validation data (ditto).
         run_info: more fields for ``run_info.json``.
-        model_card: :func:`pipeline.runtime.model_card.write_model_card` arguments (``task``, ``config``, ...): the
-        card
-            ``model.json`` beside ``model.pt`` that lets inference rebuild the network from the weights alone.
+        model_card: :func:`pipeline.runtime.model_card.write_model_card` arguments for the card beside ``model.pt``.
 
     Returns:
         A :class:`TrainingResult`.
@@ -220,61 +225,104 @@ def run_training(
     Raises:
         ValueError: on invalid intervals, or an evaluator without a ``key_metric``.
         pipeline.training.handlers.NonFiniteLossError: when a loss is NaN or infinite (the last checkpoint stays).
-        transforms.errors.InputError: when a training or validation scan cannot be used, unwrapped from MONAI's
-            ``RuntimeError('applying transform ...')`` and from DataLoader worker processes.
+        transforms.errors.InputError: an unusable scan (unwrapped from MONAI's and loader workers' errors).
     """
     _check_run_arguments(evaluator, key_metric, val_interval, checkpoint_every, keep_checkpoints)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    own_writer = summary_writer is None
-    writer = SummaryWriter(log_dir=str(run_dir)) if own_writer else summary_writer
+    writer = summary_writer or SummaryWriter(log_dir=str(run_dir))
 
     with run_logging(run_dir, console=progress) as log_file:
-        best_saver, early = None, None
-        if evaluator is not None:
-            best_saver, early = _attach_validation_handlers(
-                evaluator,
-                trainer,
-                run_dir,
-                network=network,
-                lr_scheduler=lr_scheduler,
-                key_metric=key_metric,
-                early_stop_patience=early_stop_patience,
-                early_stop_min_delta=early_stop_min_delta,
-                writer=writer,
-                progress=progress,
-            )
-        history = _attach_training_handlers(
-            trainer, evaluator, optimizer, lr_scheduler, seed=seed, val_interval=val_interval, writer=writer
+        history, best_saver, early = _attach_handlers(
+            trainer,
+            evaluator,
+            run_dir,
+            writer,
+            network=network,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            seed=seed if reseed_epochs else None,
+            key_metric=key_metric,
+            val_interval=val_interval,
+            early_stop=(early_stop_patience, early_stop_min_delta),
+            progress=progress,
         )
         save_dict = checkpoint_state(
             trainer, evaluator, network, optimizer, lr_scheduler, best_saver, early, extra_state=extra_state
         )
-        AtomicCheckpointSaver(
-            save_dir=str(run_dir), save_dict=save_dict, save_interval=checkpoint_every, n_saved=keep_checkpoints
-        ).attach(trainer)
-        resumed_from = _attach_resume(trainer, run_dir, save_dict) if resume else None
+        resumed_from = _attach_checkpoints(trainer, run_dir, save_dict, checkpoint_every, keep_checkpoints, resume)
         if progress:
-            ProgressBar(persist=False, desc="train").attach(
-                trainer, output_transform=lambda out: {"loss": _loss_value(out)}
-            )
-        info = dict(run_info or {})
-        info.update(
-            seed=seed,
-            config=dict(config or {}),
-            key_metric=key_metric,
-            device=str(trainer.state.device),
-            train_subjects=collect_subjects(train_data),
-            val_subjects=collect_subjects(val_data),
-            log_file=log_file.name,
-        )
+            ProgressBar(persist=False, desc="train").attach(trainer, output_transform=_progress_loss)
+        info = {**(run_info or {}), "seed": seed, "config": dict(config or {}), "key_metric": key_metric}
+        info.update(device=str(trainer.state.device), train_subjects=collect_subjects(train_data))
+        info.update(val_subjects=collect_subjects(val_data), log_file=log_file.name)
         _write_records(run_dir, info, resumed_from, network, model_card)
         try:
             _run_trainer(trainer)
         finally:
-            if own_writer:
+            if summary_writer is None:
                 writer.close()
     return _training_result(run_dir, trainer, evaluator, history, early)
+
+
+def _attach_handlers(
+    trainer: SupervisedTrainer,
+    evaluator: SupervisedEvaluator | None,
+    run_dir: Path,
+    writer: SummaryWriter,
+    *,
+    network: torch.nn.Module,
+    optimizer: Optimizer,
+    lr_scheduler: Any,
+    seed: int | None,
+    key_metric: str | None,
+    val_interval: int,
+    early_stop: tuple[int | None, float],
+    progress: bool,
+) -> tuple[_History, AtomicCheckpointSaver | None, EarlyStopHandler | None]:
+    """The evaluator's handlers (when there is one), then the trainer's (see :func:`run_training`).
+
+    Returns:
+        The loss and metric history, the best-model saver and the early-stopping handler (``None`` without an
+        evaluator, or without early stopping).
+    """
+    best_saver, early = None, None
+    if evaluator is not None:
+        best_saver, early = _attach_validation_handlers(
+            evaluator,
+            trainer,
+            run_dir,
+            network=network,
+            lr_scheduler=lr_scheduler,
+            key_metric=key_metric,
+            early_stop_patience=early_stop[0],
+            early_stop_min_delta=early_stop[1],
+            writer=writer,
+            progress=progress,
+        )
+    history = _attach_training_handlers(
+        trainer, evaluator, optimizer, lr_scheduler, seed=seed, val_interval=val_interval, writer=writer
+    )
+    return history, best_saver, early
+
+
+def _attach_checkpoints(
+    trainer: SupervisedTrainer,
+    run_dir: Path,
+    save_dict: Mapping[str, Any],
+    checkpoint_every: int,
+    keep_checkpoints: int | None,
+    resume: bool,
+) -> Path | None:
+    """The periodic checkpoint of ``save_dict``, then (with ``resume``) the loader of the newest one.
+
+    Returns:
+        The checkpoint resumed from, or ``None``.
+    """
+    AtomicCheckpointSaver(
+        save_dir=str(run_dir), save_dict=dict(save_dict), save_interval=checkpoint_every, n_saved=keep_checkpoints
+    ).attach(trainer)
+    return _attach_resume(trainer, run_dir, save_dict) if resume else None
 
 
 def _check_run_arguments(
@@ -351,16 +399,17 @@ def _attach_training_handlers(
     optimizer: Optimizer,
     lr_scheduler: Any,
     *,
-    seed: int,
+    seed: int | None,
     val_interval: int,
     writer: SummaryWriter,
 ) -> _History:
-    """The trainer's handlers, in order: re-seeding, loss guard, validation, schedule, logs, the loss history.
+    """The trainer's handlers, in order: re-seeding (``seed`` not ``None``), loss guard, validation, schedule, logs.
 
     Returns:
         The history that records each iteration's loss and (on the evaluator, last) each validation's metrics.
     """
-    EpochReseed(seed).attach(trainer)
+    if seed is not None:
+        EpochReseed(seed).attach(trainer)
     NonFiniteLossGuard().attach(trainer)
     if evaluator is not None:
         ValidationHandler(interval=val_interval, validator=evaluator).attach(trainer)

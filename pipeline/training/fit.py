@@ -1,19 +1,21 @@
 """One ``fit`` for every training task: the shared settings (:class:`FitSettings`), a task description (:class:`Task`).
 
 Denoising (:func:`pipeline.training.denoise.denoise_task`), classification
-(:func:`pipeline.training.classify.classify_task`) and distillation (:func:`pipeline.training.distill.distill_task`)
+(:func:`pipeline.training.classify.classify_task`), distillation (:func:`pipeline.training.distill.distill_task`) and
+site adaptation (:func:`pipeline.training.adapt.adapt_task`: no evaluator, its held-out guard as the trainer's handler)
 describe only what differs: the network saved as ``model.pt``, the module the trainer runs, the loss, how to build
 the trainer and the evaluator, their ``run_info.json`` fields, the model card and an optional step after training.
-:func:`fit` does the rest once for all three: subject checks, device and precision, optimiser and schedule, loaders,
+:func:`fit` does the rest once for all four: subject checks, device and precision, optimiser and schedule, loaders,
 the TensorBoard writer, :func:`pipeline.training.engines.run_training` and the after-training step. The public
-``train_denoiser``, ``finetune_classifier`` and ``distill`` are thin wrappers around it.
+``train_denoiser``, ``finetune_classifier``, ``distill`` and ``adapt_denoiser`` are thin wrappers around it.
 
 The bundle configs build their optimiser and learning-rate schedule with :func:`make_optimizer` and
 :func:`make_scheduler` from a :class:`FitSettings` (``fit_settings`` in ``finetune_classifier.yaml`` and
-``train_denoise.yaml``), the same code :func:`fit` runs. Their handler lists, trainer and evaluator stay written out
-in YAML: MONAI's model zoo requires ``train#trainer``, ``train#handlers`` and ``validate#evaluator`` as config
-items that ``multi_gpu_train.yaml`` and command-line overrides reach one by one (``_disabled_`` per rank), which a
-single Python call would hide.
+``train_denoise.yaml``), the same code :func:`fit` runs, and their logs, periodic checkpoint and best-model saver with
+:mod:`pipeline.training.bundle_engine`. Their trainer, evaluator and the rest of the handler list stay config items:
+MONAI's model zoo requires ``train#trainer``, ``train#handlers`` (a list of components, whose ``ValidationHandler``
+``check_properties`` reads) and ``validate#evaluator``, which ``multi_gpu_train.yaml`` and command-line overrides reach
+one by one.
 """
 
 from __future__ import annotations
@@ -220,10 +222,10 @@ class FitContext:
         run_dir: the run folder.
         optimizer: the optimiser over the task's network.
         train_loader: the shuffled training loader.
-        val_loader: the validation loader.
+        val_loader: the validation loader (``None`` without validation data).
         summary_writer: the run's TensorBoard writer.
         train_data: the training data.
-        val_data: the validation data.
+        val_data: the validation data (``None``: none).
         val_transform: the transform of dict validation (and test) data.
         test_data: the held-out data, or ``None``.
         subjects: ``{"train": [...], "val": [...]}`` (and ``"test"`` with test data).
@@ -255,7 +257,8 @@ class Task:
         network: the network that is optimised and saved as ``model.pt``.
         loss: the loss (moved to the device when it is a module).
         build_trainer: ``(context) -> SupervisedTrainer`` running ``module``.
-        build_evaluator: ``(context) -> SupervisedEvaluator`` of ``network`` with the key metric.
+        build_evaluator: ``(context) -> SupervisedEvaluator`` of ``network`` with the key metric; ``None`` for a
+            task without validation (adaptation: its guard checks instead), run with ``val_data=None``.
         key_metric: the default key metric (used when the settings give none).
         module: what the trainer runs when it is not ``network`` (e.g. the
             :class:`~pipeline.training.distill.TeacherStudent` pair); moved to the device.
@@ -267,13 +270,15 @@ class Task:
         model_card: :func:`pipeline.runtime.model_card.write_model_card` arguments, or ``None``.
         after_training: ``(context, result) -> None``, run after training (e.g. reload ``model.pt`` and write
             prediction CSVs).
+        reseed_epochs: re-seed the generators and the data's random transforms at each epoch start (exact resume);
+            off for a task whose data draws one seeded stream across epochs (adaptation's step budget).
     """
 
     name: str
     network: nn.Module
     loss: Callable
     build_trainer: Callable[[FitContext], SupervisedTrainer]
-    build_evaluator: Callable[[FitContext], SupervisedEvaluator]
+    build_evaluator: Callable[[FitContext], SupervisedEvaluator] | None
     key_metric: str
     module: nn.Module | None = None
     val_batch_size: int | None = None
@@ -282,6 +287,7 @@ class Task:
     run_info: Mapping[str, Any] = field(default_factory=dict)
     model_card: Mapping[str, Any] | None = None
     after_training: Callable[[FitContext, TrainingResult], None] | None = None
+    reseed_epochs: bool = True
 
 
 def make_optimizer(network: nn.Module, settings: FitSettings) -> Optimizer:
@@ -341,8 +347,8 @@ def fit(
     Args:
         task: what to train (:func:`~pipeline.training.denoise.denoise_task`,
             :func:`~pipeline.training.classify.classify_task`, :func:`~pipeline.training.distill.distill_task`).
-        train_data: training dicts or a dataset.
-        val_data: validation dicts or a dataset.
+        train_data: training dicts, a dataset or a ready ``DataLoader``.
+        val_data: validation dicts or a dataset (``None`` for a task without an evaluator).
         run_dir: the run folder (see :func:`pipeline.training.engines.run_training`).
         settings: the shared training settings.
         test_data: held-out data for the task's after-training step (e.g. ``predictions_test.csv``).
@@ -369,9 +375,10 @@ def fit(
     train_loader = make_loader(
         train_data, train_transform, batch_size=settings.batch_size, shuffle=True, num_workers=settings.num_workers
     )
-    val_loader = make_loader(
-        val_data, val_transform, batch_size=task.val_batch_size or settings.batch_size, num_workers=settings.num_workers
-    )
+    val_loader = None
+    if val_data is not None:
+        val_batch = task.val_batch_size or settings.batch_size
+        val_loader = make_loader(val_data, val_transform, batch_size=val_batch, num_workers=settings.num_workers)
     writer = SummaryWriter(log_dir=str(run_dir))
     context = FitContext(
         settings=settings,
@@ -437,7 +444,7 @@ def _train(
 ) -> TrainingResult:
     """Build the task's evaluator and trainer and run them through :func:`~pipeline.training.engines.run_training`."""
     settings = context.settings
-    evaluator = task.build_evaluator(context)
+    evaluator = task.build_evaluator(context) if task.build_evaluator is not None else None
     trainer = task.build_trainer(context)
     run_info = {**task.run_info}
     if task.check_overlap:
@@ -450,6 +457,7 @@ def _train(
         optimizer=context.optimizer,
         lr_scheduler=scheduler,
         seed=settings.seed,
+        reseed_epochs=task.reseed_epochs,
         key_metric=settings.key_metric,
         val_interval=settings.val_interval,
         checkpoint_every=settings.checkpoint_every,

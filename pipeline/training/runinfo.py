@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
+
 from pipeline.utils.files import atomic_path
 from pipeline.utils.versions import package_versions
 
@@ -56,10 +58,13 @@ def _git_commit() -> str | None:
 
 
 def collect_subjects(data: Any, key: str = "subject") -> list[str]:
-    """The sorted distinct subject IDs of a list of dicts or a dataset holding one (``.data``).
+    """The sorted distinct subject IDs of a list of dicts, a dataset holding one (``.data``) or a loader of one.
 
-    Items without ``key`` are skipped, so data without subject IDs gives an empty list.
+    Items without ``key`` are skipped, so data without subject IDs gives an empty list. A ``DataLoader`` is never
+    iterated (that would load and draw): its dataset's items are read.
     """
+    if isinstance(data, torch.utils.data.DataLoader):
+        data = data.dataset
     items = getattr(data, "data", data)
     if not isinstance(items, Iterable):
         return []
