@@ -32,7 +32,7 @@ from pipeline.demo.stages import CohortInfo, StageRecord, cohort_progress
 from pipeline.evaluation import stats
 from pipeline.utils.files import atomic_path
 
-__all__ = ["HeldOut", "build_heldout", "classification_scores", "floor_predictions", "heldout_summary"]
+__all__ = ["HeldOut", "build_heldout", "check_heldout", "classification_scores", "floor_predictions", "heldout_summary"]
 
 #: Coverage of every classification interval.
 LEVEL = 0.95
@@ -65,8 +65,6 @@ def build_heldout(out: Path, settings: DemoSettings, cohort: CohortInfo, resume:
     """
     from pipeline.data.cohort import CohortParameters, build_cohort
     from pipeline.data.datasets import load_subjects_csv
-    from pipeline.data.splits import check_no_overlap
-    from pipeline.evaluation.leakage import check_distinct_volumes
 
     folder, seed = out / "heldout", settings.seed + HELDOUT_SEED_OFFSET
     if resume and (folder / "cohort.json").is_file():
@@ -82,16 +80,29 @@ def build_heldout(out: Path, settings: DemoSettings, cohort: CohortInfo, resume:
         scans={str(i["subject"]): Path(i["image"]) for i in items},
         labels={str(i["subject"]): int(i["label"]) for i in items},
     )
-    check_no_overlap({"training cohort": list(cohort.labels), "held-out cohort": list(heldout.labels)})
-    training = [cohort.dir / "clean" / f"{s}.nii.gz" for s in cohort.labels]
-    check_distinct_volumes(
-        {"training cohort": [str(p) for p in training], "held-out cohort": [str(p) for p in heldout.scans.values()]}
-    )
     record.note = (
         f"{len(heldout.scans)} subjects, seed {seed}; no ID or image (voxel hash) shared with the "
-        f"{len(training)} training-cohort subjects"
+        f"{check_heldout(cohort, heldout)} training-cohort subjects"
     )
     return heldout
+
+
+def check_heldout(cohort: CohortInfo, heldout: HeldOut) -> int:
+    """Refuse a held-out subject whose ID, or whose image (voxel hash), equals a training-cohort subject's.
+
+    Returns:
+        The number of training-cohort subjects compared.
+
+    Raises:
+        pipeline.errors.LeakageError: naming the shared IDs or files.
+    """
+    from pipeline.data.splits import check_no_overlap
+    from pipeline.evaluation.leakage import check_distinct_volumes
+
+    check_no_overlap({"training cohort": list(cohort.labels), "held-out cohort": list(heldout.labels)})
+    training = [str(cohort.dir / "clean" / f"{s}.nii.gz") for s in cohort.labels]
+    check_distinct_volumes({"training cohort": training, "held-out cohort": [str(p) for p in heldout.scans.values()]})
+    return len(training)
 
 
 def floor_predictions(cohort: CohortInfo, heldout: HeldOut, path: Path) -> Path:
