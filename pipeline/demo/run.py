@@ -72,7 +72,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _MARKER = "demo_run.json"
-_GENERATED = ("cohort", "heldout", "models", "runs", "denoised", "predictions", "splits", "figures")
+_GENERATED = ("cohort", "heldout", "models", "runs", "denoised", "denoised_val", "predictions", "splits", "figures")
 # the names tests and older code reach through this module
 _MEASURED_MIN = MEASURED_MIN
 _run_workflow = run_workflow
@@ -153,7 +153,7 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings = DEFAULT, fresh: bo
 
     test = cohort.parts["test"]
     with timer.stage("denoise the held-out scans (inference.yaml)") as record:
-        network_seconds = stages.denoise_test_scans(out, settings, cohort)
+        network_seconds = stages.denoise_subjects(out, settings, cohort)
         record.note = f"{len(test)} scans"
     with timer.stage("classify the held-out cohort (inference_classifier.yaml)") as record:
         predictions = {init: stages.classify_subjects(out, settings, cohort, init, heldout.scans) for init in inits}

@@ -51,7 +51,7 @@ def mean_quality(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
 def score_classical(
     settings: DemoSettings, cases: Sequence[Mapping[str, Any]], tuning: Sequence[Mapping[str, Any]]
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
-    """Stage 5a: each classical denoiser tuned on the *val* volumes, then scored on the test volumes."""
+    """Stage 6: each classical denoiser tuned on the *tuning* volumes, then scored on ``cases``."""
     from tqdm.auto import tqdm
 
     from pipeline.evaluation.classical import get_denoiser, tune
@@ -77,14 +77,14 @@ def score_classical(
 
 
 def score_network(
-    out: Path, cases: Sequence[Mapping[str, Any]], network_seconds: Mapping[str, float]
+    out: Path, cases: Sequence[Mapping[str, Any]], network_seconds: Mapping[str, float], folder: str = "denoised"
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-    """Stage 5b: the network's denoised test scans (as written by ``inference.yaml``) on each case's scale."""
+    """The network's denoised scans (as ``inference.yaml`` wrote them under ``<out>/<folder>``) on each case's scale."""
     from pipeline.evaluation.metrics import volume_quality
 
     rows, volumes = [], {}
     for case in cases:
-        volume = load_volume(out / "denoised" / f"{case['subject']}_denoised.nii.gz") / case["reference"]
+        volume = load_volume(out / folder / f"{case['subject']}_denoised.nii.gz") / case["reference"]
         volumes[case["subject"]] = volume
         rows.append(
             {**volume_quality(volume, case["clean"], case["mask"]), "seconds": network_seconds[case["subject"]]}

@@ -24,7 +24,7 @@ __all__ = [
     "classify_subjects",
     "cohort_progress",
     "cohort_stage",
-    "denoise_test_scans",
+    "denoise_subjects",
     "network_overrides",
     "run_workflow",
     "train_classifier",
@@ -232,7 +232,7 @@ def train_denoiser(out: Path, settings: DemoSettings, cohort: CohortInfo) -> Non
 
 
 def train_classifier(out: Path, settings: DemoSettings, cohort: CohortInfo, init: str) -> None:
-    """Stage 3: ``finetune_classifier.yaml`` from the denoiser's encoder (``init="denoiser"``) or from scratch."""
+    """Stage 4: ``finetune_classifier.yaml`` from the denoiser's encoder (``init="denoiser"``) or from scratch."""
     from pipeline.utils.seed import seed_everything
 
     seed_everything(settings.seed)
@@ -260,14 +260,16 @@ def train_classifier(out: Path, settings: DemoSettings, cohort: CohortInfo, init
     )
 
 
-def denoise_test_scans(out: Path, settings: DemoSettings, cohort: CohortInfo) -> dict[str, float]:
-    """Stage 4a: ``inference.yaml`` on the test subjects' noisy scans; returns the seconds per subject."""
+def denoise_subjects(
+    out: Path, settings: DemoSettings, cohort: CohortInfo, part: str = "test", folder: str = "denoised"
+) -> dict[str, float]:
+    """Stage 5: ``inference.yaml`` on one split part's noisy scans, into ``<out>/<folder>``; seconds per subject."""
     from pipeline.inference.infer import denoise_scans
 
-    test = cohort.parts["test"]
+    subjects = cohort.parts[part]
     summary = denoise_scans(
-        [{"image": os.fspath(cohort.dir / cohort.noise_dir / f"{s}.nii.gz"), "subject": s} for s in test],
-        out / "denoised",
+        [{"image": os.fspath(cohort.dir / cohort.noise_dir / f"{s}.nii.gz"), "subject": s} for s in subjects],
+        out / folder,
         weights=out / "models" / "denoiser" / "model.pt",
         overwrite=True,
         precision=PRECISION,
@@ -282,7 +284,7 @@ def denoise_test_scans(out: Path, settings: DemoSettings, cohort: CohortInfo) ->
 def classify_subjects(
     out: Path, settings: DemoSettings, cohort: CohortInfo, init: str, scans: Mapping[str, Path]
 ) -> Path:
-    """Stage 4b: ``inference_classifier.yaml`` on clean scans (``{subject: path}``); returns the predictions CSV."""
+    """Stage 5: ``inference_classifier.yaml`` on clean scans (``{subject: path}``); returns the predictions CSV."""
     from pipeline.inference.infer import classify_scans
 
     predictions = out / "predictions" / f"classifier_{init}.csv"
