@@ -2,10 +2,11 @@
 
 The statistics are checked against known values and scikit-learn (their coverage in ``tests/test_stats.py``); the
 cache against a counter and a killed run; each arm must build a network whose output differs from the baseline's; the
-report, on cached runs made up here, must keep the sign of a difference, pair seeds, refuse unequal budgets and
-protocols, and flag underpowered contrasts; the leakage guard must compare voxels, not IDs; every transfer encoder
-must be fine-tuned by one rule; the quick study (every arm, every part, 2 seeds) must write a report that answers
-every question, and continue after a kill without re-running finished runs.
+report, on cached runs made up here, must keep the sign of a difference, pair seeds (and subjects, for AUC), refuse
+unequal budgets and protocols, and flag underpowered contrasts; the run loop must plan every arm with the same steps;
+the leakage guard must compare voxels, not IDs; every transfer encoder must be fine-tuned by one rule; the quick study
+(every arm, every part, 2 seeds) must write a report that answers every question, and continue after a kill without
+re-running finished runs.
 """
 
 from __future__ import annotations
@@ -297,6 +298,12 @@ def test_transfer_contrasts_keep_their_sign_and_refuse_unequal_protocols(tmp_pat
     _transfer_runs(cache, "random", "finetune", "small", 3, 0.1, {**protocol, "encoder_lr": 1e-3})
     _transfer_runs(cache, "denoiser", "finetune", "small", 3, 0.6, protocol)
     with pytest.raises(ValueError, match="unequal protocol"):
+        transfer_results(cache, _settings(3), ["random", "denoiser"], n_resamples=50)
+
+    cache = RunCache(tmp_path / "c", {})  # the same rule, but the pretrained encoder fine-tuned for more steps
+    _transfer_runs(cache, "random", "finetune", "small", 3, 0.1, protocol, steps=6)
+    _transfer_runs(cache, "denoiser", "finetune", "small", 3, 0.6, protocol, steps=12)
+    with pytest.raises(ValueError, match="unequal steps"):
         transfer_results(cache, _settings(3), ["random", "denoiser"], n_resamples=50)
 
 

@@ -280,7 +280,8 @@ def announce(settings: DemoSettings, quick: bool = False, hardware: Any = None) 
     lines = [
         f"demo: build a {settings.subjects}-subject cohort at {settings.spacing:g} mm, train the denoiser for"
         f" {settings.denoise_epochs} epochs, fine-tune two classifiers for {settings.classifier_epochs} epochs each,"
-        f" denoise and classify the held-out subjects, score {', '.join(settings.classical)}, write report.md",
+        f" denoise the test subjects, classify a separate {settings.heldout_subjects}-subject held-out cohort,"
+        f" score {', '.join(settings.classical)}, write report.md",
         f"expected: about {minutes:.0f} min on this machine ({cores} logical CPUs, "
         + ("AVX-512" if kind == "avx512" else "AVX2 only, no AVX-512")
         + f"); measured on 2 idle cores: {MEASURED_MIN['avx512']} min with AVX-512, "
