@@ -91,11 +91,18 @@ def test_quick_demo_end_to_end(tmp_path):
     for row in rows:
         value = row[1].split(" [")[0]
         assert NUMBER.match(value) and 0 <= float(value) <= 1, row
-    for row in rows[:2]:  # the networks' test figures carry their 95 % bootstrap interval
-        low, high = (float(x) for x in row[1].split(" [")[1].rstrip("]").split(", "))
-        assert low <= float(row[1].split(" [")[0]) <= high, row
-    for entry in results["classification"].values():
+    for row in rows:  # every figure (balanced accuracy, AUC, sensitivity, specificity) carries its 95 % interval
+        for cell in row[1:5]:
+            low, high = (float(x) for x in cell.split(" [")[1].rstrip("]").split(", "))
+            assert low <= float(cell.split(" [")[0]) <= high, row
+    heldout = results["heldout"]
+    assert len(heldout["subjects"]) == QUICK.heldout_subjects
+    assert heldout["seed"] != QUICK.seed and not set(heldout["subjects"]) & set(results["cohort"]["splits"]["test"])
+    for entry in results["classification"].values():  # the networks and the floor on the same held-out subjects
+        assert sorted(entry["subjects"]) == heldout["subjects"] and entry["n"] == QUICK.heldout_subjects
         assert len(entry["balanced_accuracy_interval"]) == 2 and len(entry["auc_interval"]) == 2
+    floor = results["classification"]["logistic_floor"]
+    assert results["logistic_floor_balanced_accuracy"] == floor["balanced_accuracy"]
 
     # stage timings cover every stage
     stage_rows = table_rows(report, "stage")
@@ -114,7 +121,8 @@ def test_quick_demo_end_to_end(tmp_path):
     test = results["cohort"]["splits"]["test"]
     expected = [f"{s}_denoised{suffix}" for s in test for suffix in (".nii.gz", ".json")]  # with the guard's report
     assert sorted(p.name for p in (out / "denoised").iterdir()) == sorted(expected)
-    assert {p.name for p in (out / "predictions").iterdir()} == {"classifier_denoiser.csv", "classifier_scratch.csv"}
+    predictions = {p.name for p in (out / "predictions").iterdir()}
+    assert predictions == {"classifier_denoiser.csv", "classifier_scratch.csv", "floor.csv"}
     # the denoiser never saw the classifier's val/test subjects, and the test subjects are nobody's training data
     parts = results["cohort"]["splits"]
     seen = set(results["cohort"]["denoiser_splits"]["train"]) | set(results["cohort"]["denoiser_splits"]["val"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 import pytest
@@ -46,3 +47,28 @@ def test_set_changes_demo_settings_by_name_and_rejects_unknown_names():
     for bad in ("epochs=40", "noise_range", "noise_range=[5,"):
         with pytest.raises(SystemExit):
             _settings(parser, [bad])
+
+
+def test_confirmation_seeds_must_be_fresh(capsys):
+    from benchmarks.demo_seeds import main
+
+    with pytest.raises(SystemExit):
+        main(["--seeds", "0", "1", "--confirm", "1", "2"])
+    assert "must not share a seed" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quick_run_scores_selection_seeds_on_validation_and_confirmation_seeds_on_test(tmp_path):
+    from benchmarks.demo_seeds import main
+
+    out = tmp_path / "seeds.json"
+    result = main(["--quick", "--seeds", "0", "--confirm", "1", "--work", str(tmp_path / "runs"), "--out", str(out)])
+    assert result["selection_seeds"] == [0] and result["confirmation_seeds"] == [1]
+    assert result["selection"]["volumes"] == "val" and result["confirmation"]["volumes"] == "test"
+    demo = json.loads((tmp_path / "runs" / "seed0" / "results.json").read_text())
+    assert result["selection"]["subjects"] == [demo["cohort"]["splits"]["val"]]  # never the test subjects
+    assert sorted(p.name for p in (tmp_path / "runs" / "seed0" / "denoised_val").glob("*.nii.gz")) == [
+        f"{s}_denoised.nii.gz" for s in demo["cohort"]["splits"]["val"]
+    ]
+    assert [row["seed"] for row in result["confirmation"]["per_seed"]] == [1]
+    assert json.loads(out.read_text())["confirmation_seeds"] == [1]

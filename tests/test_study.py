@@ -2,10 +2,11 @@
 
 The statistics are checked against known values and scikit-learn (their coverage in ``tests/test_stats.py``); the
 cache against a counter and a killed run; each arm must build a network whose output differs from the baseline's; the
-report, on cached runs made up here, must keep the sign of a difference, pair seeds, refuse unequal budgets and
-protocols, and flag underpowered contrasts; the leakage guard must compare voxels, not IDs; every transfer encoder
-must be fine-tuned by one rule; the quick study (every arm, every part, 2 seeds) must write a report that answers
-every question, and continue after a kill without re-running finished runs.
+report, on cached runs made up here, must keep the sign of a difference, pair seeds (and subjects, for AUC), refuse
+unequal budgets and protocols, and flag underpowered contrasts; the run loop must plan every arm with the same steps;
+the leakage guard must compare voxels, not IDs; every transfer encoder must be fine-tuned by one rule; the quick study
+(every arm, every part, 2 seeds) must write a report that answers every question, and continue after a kill without
+re-running finished runs.
 """
 
 from __future__ import annotations
@@ -299,6 +300,12 @@ def test_transfer_contrasts_keep_their_sign_and_refuse_unequal_protocols(tmp_pat
     with pytest.raises(ValueError, match="unequal protocol"):
         transfer_results(cache, _settings(3), ["random", "denoiser"], n_resamples=50)
 
+    cache = RunCache(tmp_path / "c", {})  # the same rule, but the pretrained encoder fine-tuned for more steps
+    _transfer_runs(cache, "random", "finetune", "small", 3, 0.1, protocol, steps=6)
+    _transfer_runs(cache, "denoiser", "finetune", "small", 3, 0.6, protocol, steps=12)
+    with pytest.raises(ValueError, match="unequal steps"):
+        transfer_results(cache, _settings(3), ["random", "denoiser"], n_resamples=50)
+
 
 def test_pretraining_budgets_are_a_setting_and_each_gets_its_contrast(tmp_path):
     import dataclasses
@@ -424,3 +431,47 @@ def test_quick_study_answers_every_question_and_continues_after_a_kill(tmp_path,
     assert main([*quick, "--out", str(out), "--parts", "arms"]) == 0
     started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[")]
     assert len(started) == 1 and "lr_x3/seed1" in started[0]
+
+
+# ---------------------------------------------------------------- mutation-style checks: equal steps, paired AUC
+
+
+def test_every_arm_is_planned_with_the_same_steps_and_the_longer_ones_with_the_same_multiple(tmp_path, monkeypatch):
+    """The study's run loop hands every arm one budget: a loop that gave one arm more steps fails here."""
+    from pipeline.study import run as study_run
+
+    planned: dict[tuple[str, str], set[int]] = {}
+
+    def fake_run_arm(arm, seed, recipe, settings, train, val, evaluation, run_dir, steps):
+        planned.setdefault((run_dir.parts[-3], arm.name), set()).add(steps)
+
+    monkeypatch.setattr(study_run, "_arm_data", lambda out, settings: {"train": [], "val": [], "eval": []})
+    monkeypatch.setattr(study_run, "run_arm", fake_run_arm)
+    settings = plan.StudySettings(seeds=2, transfer_seeds=2, steps=12, longer_factor=3)
+    study_run._run_arms(tmp_path, settings, {}, None, lambda cache, part, name, job: job(), ["arms", "longer"])
+    short = {arm: steps for (part, arm), steps in planned.items() if part == "arms"}
+    longer = {arm: steps for (part, arm), steps in planned.items() if part == "longer"}
+    assert set(short) == {arm.name for arm in plan.ARMS} and set(longer) == set(plan.LONGER_ARMS)
+    assert all(steps == {12} for steps in short.values()), short
+    assert all(steps == {36} for steps in longer.values()), longer
+
+
+def test_the_auc_difference_is_paired_by_subject_and_seed():
+    """Both encoders find the same subjects hard; the denoiser's AUC is higher by a little on every seed.
+
+    Paired by subject, the shared difficulty cancels and the interval excludes 0; an unpaired difference (each
+    encoder's subjects resampled apart) keeps it and cannot tell. A sign flip reads the gain as a loss.
+    """
+    from pipeline.study.report import _auc_difference
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1] * 30)
+    difficulty = rng.normal(0.0, 1.0, labels.size)  # shared by both encoders
+    random_prob = np.stack([labels * 0.6 + difficulty + rng.normal(0, 0.05, labels.size) for _ in range(10)])
+    denoiser_prob = random_prob + labels * 0.25  # every patient scored higher by the pretrained encoder
+    diff = _auc_difference((denoiser_prob, labels), (random_prob, labels), 0.95, 300, margin=0.05)
+    assert diff["estimate"] > 0 and diff["bootstrap_interval"][0] > 0 and diff["verdict"] == "better"
+    half_width = (diff["bootstrap_interval"][1] - diff["bootstrap_interval"][0]) / 2
+    assert half_width < 0.5 * diff["estimate"]  # an unpaired interval is wider than the gain itself here
+    flipped = _auc_difference((random_prob, labels), (denoiser_prob, labels), 0.95, 300, margin=0.05)
+    assert flipped["estimate"] == pytest.approx(-diff["estimate"]) and flipped["verdict"] == "worse"

@@ -3,16 +3,14 @@
 Every volume is simulated from the template a package ships (:mod:`pipeline.data.cohort`,
 :mod:`pipeline.data.synth`); no real scan is used. Each set has its own seed and its own subject-ID prefix, so
 training, pretraining, labelled and held-out subjects are different people and the leakage guard can tell them apart.
-IDs alone prove nothing about the voxels, so :func:`check_distinct_volumes` also compares the images themselves (a
-hash of each volume's voxel array) between every pair of sets that must be disjoint.
+IDs alone prove nothing about the voxels, so :func:`check_distinct_volumes` (:mod:`pipeline.evaluation.leakage`) also
+compares the images themselves (a hash of each volume's voxel array) between every pair of sets that must be disjoint.
 """
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ from monai.transforms import Compose, CopyItemsd, RandSpatialCropSamplesd
 
 from pipeline.data.cohort import CohortParameters, build_cohort
 from pipeline.data.datasets import load_subjects_csv
-from pipeline.errors import LeakageError
+from pipeline.evaluation.leakage import check_distinct_volumes, volume_hash
 from transforms.intensity import robust_max
 from transforms.noise import RandGaussianNoise255d
 
@@ -85,33 +83,6 @@ def cohort_items(out: Path) -> list[dict[str, Any]]:
         item["mask"] = str(out / "masks" / Path(item["image"]).name)
         item["severity"] = float(item.get("severity", "nan"))
     return items
-
-
-def volume_hash(path: str) -> str:
-    """SHA-256 of a volume's voxel array (float32, with its shape): equal for the same image in any file or header."""
-    volume = np.ascontiguousarray(nib.load(path).get_fdata(dtype=np.float32))
-    digest = hashlib.sha256(str(volume.shape).encode())
-    digest.update(volume.tobytes())
-    return digest.hexdigest()
-
-
-def check_distinct_volumes(groups: Mapping[str, Sequence[str]]) -> None:
-    """Refuse sets that must be disjoint but share an image (the same voxels under any file name or subject ID).
-
-    Args:
-        groups: ``{set name: image paths}``, e.g. the denoiser's training volumes and the held-out ones.
-
-    Raises:
-        LeakageError: naming, for each pair of sets that share images, the shared files (``a = b``).
-    """
-    hashes = {name: {volume_hash(p): str(p) for p in paths} for name, paths in groups.items()}
-    overlaps = {}
-    for a, b in itertools.combinations(hashes, 2):
-        shared = set(hashes[a]) & set(hashes[b])
-        if shared:
-            overlaps[(a, b)] = [f"{hashes[a][h]} = {hashes[b][h]}" for h in shared]
-    if overlaps:
-        raise LeakageError(overlaps)
 
 
 def _scaled(path: str) -> torch.Tensor:
