@@ -10,11 +10,8 @@ volumes with ``transforms.noise``, read the template with ``pipeline.data.cohort
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -63,44 +60,10 @@ def poisson_scale() -> float:
 
 
 def machine_info() -> dict[str, Any]:
-    """Describe the machine and software a figure was measured on.
+    """Describe the machine and software a figure was measured on (:func:`pipeline.utils.machine.machine_info`)."""
+    from pipeline.utils.machine import machine_info as _machine_info
 
-    Returns:
-        A dict with the UTC date, CPU model name (``lscpu``), logical CPU count, torch thread count and the versions
-        of Python, torch, MONAI and NumPy.
-    """
-    import monai
-    import torch
-
-    model = platform.processor() or "unknown"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.lower().startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from pipeline.utils.precision import detect_hardware
-
-    hardware = detect_hardware()
-    return {
-        "date_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M"),
-        "cpu": model,
-        "cpu_description": hardware.describe_cpu(),
-        "cpu_flags": sorted(hardware.cpu_flags),
-        "torch_cpu_kernels": hardware.cpu_kernels,
-        "native_bf16": hardware.native_cpu_bf16,
-        "logical_cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        # other jobs on a shared machine slow every timing: the 1-minute load average when the run started
-        "load_average": round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "monai": monai.__version__,
-        "numpy": np.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
+    return _machine_info()
 
 
 def describe_cpu() -> str:

@@ -69,7 +69,7 @@ def denoiser_summary(settings: Mapping[str, Any], curves: Mapping[str, Any]) -> 
 def _run_paragraph(results: Mapping[str, Any]) -> str:
     machine = results["machine"]
     return (
-        f"Run started {results['started']} on {machine['cpus']} CPU(s) ({machine['processor']}, torch "
+        f"Run started {results['started']} on {machine['logical_cpus']} CPU(s) ({machine['cpu_description']}, torch "
         f"{machine['torch']} with {machine['torch_threads']} threads, MONAI {machine['monai']}, device "
         f"`{machine['device']}`). Every number and figure below was produced by this run "
         f"(`python -m pipeline.demo`); all of them are also in `results.json`."

@@ -39,7 +39,6 @@ import datetime as _dt
 import json
 import logging
 import os
-import platform
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
@@ -242,18 +241,11 @@ def _json_default(value: Any) -> Any:
 
 
 def _machine() -> dict[str, Any]:
-    import monai
     import torch
 
-    return {
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "monai": monai.__version__,
-    }
+    from pipeline.utils.machine import machine_info
+
+    return machine_info() | {"device": "cuda" if torch.cuda.is_available() else "cpu"}
 
 
 def announce(settings: DemoSettings, quick: bool = False, hardware: Any = None) -> list[str]:

@@ -8,7 +8,6 @@ from the baseline with its interval).
 from __future__ import annotations
 
 import json
-import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from pipeline.study.arms import METRICS
 from pipeline.study.cache import RunCache
 from pipeline.study.plan import ARMS, LONGER_ARMS, MIN_SEEDS_ARMS, MIN_SEEDS_TRANSFER, StudySettings, pretrain_kind
 from pipeline.utils.files import atomic_path
+from pipeline.utils.machine import machine_info
 
 __all__ = ["arms_results", "check_equal_budgets", "transfer_kinds", "transfer_results", "write_report"]
 
@@ -456,7 +456,7 @@ def write_report(
     transfer = transfer_results(cache, settings, kinds, settings.bootstrap) if "transfer" in parts else {}
     results = {
         "command": command,
-        "machine": {"processor": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "machine": machine_info(),
         "minutes": minutes,
         "settings": settings.as_dict(),
         "required_seeds": {"arms": MIN_SEEDS_ARMS, "transfer": MIN_SEEDS_TRANSFER},
