@@ -216,7 +216,11 @@ def _rows_table(rows: Mapping[str, Mapping[str, str]], first: str) -> str:
     return _table([first, *(c.replace("_", " ") for c in columns)], body)
 
 
-_DEMO_NAMES = {"denoiser": "ResNet from the denoiser's encoder", "scratch": "ResNet from scratch"}
+_DEMO_NAMES = {
+    "denoiser": "ResNet from the denoiser's encoder",
+    "scratch": "ResNet from scratch",
+    "logistic_floor": "logistic-regression floor",
+}
 _QUALITY = (("psnr_brain", "PSNR brain (dB)", 2), ("psnr_volume", "PSNR volume (dB)", 2))
 _QUALITY += (("ssim_brain", "SSIM brain", 3), ("ssim_volume", "SSIM volume", 3), ("seconds", "s/volume", 2))
 
@@ -225,7 +229,7 @@ def demo_classification(data: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     """The demo's classification rows: each classifier, then the logistic-regression floor, every figure generic."""
     rows = {_DEMO_NAMES.get(k, k): metric_cells(v) for k, v in data.get("classification", {}).items()}
     for key, value in data.items():
-        if key.startswith("logistic_floor"):
+        if key.startswith("logistic_floor") and "logistic_floor" not in data.get("classification", {}):
             metric = key.removeprefix("logistic_floor").strip("_") or "balanced_accuracy"
             cells = metric_cells(value) if isinstance(value, Mapping) else metric_cells({metric: value})
             rows.setdefault("logistic-regression floor", {}).update(cells)
