@@ -43,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     """The command line (the package docstring's first line as its description)."""
     import benchmarks.real_scans as package
 
-    parser = argparse.ArgumentParser(description=package.__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.real_scans", description=package.__doc__.splitlines()[0]
+    )
     parser.add_argument("--weights", default=None, help="model.pt with its card (default: the shipped model)")
     parser.add_argument("--levels", type=float, nargs="+", default=[5.0, 10.0, 15.0, 25.0], help="sigma on 0-255")
     parser.add_argument("--noises", nargs="+", default=["gaussian", "rician"], choices=("gaussian", "rician"))

@@ -16,7 +16,7 @@ __all__ = [
     "TARGETS",
 ]
 
-#: Single real scans of nibabel's test data: (name, file, what it is). Their own noise is high (see the module doc).
+#: Single real scans of nibabel's test data: (name, file, what it is). Their own noise is high (see the package doc).
 SCANS: tuple[tuple[str, str, str], ...] = (
     ("anatomical", "anatomical.nii", "T1-weighted head with skull, SPM-normalised, 2 mm"),
     ("afni_tlrc", "scaled+tlrc.HEAD", "EPI of a head resampled to Talairach space (AFNI)"),

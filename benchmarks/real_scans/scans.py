@@ -84,7 +84,7 @@ class RealScan:
 
 
 def own_noise(volume: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
-    """Blind estimates of a single scan's own noise on the 0-255 scale of its robust maximum (module docstring).
+    """Blind estimates of a single scan's own noise on the 0-255 scale of its robust maximum (package docstring).
 
     Args:
         volume: the scan divided by its robust maximum.
