@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from benchmarks import real_scans
+from benchmarks.real_scans import scoring
 from benchmarks.whole_head import make_model
 from transforms.intensity import robust_max
 
@@ -104,8 +105,8 @@ def test_the_blind_tuning_never_reads_the_reference(monkeypatch):
         seen.append(np.array(out))
         return {"psnr_brain": 30.0, "ssim_brain": 0.9, "psnr_volume": 30.0, "ssim_volume": 0.9}
 
-    monkeypatch.setattr(real_scans, "volume_quality", quality)
-    monkeypatch.setattr(real_scans, "tune", lambda *a, **k: pytest.fail("a blind method tuned on the reference"))
+    monkeypatch.setattr(scoring, "volume_quality", quality)
+    monkeypatch.setattr(scoring, "tune", lambda *a, **k: pytest.fail("a blind method tuned on the reference"))
     honest = real_scans.score_case(case, methods)
     poisoned = real_scans.score_case(dict(case, clean=np.full_like(case["clean"], np.nan)), methods)
     assert [r["param"] for r in honest] == [r["param"] for r in poisoned]
