@@ -267,8 +267,6 @@ def _demo(data: dict[str, Any]) -> str:
     rows = demo_classification(data)
     if rows:
         lines += ["", "Classification of the held-out subjects:", "", _rows_table(rows, "classifier")]
-    if data.get("notes"):  # what the recorder said of the run's conditions (a list of sentences)
-        lines += ["", *(f"- {note}" for note in data["notes"])]
     return "\n".join(lines).strip()
 
 
