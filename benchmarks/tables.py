@@ -365,7 +365,24 @@ def render_table(data: dict[str, Any], kind: str) -> str:
 
 
 #: How each kind of result becomes a table (:func:`kind_of`); any other kind gets :func:`_generic`.
+def _demo_recipe(data: dict[str, Any]) -> str:
+    """Mean PSNR in the brain per noise and level of each output, then the rule fixed before the run and its verdict."""
+    methods = ("noisy", "demo", "demo_guarded", "ready", "ready_guarded")
+    body = [[m["noise"], f"{m['level']:g}", *(_number(m[k], 2) for k in methods)] for m in data.get("means", [])]
+    lines = [_table(["noise", "level (/255)", *methods], body)]
+    decision = data.get("decision")
+    if decision:
+        verdict = "switch to the ready recipe" if decision["switch"] else "keep the demo's recipe"
+        lines += [
+            "",
+            f"Rule: {decision['rule']}; ready - demo {decision['ready_guarded_minus_demo_guarded']:+.2f} dB: "
+            f"{verdict}.",
+        ]
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "demo_recipe": _demo_recipe,
     "classical": _classical,
     "real_scans": _real_scans,
     "demo": _demo,
