@@ -92,6 +92,20 @@ def test_the_choice_beats_every_single_gaussian_filter():
         assert report.estimated_gain_db >= report.candidates[f"gaussian {width:g}"]
 
 
+@pytest.mark.parametrize("sigma", SIGMAS)
+def test_the_combination_of_every_output_corrects_an_oversmoothing_network_beyond_any_single_candidate(sigma):
+    """SURE-LET: signed weights on the network and the filters restore detail none of them keeps alone."""
+    clean, noisy = _noisy(sigma, seed=1)
+    mask = head_mask(noisy)
+    out, report = _run(noisy, _oversmoothing)
+    true_gain = 10 * math.log10(_mse(noisy, clean, mask) / _mse(out, clean, mask))
+    others = {name: gain for name, gain in report.candidates.items() if name != report.choice}
+    assert report.choice == "network + filters (SURE-LET)"
+    assert true_gain >= max(others.values()) + 0.5
+    assert report.estimated_gain_db == pytest.approx(true_gain, abs=0.3)
+    assert any(weight < 0 for weight in report.weights.values())  # a signed correction, not a blend
+
+
 def test_a_known_level_is_used_as_given_and_bad_settings_are_refused():
     _, noisy = _noisy(10 / 255)
     _, report = _run(noisy, _nonlinear, sigma_255=12.0)
