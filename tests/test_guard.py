@@ -190,3 +190,42 @@ def test_a_level_measured_in_the_tissue_is_reported_with_a_warning(caplog):
     with caplog.at_level("WARNING", logger="pipeline.inference.guard"):
         _, report = _run(_noisy(15 / 255)[1], _nonlinear)
     assert report.noise_method == "background" and "tissue" not in caplog.text
+
+
+def test_the_guard_family_benchmark_scores_both_guards_on_the_same_network_outputs(monkeypatch):
+    from benchmarks import guard_family
+    from pipeline.data.synth import load_tissue_maps
+
+    calls = []
+    network = torch.nn.Conv3d(1, 1, 3, padding=1, bias=False)
+    with torch.no_grad():
+        network.weight.fill_(1 / 27)  # a box filter
+    forward = network.forward
+    monkeypatch.setattr(network, "forward", lambda x: calls.append(x.shape) or forward(x))
+    head = {"seed": 7, "contrast": "t1", "noise": "gaussian", "voxel_mm": 4.0}
+    row = guard_family.score_head(network, head, 15.0, load_tissue_maps(16.0, 4.0))
+    assert row["sure_let_choice"] == "network + filters (SURE-LET)" and "SURE-LET" not in row["candidates_choice"]
+    assert all(math.isfinite(row[k]) for k in ("noisy", "network", "candidates", "sure_let"))
+    assert row["sure_let"] > row["noisy"] and abs(row["sure_let_estimate_error"]) < 1.0
+    passes = len(calls)
+    guard_family.score_head(network, head, 15.0, load_tissue_maps(16.0, 4.0))
+    assert len(calls) == 2 * passes  # each head costs the output and the perturbed pass once, for both guards
+
+
+def test_the_guard_family_rule_needs_the_interval_over_heads_above_zero():
+    from benchmarks.guard_family import _decision, generated_heads
+
+    heads = generated_heads(5, 100)
+    assert [h["seed"] for h in heads] == [100, 101, 102, 103, 104] and {h["noise"] for h in heads} == {
+        "gaussian",
+        "rician",
+    }
+    rows = [
+        {"seed": h["seed"], "candidates": 30.0, "sure_let": 30.0 + d} for h, d in zip(heads, (0.5, 0.6, 0.4, 0.7, 0.5))
+    ]
+    assert _decision(rows, heads)["combine"]
+    rows = [
+        {"seed": h["seed"], "candidates": 30.0, "sure_let": 30.0 + d}
+        for h, d in zip(heads, (0.5, -0.6, 0.4, -0.7, 0.5))
+    ]
+    assert not _decision(rows, heads)["combine"]

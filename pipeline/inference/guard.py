@@ -147,6 +147,8 @@ class SureGuard:
             ``None`` estimates it blind (``noise_method``).
         noise_method: where to estimate it, one of :data:`transforms.noise_level.NOISE_METHODS`.
         seed: seeds the Monte-Carlo probe, so a scan gives the same output every run.
+        combine: also score every output at once with weights of any sign (SURE-LET); ``False`` keeps to the
+            network, its blend, single filters and non-negative pairs (``benchmarks.guard_family`` compares both).
 
     Raises:
         ValueError: a negative width, a non-positive ``sigma_255`` or an unknown method.
@@ -158,6 +160,7 @@ class SureGuard:
         sigma_255: float | None = None,
         noise_method: str = "auto",
         seed: int = 0,
+        combine: bool = True,
     ) -> None:
         if any(float(w) <= 0 for w in widths):
             raise ValueError(f"widths must be positive (voxels), got {list(widths)}.")
@@ -170,6 +173,7 @@ class SureGuard:
         self.noise_method = noise_method
         self._warned_tissue = False
         self.seed = int(seed)
+        self.combine = bool(combine)
 
     def noise(
         self, volume: np.ndarray, head: np.ndarray | None = None, reference: float | None = None
@@ -240,7 +244,7 @@ class SureGuard:
         if not (math.isfinite(divergence) and bool(torch.isfinite(outputs[_NETWORK]).all())):
             logger.warning("the network's output is not finite: the guard chooses among the filters and the input")
             del outputs[_NETWORK], centre[_NETWORK]
-        weights, risks = _candidates(outputs, centre, sigma)
+        weights, risks = _candidates(outputs, centre, sigma, self.combine)
         best = min(risks, key=lambda name: risks[name] if math.isfinite(risks[name]) else math.inf)
         gains = {name: 10.0 * math.log10(sigma**2 / max(risk, 1e-30)) for name, risk in risks.items()}
         if gains[best] > MAX_PLAUSIBLE_GAIN_DB and _NETWORK in outputs:
@@ -277,7 +281,7 @@ class SureGuard:
 
 
 def _candidates(
-    outputs: dict[str, torch.Tensor], divergence: dict[str, float], sigma: float
+    outputs: dict[str, torch.Tensor], divergence: dict[str, float], sigma: float, combine: bool = True
 ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """Each candidate's weights and SURE risk (the module docstring's quadratic form)."""
     names = list(outputs)
@@ -302,7 +306,7 @@ def _candidates(
 
     weights: dict[str, dict[str, float]] = {"input": {}}
     combined = np.linalg.lstsq(gram, drive, rcond=None)[0]  # every output at once, weights of any sign (SURE-LET)
-    if np.isfinite(combined).all():
+    if combine and np.isfinite(combined).all():
         weights[_LET if _NETWORK in index else _LET_FILTERS] = dict(zip(names, map(float, combined), strict=True))
     net = index.get(_NETWORK)
     if net is not None:

@@ -1,0 +1,155 @@
+"""Which outputs should the inference guard combine? The network's candidates alone, or every output at once (SURE-LET)?
+
+Run: ``python -m benchmarks.guard_family [--heads 8] [--seed 3000] [--levels 5 15 25] [--out ...json]``.
+
+Validation data only: generated whole heads (:func:`pipeline.data.synth.synth_volumes`, skull and scalp, contrasts
+T1/T2/PD in turn, Gaussian and Rician noise in turn, 2 mm and 1.5 mm in turn) from seeds the ready model never saw
+(its training draws fresh heads from its own stream, its epoch was chosen on seeds 1000-1001). Each noisy head, on
+its robust-maximum scale, goes through the ready model and :class:`pipeline.inference.guard.SureGuard` twice on the
+same network outputs: ``combine=False`` (the network, its blend with the input, single Gaussian filters and
+non-negative network-plus-filter pairs) and ``combine=True`` (also every output at once, weights of any sign). PSNR in
+the head mask against the clean head, and each guard's estimated gain against the true one.
+
+The rule, fixed before the run: the guard combines (``combine=True``, the default) if the 95 % t interval of the
+per-head mean difference (SURE-LET minus the candidates alone, averaged over the levels; heads are the independent
+units, ``n - 1`` degrees of freedom) lies above 0. No real scan is read: real heads stay for evaluation
+(``benchmarks.real_scans``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks._common import announce, default_out, format_table, head_mask, machine_info, write_json
+
+__all__ = ["generated_heads", "main", "score_head"]
+
+_CONTRASTS = ("t1", "t2", "pd")
+
+
+def generated_heads(count: int, seed: int) -> list[dict[str, Any]]:
+    """``count`` head settings (seed, contrast, noise type, voxel size), cycling through each."""
+    return [
+        {
+            "seed": seed + k,
+            "contrast": _CONTRASTS[k % 3],
+            "noise": ("gaussian", "rician")[k % 2],
+            "voxel_mm": (2.0, 2.0, 1.5)[k % 3],
+        }
+        for k in range(count)
+    ]
+
+
+def _memoised(model: torch.nn.Module, roi: int, overlap: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The network as the guard calls it, remembering its outputs so both guards see the same ones."""
+    from benchmarks.quality import denoise_with_network
+
+    seen: dict[str, torch.Tensor] = {}
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().cpu().numpy()[0], dtype=np.float32)
+        key = hashlib.sha1(array.tobytes()).hexdigest()
+        if key not in seen:
+            seen[key] = torch.from_numpy(denoise_with_network(model, array, roi, overlap, False, floor=None))[None]
+        return seen[key]
+
+    return predict
+
+
+def _psnr(out: np.ndarray, clean: np.ndarray, mask: np.ndarray) -> float:
+    peak = float(clean[mask].max())
+    return 10.0 * math.log10(peak**2 / float(np.mean((out - clean)[mask] ** 2)))
+
+
+def score_head(model: torch.nn.Module, head: dict[str, Any], level: float, maps: Any) -> dict[str, Any]:
+    """One generated head at one level: noisy, network, the guard without and with SURE-LET (PSNR in the head)."""
+    from pipeline.data.synth import synth_volumes
+    from pipeline.inference.guard import SureGuard
+    from transforms.noise_level import robust_max
+
+    item = synth_volumes(
+        maps,
+        n=1,
+        seed=head["seed"],
+        voxel_size=head["voxel_mm"],
+        noise=head["noise"],
+        level=level,
+        contrasts=[head["contrast"]],
+        head_prob=1.0,
+    )[0]
+    noisy = item["image"][0].numpy().astype(np.float32)
+    scale = robust_max(noisy)
+    clean = item["label"][0].numpy().astype(np.float64) / scale
+    mask = head_mask(clean)
+    image = torch.from_numpy(noisy / scale)[None]
+    predict = _memoised(model, 32, 0.25)
+    row = {**head, "level": level, "noisy": _psnr(noisy / scale, clean, mask)}
+    row["network"] = _psnr(predict(image).numpy()[0], clean, mask)
+    for name, combine in (("candidates", False), ("sure_let", True)):
+        out, report = SureGuard(combine=combine)(image, predict)
+        row[name] = _psnr(out.numpy()[0], clean, mask)
+        row[f"{name}_choice"] = report.choice
+        row[f"{name}_estimate_error"] = report.estimated_gain_db - (row[name] - row["noisy"])
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
+
+
+def _decision(rows: list[dict[str, Any]], heads: list[dict[str, Any]]) -> dict[str, Any]:
+    from pipeline.evaluation.stats import seed_t_interval
+
+    per_head = [np.mean([r["sure_let"] - r["candidates"] for r in rows if r["seed"] == h["seed"]]) for h in heads]
+    mean, low, high = seed_t_interval(np.asarray(per_head))
+    return {
+        "rule": "combine if the 95 % t interval (heads, n - 1 df) of SURE-LET minus the candidates alone is above 0",
+        "difference_db": [round(mean, 3), round(low, 3), round(high, 3)],
+        "heads": len(heads),
+        "combine": bool(low > 0),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.guard_family", description=__doc__.split("\n")[0])
+    parser.add_argument("--heads", type=int, default=8, help="generated heads (the independent units)")
+    parser.add_argument("--seed", type=int, default=3000, help="seed of the first head")
+    parser.add_argument("--levels", type=float, nargs="+", default=[5.0, 15.0, 25.0], help="sigma on 0-255")
+    parser.add_argument("--out", default=str(default_out("guard_family")))
+    args = parser.parse_args(argv)
+
+    from benchmarks.real_scans import load_denoiser
+    from pipeline.data.synth import load_tissue_maps
+    from pipeline.inference.ready import default_weights
+
+    announce(
+        "benchmarks.guard_family",
+        f"the guard with and without SURE-LET on {args.heads} generated heads at {args.levels}/255 (validation)",
+        "about 30 s per head and level on 2 cores",
+    )
+    model, _ = load_denoiser(default_weights())
+    maps = load_tissue_maps(16.0, 1.0)
+    heads = generated_heads(args.heads, args.seed)
+    rows = [score_head(model, head, level, maps) for head in heads for level in args.levels]
+    columns = ["seed", "noise", "voxel_mm", "level", "noisy", "network", "candidates", "sure_let"]
+    print(format_table(rows, columns))
+    decision = _decision(rows, heads)
+    print(f"decision: {'combine' if decision['combine'] else 'do not combine'} ({decision})")
+    result = {
+        "benchmark": "guard_family",
+        "command": "python -m benchmarks.guard_family " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": machine_info(),
+        "model": "pipeline.inference.ready (the shipped denoiser)",
+        "rows": rows,
+        "decision": decision,
+    }
+    write_json(result, args.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()
