@@ -9,6 +9,7 @@ and ``"transcribed": true``, and its provenance line says so. Nothing here measu
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -354,11 +355,6 @@ def _transcribed(data: dict[str, Any]) -> str:
     return "\n".join(parts).strip()
 
 
-def _generic(data: dict[str, Any]) -> str:
-    """The summary's tables and ratios, without its heading and machine line."""
-    return summarise(data, "").split("\n", 3)[3].strip()
-
-
 def render_table(data: dict[str, Any], kind: str) -> str:
     """The table of a result of this kind (:data:`RENDERERS`, else the summary's tables)."""
     return RENDERERS.get(kind, _generic)(data).strip()
@@ -381,8 +377,42 @@ def _demo_recipe(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _guard_family(data: dict[str, Any]) -> str:
+    """Mean PSNR in the head per case (air or not) and level, each guard's worst estimate error, then the rules."""
+    rows = data.get("rows", [])
+    body = []
+    for air in (True, False):
+        for level in sorted({r["level"] for r in rows}):
+            cell = [r for r in rows if r["air"] == air and r["level"] == level]
+            if not cell:
+                continue
+            means = [_number(_mean(r[k] for r in cell), 2) for k in ("noisy", "network", "candidates", "sure_let")]
+            errors = [
+                " / ".join(
+                    _number(
+                        max((abs(r[k]) for r in cell if r["noise"] == noise and math.isfinite(r[k])), default=None), 2
+                    )
+                    for k in ("candidates_estimate_error", "sure_let_estimate_error")
+                )
+                for noise in ("gaussian", "rician")
+            ]
+            body.append(["in the air" if air else "in the tissue", f"{level:g}", str(len(cell)), *means, *errors])
+    headers = ["noise level measured", "level (/255)", "heads", "noisy", "network", "candidates", "SURE-LET"]
+    errors = ["worst SURE error, Gaussian (candidates / SURE-LET)", "worst SURE error, Rician"]
+    lines = [_table([*headers, *errors], body), ""]
+    for where, found in data.get("decision", {}).items():
+        mean, low, high = found["difference_db"]
+        verdict = "combine" if found["combine"] else "do not combine"
+        lines.append(
+            f"- {where}: SURE-LET - candidates {mean:+.2f} dB [{low:+.2f}, {high:+.2f}] "
+            f"({found['heads']} heads): {verdict}."
+        )
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "demo_recipe": _demo_recipe,
+    "guard_family": _guard_family,
     "classical": _classical,
     "real_scans": _real_scans,
     "demo": _demo,

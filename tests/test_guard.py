@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from pipeline.inference.guard import SureGuard, gaussian_centre_weight, report_path
+from pipeline.inference.guard import SureGuard, gaussian_centre_weight, gaussian_divergence, report_path
 from tests.test_noise_level import _head_on_air
 from transforms.noise_level import head_mask
 
@@ -59,6 +59,20 @@ def test_the_centre_weight_is_the_filters_response_to_a_delta():
     delta[10, 10, 10] = 1.0
     assert gaussian_centre_weight(1.3) == pytest.approx(ndimage.gaussian_filter(delta, 1.3)[10, 10, 10], rel=1e-9)
     assert gaussian_centre_weight(0.0) == 1.0
+
+
+def test_the_filters_divergence_is_exact_at_the_border_too():
+    shape, width = (5, 6, 7), 1.2
+    mask = np.zeros(shape, bool)
+    mask[0, :3, -2:] = mask[2, 3, 3] = True  # a corner, an edge and the interior
+    diagonal = np.zeros(shape)
+    for index in np.ndindex(shape):
+        delta = np.zeros(shape)
+        delta[index] = 1.0
+        diagonal[index] = ndimage.gaussian_filter(delta, width)[index]
+    assert gaussian_divergence(shape, width, mask) == pytest.approx(diagonal[mask].mean(), rel=1e-9)
+    assert gaussian_divergence(shape, width) == pytest.approx(diagonal.mean(), rel=1e-9)
+    assert diagonal[0, 0, 0] > 1.5 * gaussian_centre_weight(width)  # why the centre weight is not enough
 
 
 @pytest.mark.parametrize("sigma", SIGMAS)

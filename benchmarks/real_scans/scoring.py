@@ -131,6 +131,7 @@ def guarded_output(
         found: dict[str, Any] = {"choice": "network (guard off)"}
     else:
         found = report.as_dict() if hasattr(report, "as_dict") else dict(report)
+        found["sigma_input_255"] = round(255.0 * float(found["sigma"]) * scale, 3)  # the added level's scale
     return (out if OUTPUT_FLOOR is None else np.maximum(out, OUTPUT_FLOOR)), found
 
 
@@ -196,7 +197,8 @@ def score_case(
         extra: dict[str, Any] = {}
         report: dict[str, Any] = {}
         if method == "noisy":
-            run, extra = functools.partial(np.asarray, noisy), {"blind_sigma_255": round(sigma, 2)}
+            extra = {"blind_sigma_255": round(sigma, 2), "robust_max": round(robust_max(noisy), 5)}
+            run = functools.partial(np.asarray, noisy)
         elif method == "network":
             run = functools.partial(denoise_with_network, model, noisy, roi, overlap, bf16)
         elif method == "default":

@@ -235,14 +235,24 @@ def print_tables(
                     "SURE gain": guard.get("estimated_gain_db"),
                     "true gain": round(true_gain, 2),
                     "SURE - true": round(guard.get("estimated_gain_db", float("nan")) - true_gain, 2),
-                    "sigma_255 / level": round(guard.get("sigma_255", float("nan")) / r["level"], 3),
-                    "Haar sigma_255 / level": round(noisy["blind_sigma_255"] / r["level"], 3),
+                    "sigma / added": _level_ratio(guard.get("sigma_input_255"), r["level"]),
+                    "Haar sigma / added": _level_ratio(
+                        noisy["blind_sigma_255"] * noisy.get("robust_max", float("nan")), r["level"]
+                    ),
                     "s default": r["seconds"],
                     "s BM4D": by.get((r["scan"], r["noise"], r["level"], "bm4d"), {}).get("seconds"),
                 }
             )
         print(
             "\nThe guard per case: SURE's estimated gain over the noisy input vs the true gain (dB), its blind noise "
-            "estimate over the added level, seconds per volume\n"
+            "estimate over the added level (both on the reference's scale, not the noisy scan's robust maximum, which "
+            "the noise inflates), seconds per volume\n"
         )
         print(format_table(table, list(table[0])))
+
+
+def _level_ratio(sigma_255: float | None, level: float) -> float | None:
+    """A noise estimate over the added level, both on the reference's 0-255 scale (``None`` when not recorded)."""
+    if sigma_255 is None or not np.isfinite(sigma_255):
+        return None
+    return round(float(sigma_255) / level, 3)

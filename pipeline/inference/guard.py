@@ -11,7 +11,7 @@ The guard scores a small family: ``g = y + sum_k w_k (f_k(y) - y)``, where ``f_k
 Gaussian filters of a few widths. SURE is quadratic in the weights, ``w^T G w + sigma^2 - 2 sigma^2 w^T (1 - D)``
 with ``G_kl = mean(u_k u_l)``, ``u_k = f_k(y) - y`` and ``D_k = mean div f_k``, so the candidates' risks are exact
 least-squares algebra: the noisy input (``w = 0``, risk ``sigma^2``), the network, the network blended with its input
-(``alpha`` in [0, 1]), each Gaussian filter alone (its divergence is the kernel's centre weight), the network with one
+(``alpha`` in [0, 1]), each Gaussian filter alone (its divergence is exact: :func:`gaussian_divergence`), the network with one
 Gaussian filter (non-negative weights), and every output at once with weights of any sign, SURE's own minimum over the
 family (SURE-LET, Blu and Luisier 2007: a linear correction of the network's output, e.g. a difference of Gaussians
 that restores detail it smoothed away). The lowest risk is written, so the combination is chosen unless the
@@ -52,6 +52,7 @@ __all__ = [
     "GuardReport",
     "SureGuard",
     "gaussian_centre_weight",
+    "gaussian_divergence",
     "report_path",
     "write_guard_report",
 ]
@@ -89,6 +90,29 @@ def gaussian_centre_weight(width: float, ndim: int = 3) -> float:
     delta = np.zeros(size)
     delta[size // 2] = 1.0
     return float(ndimage.gaussian_filter1d(delta, width)[size // 2]) ** ndim
+
+
+def gaussian_divergence(shape: Sequence[int], width: float, mask: np.ndarray | None = None) -> float:
+    """The exact mean divergence of scipy's Gaussian filter (``mode="reflect"``) over ``mask``.
+
+    Near a border the reflected kernel counts a voxel more than once, so its own weight there exceeds the centre
+    weight (:func:`gaussian_centre_weight`); a scan whose head touches the field of view (EPI slabs) has many such
+    voxels, and SURE would under-state the filter's divergence. The filter is separable, so its diagonal is the
+    outer product of the three 1-D diagonals, each read off the filter applied to an identity matrix.
+
+    Args:
+        shape: the volume's shape.
+        width: the standard deviation in voxels.
+        mask: where to average (default: everywhere), shaped ``shape``.
+
+    Returns:
+        The mean of the filter's diagonal over the mask.
+    """
+    diagonals = [np.diag(ndimage.gaussian_filter1d(np.eye(n), width, axis=0)) for n in shape]
+    diagonal = diagonals[0]
+    for axis in diagonals[1:]:
+        diagonal = np.multiply.outer(diagonal, axis)
+    return float(diagonal.mean() if mask is None else diagonal[mask].mean())
 
 
 @dataclass
@@ -240,7 +264,7 @@ class SureGuard:
         widths = {f"gaussian {width:g}": width for width in self.widths}
         for name, width in widths.items():  # only the head's voxels are kept; the chosen filter is run again below
             outputs[name] = torch.from_numpy(ndimage.gaussian_filter(volume, width)[mask]) - base
-            centre[name] = gaussian_centre_weight(width)
+            centre[name] = gaussian_divergence(volume.shape, width, mask)
         if not (math.isfinite(divergence) and bool(torch.isfinite(outputs[_NETWORK]).all())):
             logger.warning("the network's output is not finite: the guard chooses among the filters and the input")
             del outputs[_NETWORK], centre[_NETWORK]
