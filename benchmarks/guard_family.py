@@ -72,8 +72,8 @@ def _psnr(out: np.ndarray, clean: np.ndarray, mask: np.ndarray) -> float:
     return 10.0 * math.log10(peak**2 / float(np.mean((out - clean)[mask] ** 2)))
 
 
-def _inside(mask: np.ndarray, share: float = 0.6) -> tuple[slice, ...]:
-    """The central ``share`` of the head's bounding box on every axis: a crop with no air left around it."""
+def _inside(mask: np.ndarray, share: float = 0.5) -> tuple[slice, ...]:
+    """The central ``share`` of the head's bounding box on every axis (half: inside an ellipsoid, corners too)."""
     box = []
     for axis in range(mask.ndim):
         found = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))

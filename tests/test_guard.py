@@ -243,3 +243,11 @@ def test_the_guard_family_rule_needs_the_interval_over_heads_above_zero():
         for h, d in zip(heads, (0.5, -0.6, 0.4, -0.7, 0.5))
     ]
     assert not _decision(rows, heads)["combine"]
+
+
+def test_the_guard_family_crop_inside_the_head_leaves_no_air():
+    from benchmarks.guard_family import _inside
+
+    head = _head_on_air((40, 48, 44), (0.8, 0.85, 0.8)) > 0
+    box = _inside(head)
+    assert head[box].all() and all(0 < s.start < s.stop < n for s, n in zip(box, head.shape, strict=True))
