@@ -396,8 +396,8 @@ def _guard_family(data: dict[str, Any]) -> str:
                 )
                 for noise in ("gaussian", "rician")
             ]
-            body.append(["in the air" if air else "in the tissue", f"{level:g}", str(len(cell)), *means, *errors])
-    headers = ["noise level measured", "level (/255)", "heads", "noisy", "network", "candidates", "SURE-LET"]
+            body.append(["whole" if air else "inside the head", f"{level:g}", str(len(cell)), *means, *errors])
+    headers = ["volume", "level (/255)", "heads", "noisy", "network", "candidates", "SURE-LET"]
     errors = ["worst SURE error, Gaussian (candidates / SURE-LET)", "worst SURE error, Rician"]
     lines = [_table([*headers, *errors], body), ""]
     for where, found in data.get("decision", {}).items():
