@@ -1,4 +1,4 @@
-"""The inference guard: SURE picks, per scan, what to write (network, blend, filter or input) and how much it helped.
+"""The inference guard: SURE picks, per scan, what to write (network, blend, filter, their combination or input).
 
 A denoiser trained at one noise level smooths every scan as if it held that level: below it, the output is worse than
 the noisy input. The guard needs no clean reference to see this. For additive white Gaussian noise of standard
@@ -11,9 +11,9 @@ The guard scores a small family: ``g = y + sum_k w_k (f_k(y) - y)``, where ``f_k
 Gaussian filters of a few widths. SURE is quadratic in the weights, ``w^T G w + sigma^2 - 2 sigma^2 w^T (1 - D)``
 with ``G_kl = mean(u_k u_l)``, ``u_k = f_k(y) - y`` and ``D_k = mean div f_k``, so the candidates' risks are exact
 least-squares algebra: the noisy input (``w = 0``, risk ``sigma^2``), the network, the network blended with its input
-(``alpha`` in [0, 1]), each Gaussian filter alone (its divergence is exact: :func:`gaussian_divergence`), the network with one
-Gaussian filter (non-negative weights), and every output at once with weights of any sign, SURE's own minimum over the
-family (SURE-LET, Blu and Luisier 2007: a linear correction of the network's output, e.g. a difference of Gaussians
+(``alpha`` in [0, 1]), each Gaussian filter alone (its divergence exact, :func:`gaussian_divergence`), the network with
+one Gaussian filter (non-negative weights), and every output at once with weights of any sign, SURE's own minimum over
+the family (SURE-LET, Blu and Luisier 2007: a linear correction of the network's output, e.g. a difference of Gaussians
 that restores detail it smoothed away). The lowest risk is written, so the combination is chosen unless the
 least-squares system is degenerate; its estimated gain over the noisy input ``10 log10(sigma^2 / SURE)`` goes to the
 log and to the scan's JSON sidecar, with every other candidate's. Fitting six weights on the head's voxels makes the
