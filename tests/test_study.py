@@ -11,6 +11,7 @@ re-running finished runs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -100,6 +101,19 @@ def test_cache_refuses_results_of_other_settings(tmp_path):
     RunCache(tmp_path, {"steps": 3, "seeds": 3})
     with pytest.raises(ValueError, match="steps differ"):
         RunCache(tmp_path, {"steps": 4, "seeds": 3})
+
+
+def test_more_seeds_or_budgets_keep_the_cache_but_other_margins_or_steps_do_not(tmp_path):
+    """A study continued with more seeds reuses its runs; a margin changed after the run is refused."""
+    from pipeline.study.run import cache_stamp
+
+    base = plan.StudySettings()
+    RunCache(tmp_path, cache_stamp(base, {"lr": 1e-3}, "fp32", None))
+    more = dataclasses.replace(base, seeds=7, transfer_seeds=12, pretrain_budgets=(0.25, 1.0, 4.0), bootstrap=500)
+    RunCache(tmp_path, cache_stamp(more, {"lr": 1e-3}, "fp32", None))  # accepted
+    for change, name in (({"margin_psnr_db": 0.2}, "margin_psnr_db"), ({"steps": 96}, "steps")):
+        with pytest.raises(ValueError, match=name):
+            RunCache(tmp_path, cache_stamp(dataclasses.replace(base, **change), {"lr": 1e-3}, "fp32", None))
 
 
 # ---------------------------------------------------------------- plan

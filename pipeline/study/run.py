@@ -51,7 +51,7 @@ from pipeline.study.transfer import (
 from pipeline.utils import tiny
 from pipeline.utils.precision import resolve_precision
 
-__all__ = ["main", "run_study"]
+__all__ = ["cache_stamp", "main", "run_study"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,10 @@ PROTOCOL = 2
 _MINUTES = {BUDGET_90: 60.0, QUICK: 4.0, TINY: 1.5, FULL: 130.0}
 #: ``--budget``: the settings each name selects.
 BUDGETS = {"required": FULL, "90min": BUDGET_90}
+#: Settings no single run depends on (how many seeds and budgets, the report's resamples): left out of the cache's
+#: stamp, so a study re-run with more seeds or budgets keeps the runs it has. The margins stay in it: fixed before the
+#: run, a cache refuses to be reported under others.
+_COUNTS = ("seeds", "transfer_seeds", "pretrain_budgets", "bootstrap")
 
 
 class _Progress:
@@ -265,6 +269,19 @@ def _announce(settings: StudySettings, precision: str) -> None:
     )
 
 
+def cache_stamp(settings: StudySettings, recipe: Mapping, precision: str, pretrained: str | None) -> dict[str, Any]:
+    """What every cached run depends on: a cache made under another stamp is refused (:class:`RunCache`).
+
+    Args:
+        settings: the study's sizes; their counts of seeds and budgets and the bootstrap size are left out.
+        recipe: the baseline recipe (:func:`~pipeline.study.plan.baseline_recipe`).
+        precision: the training precision.
+        pretrained: the third encoder's weights file, if any.
+    """
+    kept = {key: value for key, value in settings.as_dict().items() if key not in _COUNTS}
+    return {**kept, "recipe": recipe, "precision": precision, "pretrained": pretrained, "protocol": PROTOCOL}
+
+
 def run_study(
     out: str | Path,
     settings: StudySettings = FULL,
@@ -295,14 +312,7 @@ def run_study(
     out = Path(out)
     recipe = baseline_recipe(norm=settings.norm)
     precision = resolve_precision("auto", "cpu")
-    stamp = {
-        **settings.as_dict(),
-        "recipe": recipe,
-        "precision": precision,
-        "pretrained": pretrained,
-        "protocol": PROTOCOL,
-    }
-    cache = RunCache(out / "runs", stamp)
+    cache = RunCache(out / "runs", cache_stamp(settings, recipe, precision, pretrained))
     progress = _Progress(_total_runs(settings, parts, pretrained is not None))
     logger.info(
         "study in %s: %d runs (%s), %d seeds per arm, %d per transfer encoder, %d steps per arm, precision %s",
