@@ -311,13 +311,30 @@ def _arms_table(rows: Sequence[Mapping[str, Any]]) -> str:
             str(r["arm"]),
             _number(r.get("psnr_brain"), 2),
             _diff_cell(r.get("diff_psnr_brain")),
+            _number((r.get("diff_psnr_brain") or {}).get("tost_p"), 3),
             _verdict(r.get("diff_psnr_brain")),
             _number(r.get("cpu_seconds"), 0),
         ]
         for r in rows
     ]
-    headers = ["question", "arm", "PSNR brain (dB)", "Δ from the baseline (dB)", "verdict", "CPU s per run"]
-    return _table(headers, body)
+    headers = ["question", "arm", "PSNR brain (dB)", "Δ from the baseline (dB)", "TOST p", "verdict", "CPU s per run"]
+    return _table(headers, body) + _rule([r.get("diff_psnr_brain") for r in rows], "dB")
+
+
+def _rule(diffs: Sequence[Mapping[str, Any] | None], unit: str) -> str:
+    """The line under a table of contrasts: their seeds, interval level and equivalence margin."""
+    found = [d for d in diffs if d and "level" in d]
+    if not found:
+        return ""
+    first = found[0]
+    seeds = sorted({int(d["seeds"]) for d in found if "seeds" in d})
+    return (
+        f"\n\n{'/'.join(map(str, seeds)) or '?'} seeds; {100 * first['level']:.2f} % intervals, Bonferroni-adjusted "
+        "(bootstrap over seeds and subjects or volumes; t over the per-seed means, n - 1 degrees of freedom); "
+        f"equivalence margin ±{first.get('margin', float('nan')):g} {unit}, fixed before the run; TOST at "
+        f"the same level. Rule: *better*/*worse* when both intervals exclude 0, *equivalent* when TOST rejects a "
+        "difference as large as the margin and the bootstrap interval lies inside it, else *inconclusive*."
+    )
 
 
 def _study(data: dict[str, Any]) -> str:
@@ -338,10 +355,18 @@ def _study(data: dict[str, Any]) -> str:
         parts += ["", "**(b) Transfer**, on the test subjects:", "", _rows_table(rows, "encoder, evaluation, set")]
     if transfer.get("contrasts"):
         body = [
-            [c["encoder"], c["evaluation"], c["size"], _diff_cell(c.get("diff_auc")), str(c.get("answer", "-"))]
+            [
+                c["encoder"],
+                c["evaluation"],
+                c["size"],
+                _diff_cell(c.get("diff_auc")),
+                _number((c.get("diff_auc") or {}).get("tost_p"), 3),
+                str(c.get("answer", "-")),
+            ]
             for c in transfer["contrasts"]
         ]
-        parts += ["", _table(["encoder", "evaluation", "set", "Δ AUC, pretrained - random", "answer"], body)]
+        headers = ["encoder", "evaluation", "set", "Δ AUC, pretrained - random", "TOST p", "answer"]
+        parts += ["", _table(headers, body) + _rule([c.get("diff_auc") for c in transfer["contrasts"]], "AUC")]
     return "\n".join(parts).strip()
 
 

@@ -235,6 +235,7 @@ def test_the_summary_draws_one_row_from_each_result_with_its_date_and_cpu(tmp_pa
 def _study() -> dict:
     """A small result of ``pipeline.study``'s shape (``pipeline/study/report.py``)."""
     diff = {"estimate": -0.5, "t_interval": [-0.9, -0.1], "bootstrap_interval": [-0.8, -0.2], "margin": 0.1}
+    diff.update(level=0.9967, seeds=5, tost_p=0.9)
     arms = [{"arm": "baseline", "question": "q", "psnr_brain": 28.0, "cpu_seconds": 50.0}]
     arms += [
         {"arm": name, "question": "q", "psnr_brain": 27.5, "cpu_seconds": 60.0, "diff_psnr_brain": {**diff, **extra}}
@@ -266,9 +267,10 @@ def test_the_study_renders_its_verdicts_and_its_plots_are_the_same_bytes_every_t
     results = tmp_path / "docs" / "results"
     _write(results, "study", _study())
     body = report.render_block("study", results)
-    assert "| q | depth_18 | 27.50 | -0.50 [-0.80, -0.20], t [-0.90, -0.10] | worse | 60 |" in body
+    assert "| q | depth_18 | 27.50 | -0.50 [-0.80, -0.20], t [-0.90, -0.10] | 0.900 | worse | 60 |" in body
+    assert "5 seeds; 99.67 % intervals, Bonferroni" in body and "±0.1 dB" in body
     assert "| inconclusive (underpowered) |" in body and "| random, probe, small | 10 | 0.70 [0.60, 0.80] |" in body
-    assert "| denoiser | probe | small | +0.05 [-0.05, +0.15] | inconclusive |" in body
+    assert "| denoiser | probe | small | +0.05 [-0.05, +0.15] | - | inconclusive |" in body
     for plot in ("forest", "transfer"):
         caption, png = report.render_figure("study", plot, results)
         assert png.startswith(b"\x89PNG") and caption
