@@ -535,12 +535,37 @@ def _whole_head_speed(data: Mapping[str, Any]) -> str:
     )
 
 
+def _study_verdicts(data: Mapping[str, Any]) -> str:
+    """The arms grouped by verdict (PSNR in the brain), then each transfer contrast's answer."""
+    groups: dict[str, list[str]] = {}
+    seeds = set()
+    for row in data.get("arms", []):
+        diff = row.get("diff_psnr_brain")
+        if diff:
+            groups.setdefault(str(diff.get("verdict", "-")), []).append(str(row["arm"]))
+            seeds.add(diff.get("seeds"))
+    parts = [f"{verdict}: {', '.join(arms)}" for verdict, arms in sorted(groups.items())]
+    counted = "/".join(str(n) for n in sorted(n for n in seeds if n))
+    text = f"(a) {'; '.join(parts)}" + (f" ({counted} seeds)" if counted else "") if parts else ""
+    contrasts = (data.get("transfer") or {}).get("contrasts", [])
+    if contrasts:
+        answers: dict[str, int] = {}
+        for c in contrasts:
+            answers[str(c.get("answer", "-"))] = answers.get(str(c.get("answer", "-")), 0) + 1
+        counts = ", ".join(f"{n} {answer}" for answer, n in sorted(answers.items()))
+        found = sorted({c["diff_auc"]["seeds"] for c in contrasts if (c.get("diff_auc") or {}).get("seeds")})
+        text += f"; (b) denoising pretraining vs a random encoder, {len(contrasts)} AUC contrasts: {counts}"
+        text += f" ({'/'.join(map(str, found))} seeds)" if found else ""
+    return text or "-"
+
+
 #: What a summary row shows of a result: ``(kind, headline)`` -> a function of the result's JSON.
 HEADLINES: dict[tuple[str, str], Callable[[Mapping[str, Any]], str]] = {
     ("demo", "denoising"): _demo_denoising,
     ("demo", "classification"): _demo_classification,
     ("demo", "duration"): _demo_duration,
     ("demo_seeds", "difference"): _seeds_difference,
+    ("study", "verdicts"): _study_verdicts,
     ("real_scans", "targets"): _real_scans_targets,
     ("whole_head", "speed"): _whole_head_speed,
     ("transcribed", "headline"): lambda data: str(data["headline"]),

@@ -279,6 +279,15 @@ def test_the_study_renders_its_verdicts_and_its_plots_are_the_same_bytes_every_t
         report.render_figure("study", "slices", results)
 
 
+def test_the_summary_groups_the_study_arms_by_verdict_and_counts_the_transfer_answers(tmp_path):
+    _write(tmp_path, "study", _study())
+    rows = [{"what": "study", "result": "study", "headline": "verdicts"}]
+    _write(tmp_path, "summary", {"benchmark": "summary", "rows": rows})
+    body = report.render_block("summary", tmp_path)
+    assert "(a) inconclusive: lr_x3; worse: depth_18 (5 seeds)" in body
+    assert "(b) denoising pretraining vs a random encoder, 1 AUC contrasts: 1 inconclusive |" in body
+
+
 def test_check_fails_when_an_image_is_stale_and_render_rewrites_it(tmp_path):
     results = tmp_path / "docs" / "results"
     _write(results, "study", _study())
