@@ -101,6 +101,34 @@ def test_the_air_gives_the_level_and_tells_signed_from_magnitude_data(sigma):
         assert estimate_background_sigma(noisy) == pytest.approx((found[NOISE_SIGMA_KEY], model))
 
 
+@pytest.mark.parametrize("snr", [0.0, 1.0, 1.5, 2.0])
+def test_magnitude_air_holding_a_faint_signal_is_read_as_rician_not_rayleigh(snr):
+    """Air with a faint signal (ghosting, a reference's own floor) is Rician: read as Rayleigh it was 1.2-1.4x high."""
+    sigma = 5 / 255
+    clean = _head_on_air((64, 64, 64))
+    clean = np.where(clean > 0, clean, snr * sigma)
+    found = []
+    for seed in range(11, 16):
+        rng = np.random.default_rng(seed)
+        rician = np.sqrt((clean + rng.normal(0, sigma, clean.shape)) ** 2 + rng.normal(0, sigma, clean.shape) ** 2)
+        estimate = estimate_noise(rician)
+        assert estimate["model"] == "magnitude"
+        found.append(estimate[NOISE_SIGMA_KEY] / sigma)
+    assert np.median(found) == pytest.approx(1.0, abs=0.04) and max(abs(np.array(found) - 1.0)) < 0.12, found
+
+
+def test_rician_snr_inverts_the_median_over_the_spread():
+    from scipy.stats import rice
+
+    from transforms.noise_level import rician_snr, rician_spread
+
+    for snr in (0.3, 1.0, 2.0, 5.0):
+        ratio = rice(b=snr).median() / np.sqrt(rice(b=snr).var())
+        assert rician_snr(ratio) == pytest.approx(snr, abs=1e-4)
+        assert rician_spread(snr) == pytest.approx(rice(b=snr).var(), rel=1e-6)
+    assert rician_snr(1.0) == 0.0 and rician_spread(0.0) == pytest.approx(2 - np.pi / 2)  # Rayleigh: noise alone
+
+
 def test_signed_noise_on_a_magnitude_scans_smooth_air_is_measured_in_the_air():
     """Noise added to a resampled magnitude scan: its air keeps a Rayleigh offset but little fine spread."""
     from scipy import ndimage
