@@ -361,7 +361,12 @@ def _study(data: dict[str, Any]) -> str:
                 c["size"],
                 _diff_cell(c.get("diff_auc")),
                 _number((c.get("diff_auc") or {}).get("tost_p"), 3),
-                str(c.get("answer", "-")),
+                _verdict(
+                    {
+                        "verdict": c.get("answer", "-"),
+                        **{k: v for k, v in (c.get("diff_auc") or {}).items() if k == "underpowered"},
+                    }
+                ),
             ]
             for c in transfer["contrasts"]
         ]

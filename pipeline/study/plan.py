@@ -166,8 +166,9 @@ class StudySettings:
         return dataclasses.asdict(self)
 
 
-#: The full study, with the seeds a verdict needs: projected at about 130 minutes on 2 CPU cores (187 runs; the
-#: 86 runs of :data:`BUDGET_90` took 60 minutes).
+#: The full study, with the seeds a verdict needs: projected at about 130 minutes on 2 CPU cores with native bf16
+#: (187 runs; the 86 runs of :data:`BUDGET_90` took 60 minutes there); about 3 hours on 2 AVX2 cores in float32
+#: (measured 2026-12-07: 13.7 minutes per round of the 16 arms, about 12 per transfer seed).
 FULL = StudySettings()
 #: ``--budget 90min``: the full sizes with 3 seeds each, which fit 90 minutes on 2 cores; every contrast is
 #: underpowered and the report says so.

@@ -347,7 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--budget",
         choices=sorted(BUDGETS),
         default="required",
-        help="required: the seeds a verdict needs (5 per arm, 10 per transfer encoder; projected 130 min on 2 cores); "
+        help="required: the seeds a verdict needs (5 per arm, 10 per transfer encoder; about 130 min on 2 cores with "
+        "native bf16, 3 h on 2 AVX2 cores in fp32); "
         "90min: 3 seeds each, every contrast underpowered (the report says so)",
     )
     parser.add_argument("--seeds", type=int, default=None, help="seeds per denoising arm (overrides --budget)")
