@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -361,12 +362,7 @@ def _study(data: dict[str, Any]) -> str:
                 c["size"],
                 _diff_cell(c.get("diff_auc")),
                 _number((c.get("diff_auc") or {}).get("tost_p"), 3),
-                _verdict(
-                    {
-                        "verdict": c.get("answer", "-"),
-                        **{k: v for k, v in (c.get("diff_auc") or {}).items() if k == "underpowered"},
-                    }
-                ),
+                _verdict({**(c.get("diff_auc") or {}), "verdict": c.get("answer", "-")}),
             ]
             for c in transfer["contrasts"]
         ]
@@ -554,9 +550,7 @@ def _study_verdicts(data: Mapping[str, Any]) -> str:
     text = f"(a) {'; '.join(parts)}" + (f" ({counted} seeds)" if counted else "") if parts else ""
     contrasts = (data.get("transfer") or {}).get("contrasts", [])
     if contrasts:
-        answers: dict[str, int] = {}
-        for c in contrasts:
-            answers[str(c.get("answer", "-"))] = answers.get(str(c.get("answer", "-")), 0) + 1
+        answers = Counter(str(c.get("answer", "-")) for c in contrasts)
         counts = ", ".join(f"{n} {answer}" for answer, n in sorted(answers.items()))
         found = sorted({c["diff_auc"]["seeds"] for c in contrasts if (c.get("diff_auc") or {}).get("seeds")})
         text += f"; (b) denoising pretraining vs a random encoder, {len(contrasts)} AUC contrasts: {counts}"
