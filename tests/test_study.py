@@ -330,7 +330,8 @@ def test_pretraining_budgets_are_a_setting_and_each_gets_its_contrast(tmp_path):
     settings = dataclasses.replace(_settings(3), pretrain_budgets=(0.25, 1.0, 4.0))
     kinds = transfer_kinds(settings, None)
     assert kinds == ["random", "denoiser_x0.25", "denoiser", "denoiser_x4"]
-    assert _total_runs(settings, ["transfer"], pretrained=False) == 2 + 3 * (3 + 4 * 4)
+    assert _total_runs(settings, ["transfer"], pretrained=False, shard=(1, 1)) == 2 + 3 * (3 + 4 * 4)
+    assert _total_runs(settings, ["transfer"], pretrained=False, shard=(2, 2)) == 2 + 1 * (3 + 4 * 4)
     cache = RunCache(tmp_path, {})
     for kind in kinds:
         _transfer_runs(cache, kind, "probe", "small", 3, 0.3)
@@ -462,12 +463,37 @@ def test_every_arm_is_planned_with_the_same_steps_and_the_longer_ones_with_the_s
     monkeypatch.setattr(study_run, "_arm_data", lambda out, settings: {"train": [], "val": [], "eval": []})
     monkeypatch.setattr(study_run, "run_arm", fake_run_arm)
     settings = plan.StudySettings(seeds=2, transfer_seeds=2, steps=12, longer_factor=3)
-    study_run._run_arms(tmp_path, settings, {}, None, lambda cache, part, name, job: job(), ["arms", "longer"])
+    study_run._run_arms(
+        tmp_path, settings, {}, None, lambda cache, part, name, job: job(), ["arms", "longer"], (1, 1)
+    )
     short = {arm: steps for (part, arm), steps in planned.items() if part == "arms"}
     longer = {arm: steps for (part, arm), steps in planned.items() if part == "longer"}
     assert set(short) == {arm.name for arm in plan.ARMS} and set(longer) == set(plan.LONGER_ARMS)
     assert all(steps == {12} for steps in short.values()), short
     assert all(steps == {36} for steps in longer.values()), longer
+
+
+def test_shards_split_the_seeds_between_them_and_write_no_report(tmp_path, monkeypatch, capsys):
+    from pipeline.study import run as study_run
+
+    monkeypatch.setattr(study_run, "_arm_data", lambda out, settings: {"train": [], "val": [], "eval": []})
+    settings = plan.StudySettings(seeds=5, transfer_seeds=2)
+    names = {}
+    for shard in ((1, 2), (2, 2)):
+        names[shard] = set()
+        progress = lambda cache, part, name, job, seen=names[shard]: seen.add(name)  # noqa: E731
+        study_run._run_arms(tmp_path, settings, {}, None, progress, ["arms"], shard)
+    assert not names[(1, 2)] & names[(2, 2)]
+    assert names[(1, 2)] | names[(2, 2)] == {f"{arm.name}/seed{s}" for arm in plan.ARMS for s in range(5)}
+    assert {n.split("/")[-1] for n in names[(2, 2)]} == {"seed1", "seed3"}
+    assert study_run.parse_shard("2/3") == (2, 3)
+    for bad in ("3/2", "0/2", "1", "a/b"):
+        with pytest.raises(ValueError, match="--shard"):
+            study_run.parse_shard(bad)
+    with pytest.raises(SystemExit) as stopped:
+        study_run.main(["--shard", "3/2", "--out", str(tmp_path / "s")])
+    assert stopped.value.code == 2 and "--shard" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
 
 
 def test_the_auc_difference_is_paired_by_subject_and_seed():

@@ -87,6 +87,23 @@ class _Progress:
         return (time.perf_counter() - self.started) / 60.0
 
 
+def _shard_seeds(seeds: int, shard: tuple[int, int]) -> range:
+    """The seeds shard ``k`` of ``n`` runs: every n-th, from the (k-1)-th."""
+    k, n = shard
+    return range(k - 1, seeds, n)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"k/n"`` as ``(k, n)``; raises ``ValueError`` unless ``1 <= k <= n``."""
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected k/n, e.g. 1/2") from None
+    if not 1 <= k <= n:
+        raise ValueError(f"--shard {text!r}: k must be between 1 and n")
+    return k, n
+
+
 def _arm_data(out: Path, settings: StudySettings) -> dict[str, Any]:
     spacing, level = settings.spacing, settings.noise_level
     train = simulated_cohort(out / "data" / "denoise_train", settings.train_subjects, 11, "den-", spacing)
@@ -103,7 +120,13 @@ def _arm_data(out: Path, settings: StudySettings) -> dict[str, Any]:
 
 
 def _run_arms(
-    out: Path, settings: StudySettings, recipe: Mapping, cache: RunCache, progress: _Progress, parts: Sequence[str]
+    out: Path,
+    settings: StudySettings,
+    recipe: Mapping,
+    cache: RunCache,
+    progress: _Progress,
+    parts: Sequence[str],
+    shard: tuple[int, int],
 ) -> None:
     data = _arm_data(out, settings)
     jobs = []
@@ -112,7 +135,7 @@ def _run_arms(
     if "longer" in parts and settings.longer_factor > 1:
         jobs += [("longer", arm, settings.steps * settings.longer_factor) for arm in ARMS if arm.name in LONGER_ARMS]
     for part, arm, steps in jobs:
-        for seed in range(settings.seeds):
+        for seed in _shard_seeds(settings.seeds, shard):
             run_dir = out / "work" / part / arm.name.replace("/", "-") / f"seed{seed}"
             progress(
                 cache,
@@ -132,6 +155,7 @@ def _run_transfer(
     progress: _Progress,
     pretrained: str | None,
     pretrained_depth: int,
+    shard: tuple[int, int],
 ) -> None:
     spacing = settings.spacing
     n_labelled = settings.labelled_train + settings.labelled_test + 8
@@ -164,7 +188,7 @@ def _run_transfer(
     pretrain_val = noisy_eval_items(unlabelled[-1:], settings.noise_level, seed=22)
     denoisers = {pretrain_kind(b): b for b in settings.pretrain_budgets}
     kinds = ["random", *denoisers] + (["pretrained"] if pretrained else [])
-    for seed in range(settings.transfer_seeds):
+    for seed in _shard_seeds(settings.transfer_seeds, shard):
         weights: dict[str, str | None] = {"random": None, "pretrained": pretrained}
         runs: dict[str, str | None] = {}
         for kind, budget in denoisers.items():
@@ -240,16 +264,16 @@ def _finetune(
     return finetune(network, seed, settings, sets, size, run_dir, denoiser_run=denoiser_run)
 
 
-def _total_runs(settings: StudySettings, parts: Sequence[str], pretrained: bool) -> int:
-    total = 0
+def _total_runs(settings: StudySettings, parts: Sequence[str], pretrained: bool, shard: tuple[int, int]) -> int:
+    total, seeds = 0, len(_shard_seeds(settings.seeds, shard))
     if "arms" in parts:
-        total += len(ARMS) * settings.seeds
+        total += len(ARMS) * seeds
     if "longer" in parts and settings.longer_factor > 1:
-        total += len(LONGER_ARMS) * settings.seeds
+        total += len(LONGER_ARMS) * seeds
     if "transfer" in parts:
         budgets = len(settings.pretrain_budgets)
         encoders = 1 + budgets + (1 if pretrained else 0)
-        total += 2 + settings.transfer_seeds * (budgets + encoders * 4)
+        total += 2 + len(_shard_seeds(settings.transfer_seeds, shard)) * (budgets + encoders * 4)
     return total
 
 
@@ -289,6 +313,7 @@ def run_study(
     pretrained: str | None = None,
     pretrained_depth: int = 18,
     command: str = "python -m pipeline.study",
+    shard: tuple[int, int] = (1, 1),
 ) -> dict[str, Any]:
     """Run (or continue) the study in ``out`` and write its report.
 
@@ -299,9 +324,12 @@ def run_study(
         pretrained: a 3D-ResNets / MedicalNet weights file for a third encoder (skipped, with a note, when ``None``).
         pretrained_depth: its ResNet depth.
         command: the command recorded in the report.
+        shard: ``(k, n)`` runs only the seeds ``k-1, k-1+n, ...`` of each arm and encoder and writes no report, so
+            ``n`` processes (or machines sharing ``out``) split the study; a run without a shard then finds every
+            run cached and writes the report.
 
     Returns:
-        The results (also in ``<out>/results.json``).
+        The results (also in ``<out>/results.json``); for a shard, only ``{"report": None}``.
 
     Raises:
         ValueError: for an unknown part, or a cache in ``out`` made with other settings.
@@ -313,7 +341,7 @@ def run_study(
     recipe = baseline_recipe(norm=settings.norm)
     precision = resolve_precision("auto", "cpu")
     cache = RunCache(out / "runs", cache_stamp(settings, recipe, precision, pretrained))
-    progress = _Progress(_total_runs(settings, parts, pretrained is not None))
+    progress = _Progress(_total_runs(settings, parts, pretrained is not None, shard))
     logger.info(
         "study in %s: %d runs (%s), %d seeds per arm, %d per transfer encoder, %d steps per arm, precision %s",
         out,
@@ -327,9 +355,12 @@ def run_study(
     _announce(settings, precision)
     started = time.perf_counter()
     if "arms" in parts or "longer" in parts:
-        _run_arms(out, settings, recipe, cache, progress, parts)
+        _run_arms(out, settings, recipe, cache, progress, parts, shard)
     if "transfer" in parts:
-        _run_transfer(out, settings, recipe, cache, progress, pretrained, pretrained_depth)
+        _run_transfer(out, settings, recipe, cache, progress, pretrained, pretrained_depth, shard)
+    if shard != (1, 1):
+        logger.info("shard %d/%d done: once every shard is, run the study without --shard to write the report", *shard)
+        return {"report": None}
     minutes = (time.perf_counter() - started) / 60.0
     return write_report(out, cache, settings, recipe, parts, pretrained, command, minutes)
 
@@ -362,6 +393,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="pretraining budgets in multiples of the pretraining steps, e.g. 0.25 1 4 (default 1)",
     )
+    parser.add_argument(
+        "--shard",
+        default="1/1",
+        help="k/n: run every n-th seed from the k-th, so n processes sharing --out split the study (no report is "
+        "written; run once more without --shard for it)",
+    )
     parser.add_argument("--pretrained", default=None, help="3D-ResNets / MedicalNet weights: a third encoder")
     parser.add_argument("--pretrained-depth", type=int, default=18, help="ResNet depth of --pretrained")
     args = parser.parse_args(argv)
@@ -377,8 +414,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "pipeline.study", *(sys.argv[1:] if argv is None else argv)])
     try:
         settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
-        results = run_study(args.out, settings, args.parts, args.pretrained, args.pretrained_depth, command)
+        shard = parse_shard(args.shard)
+        results = run_study(args.out, settings, args.parts, args.pretrained, args.pretrained_depth, command, shard)
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")
-    logger.info("wrote %s", results["report"])
+    if results["report"] is not None:
+        logger.info("wrote %s", results["report"])
     return 0
