@@ -323,8 +323,11 @@ def _arms_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _rule(diffs: Sequence[Mapping[str, Any] | None], unit: str) -> str:
-    """The line under a table of contrasts: their seeds, interval level and equivalence margin."""
-    found = [d for d in diffs if d and "level" in d]
+    """The line under a table of contrasts: their seeds, interval level and equivalence margin.
+
+    Empty for contrasts recorded before the rules (no margin: the percentile bootstrap alone, no TOST).
+    """
+    found = [d for d in diffs if d and "level" in d and "margin" in d]
     if not found:
         return ""
     first = found[0]
@@ -332,7 +335,7 @@ def _rule(diffs: Sequence[Mapping[str, Any] | None], unit: str) -> str:
     return (
         f"\n\n{'/'.join(map(str, seeds)) or '?'} seeds; {100 * first['level']:.2f} % intervals, Bonferroni-adjusted "
         "(bootstrap over seeds and subjects or volumes; t over the per-seed means, n - 1 degrees of freedom); "
-        f"equivalence margin ±{first.get('margin', float('nan')):g} {unit}, fixed before the run; TOST at "
+        f"equivalence margin ±{first['margin']:g} {unit}, fixed before the run; TOST at "
         f"the same level. Rule: *better*/*worse* when both intervals exclude 0, *equivalent* when TOST rejects a "
         "difference as large as the margin and the bootstrap interval lies inside it, else *inconclusive*."
     )

@@ -343,3 +343,17 @@ def test_every_committed_image_is_shown_on_a_page():
             f"{m.group('name')}-{m.group('plot')}.png" for m in report._blocks(page.read_text()) if m.group("plot")
         }
     assert {p.name for p in (ROOT / "docs" / "images").glob("*.png")} == shown
+
+
+def test_the_study_block_states_its_rule_only_for_contrasts_made_under_it():
+    from benchmarks.tables import render_table
+
+    def arms(diff: dict) -> dict:
+        return {"arms": [{"arm": "baseline", "psnr_brain": 27.7}, {"arm": "norm_none", "diff_psnr_brain": diff}]}
+
+    new = {"estimate": -0.6, "bootstrap_interval": [-1.2, 0.1], "level": 0.9967, "seeds": 5, "margin": 0.1}
+    table = render_table(arms({**new, "verdict": "inconclusive"}), "study")
+    assert "5 seeds; 99.67 % intervals" in table and "margin ±0.1 dB, fixed before the run" in table
+    old = {k: new[k] for k in ("estimate", "bootstrap_interval", "level")}  # the 3-seed run: no t, no TOST
+    table = render_table(arms({**old, "verdict": "inconclusive"}), "study")
+    assert "-0.60 [-1.20, +0.10]" in table and "fixed before the run" not in table and "nan" not in table
