@@ -38,7 +38,14 @@ from benchmarks._common import announce, default_out, format_table, machine_info
 __all__ = ["collect", "main", "validation_results"]
 
 _METHODS = ("noisy", "gaussian", "median", "nl_means", "resunet3d")
+#: Seeds a claim needs (the study's rule for its arms): with fewer, the differences are marked underpowered.
+MIN_SEEDS = 5
 _REGIONS = ("psnr_brain", "psnr_volume")
+
+
+def _rounded(value: float) -> float | None:
+    """``value`` to 2 decimals, ``None`` where it is not finite (a t bound of one seed)."""
+    return round(float(value), 2) if np.isfinite(value) else None
 
 
 def _table(results: list[dict[str, Any]], method: str, region: str) -> np.ndarray:
@@ -54,9 +61,12 @@ def collect(results: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
         seeds: the seeds, in the same order.
 
     Returns:
-        ``{"per_seed": rows, "differences": rows}``; a difference row holds the estimate and its 95 % interval.
+        ``{"per_seed": rows, "differences": rows}``; a difference row holds the estimate, its 95 % two-level
+        bootstrap interval (``low``, ``high``), its 95 % t interval over the seeds (``t_low``, ``t_high``, n - 1
+        degrees of freedom), ``beats`` (both intervals above 0) and ``underpowered`` (fewer than
+        :data:`MIN_SEEDS` seeds: read ``beats`` as provisional).
     """
-    from pipeline.evaluation.stats import paired_difference
+    from pipeline.evaluation.stats import paired_difference, seed_t_interval
 
     per_seed = []
     for seed, result in zip(seeds, results, strict=True):
@@ -71,9 +81,11 @@ def collect(results: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
         for region in _REGIONS:
             arm, base = _table(results, "resunet3d", region), _table(results, other, region)
             estimate, low, high = paired_difference(arm, base)
+            _, t_low, t_high = seed_t_interval(arm - base)
             differences.append(
                 {"contrast": f"resunet3d - {other}", "region": region[5:], "mean dB": round(estimate, 2)}
-                | {"low": round(low, 2), "high": round(high, 2), "beats": bool(low > 0)}
+                | {"low": round(low, 2), "high": round(high, 2), "t_low": _rounded(t_low), "t_high": _rounded(t_high)}
+                | {"beats": bool(low > 0 and t_low > 0), "underpowered": len(seeds) < MIN_SEEDS}
             )
     return {"per_seed": per_seed, "differences": differences}
 
@@ -103,8 +115,9 @@ def _print_summary(title: str, summary: dict[str, Any]) -> None:
     methods = [c for c in summary["per_seed"][0] if c != "seed"]
     print(f"\nPSNR (dB) on each {title} (mean)\n")
     print(format_table(summary["per_seed"], ["seed", *methods]))
-    print("\nResUnet3D minus each classical filter, 95 % interval over seeds and volumes\n")
-    print(format_table(summary["differences"], ["contrast", "region", "mean dB", "low", "high", "beats"]))
+    print("\nResUnet3D minus each classical filter, 95 % intervals: bootstrap over seeds and volumes, t over seeds\n")
+    columns = ["contrast", "region", "mean dB", "low", "high", "t_low", "t_high", "beats", "underpowered"]
+    print(format_table(summary["differences"], columns))
 
 
 def _settings(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[str, Any]:
@@ -127,7 +140,9 @@ def _settings(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[str, An
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command line; returns the result written to ``--out``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="selection seeds (validation only)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="*", default=[0, 1, 2], help="selection seeds (validation only; none: skip them)"
+    )
     parser.add_argument(
         "--confirm", type=int, nargs="*", default=[10, 11, 12], help="confirmation seeds (test figures), fresh"
     )
@@ -138,6 +153,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--set", nargs="*", default=[], metavar="NAME=JSON", help="DemoSettings changes, e.g. noise_range=[5,25]"
     )
     args = parser.parse_args(argv)
+    if not args.seeds and not args.confirm:
+        parser.error("give selection --seeds, confirmation --confirm seeds, or both")
     if set(args.seeds) & set(args.confirm):
         parser.error(f"--confirm {args.confirm} must not share a seed with the selection --seeds {args.seeds}")
 
@@ -162,10 +179,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "selection_seeds": args.seeds,
         "confirmation_seeds": args.confirm,
         "settings": base.to_dict(),
-        "selection": collect(selection, args.seeds)
-        | {"volumes": "val", "subjects": [r["subjects"] for r in selection]},
     }
-    _print_summary("selection seed's validation volumes", result["selection"])
+    if args.seeds:
+        subjects = {"volumes": "val", "subjects": [r["subjects"] for r in selection]}
+        result["selection"] = collect(selection, args.seeds) | subjects
+        _print_summary("selection seed's validation volumes", result["selection"])
     if args.confirm:
         result["confirmation"] = collect([runs[s] for s in args.confirm], args.confirm) | {"volumes": "test"}
         _print_summary("confirmation seed's test volumes", result["confirmation"])

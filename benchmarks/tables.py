@@ -273,7 +273,22 @@ def _demo(data: dict[str, Any]) -> str:
 
 
 def _demo_seeds(data: dict[str, Any]) -> str:
-    """Methods as rows, ``brain / volume`` PSNR per seed as columns; then each difference with its interval."""
+    """Each group of seeds (confirmation: test volumes; selection: validation volumes), or the one group of a
+    transcribed result: methods as rows, ``brain / volume`` PSNR per seed as columns; then each difference."""
+    groups = [
+        (title, data[key])
+        for key, title in (
+            ("confirmation", "**Confirmation seeds** (chose nothing), test volumes:"),
+            ("selection", "**Selection seeds** (chose the recipe), validation volumes:"),
+        )
+        if data.get(key)
+    ]
+    if not groups:
+        return _seeds_group(data)
+    return "\n\n".join(f"{title}\n\n{_seeds_group(group)}" for title, group in groups)
+
+
+def _seeds_group(data: Mapping[str, Any]) -> str:
     per_seed = data.get("per_seed", [])
     methods = list(dict.fromkeys(k.rsplit(" ", 1)[0] for row in per_seed for k in row if k != "seed"))
     body = [
@@ -281,11 +296,16 @@ def _demo_seeds(data: dict[str, Any]) -> str:
         for m in methods
     ]
     text = _table(["PSNR (dB), brain / volume", *(f"seed {r['seed']}" for r in per_seed)], body)
-    lines = [
-        f"- {d['contrast']}, {d['region']}: {_with_interval(d['mean dB'], [d['low'], d['high']], 2, True)} dB"
-        for d in data.get("differences", [])
-    ]
+    lines = [f"- {d['contrast']}, {d['region']}: {_seeds_cell(d)}" for d in data.get("differences", [])]
     return text + ("\n\n" + "\n".join(lines) if lines else "")
+
+
+def _seeds_cell(d: Mapping[str, Any]) -> str:
+    """``+0.62 [+0.49, +0.77] dB``, then the t interval over seeds and ``(underpowered)`` where recorded."""
+    cell = f"{_with_interval(d['mean dB'], [d['low'], d['high']], 2, True)} dB"
+    if _is_number(d.get("t_low")) and _is_number(d.get("t_high")):
+        cell += f", t [{_signed(d['t_low'], 2)}, {_signed(d['t_high'], 2)}]"
+    return cell + (" (underpowered)" if d.get("underpowered") else "")
 
 
 def _diff_cell(diff: Mapping[str, Any] | None, digits: int = 2) -> str:
@@ -515,9 +535,10 @@ def _demo_duration(data: Mapping[str, Any]) -> str:
 
 def _seeds_difference(data: Mapping[str, Any]) -> str:
     where = {"brain": "in the brain", "volume": "over the volume"}
+    group = data.get("confirmation") or data  # never the selection seeds: they chose the recipe
     return ", ".join(
-        f"{_with_interval(d['mean dB'], [d['low'], d['high']], 2, True)} dB {where.get(d['region'], d['region'])}"
-        for d in data.get("differences", [])
+        f"{_seeds_cell(d)} {where.get(d['region'], d['region'])}"
+        for d in group.get("differences", [])
         if d["contrast"] == "resunet3d - nl_means"
     )
 

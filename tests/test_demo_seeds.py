@@ -38,6 +38,32 @@ def test_a_clear_gain_is_reported_as_beating_and_no_gain_is_not():
     assert not any(d["beats"] for d in even["differences"] if d["contrast"] == "resunet3d - nl_means")
 
 
+def test_the_t_interval_over_seeds_widens_with_the_seed_spread_and_few_seeds_are_underpowered():
+    """One seed's gain far from the others': the bootstrap over 3 seeds stays above 0, the t interval does not."""
+    rng = np.random.default_rng(1)
+    results = [fake_result(rng, gain) for gain in (0.9, 0.8, -0.6)]
+    row = next(d for d in collect(results, [0, 1, 2])["differences"] if d["contrast"] == "resunet3d - nl_means")
+    assert row["t_low"] < row["low"] and row["t_high"] > row["high"] and row["t_low"] < 0
+    assert not row["beats"] and row["underpowered"]
+    five = collect([fake_result(rng, 0.8) for _ in range(5)], list(range(5)))["differences"]
+    assert all(d["beats"] and not d["underpowered"] for d in five if d["contrast"] == "resunet3d - nl_means")
+
+
+def test_the_rendered_block_shows_the_confirmation_seeds_first_and_the_summary_only_them():
+    from benchmarks.tables import HEADLINES, render_table
+
+    rng = np.random.default_rng(2)
+    data = {
+        "selection": collect([fake_result(rng, 0.2) for _ in range(3)], [0, 1, 2]) | {"volumes": "val"},
+        "confirmation": collect([fake_result(rng, 0.8) for _ in range(5)], [10, 11, 12, 13, 14]) | {"volumes": "test"},
+    }
+    text = render_table(data, "demo_seeds")
+    assert text.index("Confirmation seeds") < text.index("seed 10") < text.index("Selection seeds") < text.index("seed 0")
+    assert ", t [" in text and "(underpowered)" in text.split("Selection seeds")[1]
+    headline = HEADLINES[("demo_seeds", "difference")](data)
+    assert headline.startswith("+0.8") and "underpowered" not in headline
+
+
 def test_set_changes_demo_settings_by_name_and_rejects_unknown_names():
     parser = argparse.ArgumentParser()
     assert _settings(parser, ["noise_range=[5, 25]", "denoise_epochs=40"]) == {
@@ -55,6 +81,9 @@ def test_confirmation_seeds_must_be_fresh(capsys):
     with pytest.raises(SystemExit):
         main(["--seeds", "0", "1", "--confirm", "1", "2"])
     assert "must not share a seed" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--seeds", "--confirm"])
+    assert "give selection --seeds" in capsys.readouterr().err
 
 
 @pytest.mark.slow
