@@ -1,7 +1,7 @@
 """The demo's denoising figures over seeds: does ResUnet3D beat non-local means, in the brain and over the volume?
 
-Run: ``python -m benchmarks.demo_seeds [--seeds 0 1 2] [--confirm 10 11 12 13 14] [--work runs/demo_seeds] [--out ...json]
-[--quick] [--set noise_range=[5,25] ...]``.
+Run: ``python -m benchmarks.demo_seeds [--seeds 0 1 2] [--confirm 10 11 12 13 14] [--work runs/demo_seeds]
+[--out ...json] [--quick] [--set noise_range=[5,25] ...]``.
 
 Two kinds of seeds, which must not overlap (both are recorded in the JSON):
 
@@ -18,9 +18,11 @@ the denoiser and change none of its figures; ``--set NAME=JSON`` changes any oth
 :class:`~pipeline.demo.run.DemoSettings` field, to compare a recipe at equal budget. It then reads each run's
 ``results.json`` and prints, per seed and pooled, every method's PSNR in the brain mask and over the whole volume on
 the held-out test volumes, and the differences ResUnet3D - non-local means and ResUnet3D - best Gaussian filter with
-95 % intervals (two-level bootstrap over seeds and test volumes, :func:`pipeline.evaluation.stats.paired_difference`).
-The classical filters are tuned on each cohort's validation subjects, as in the demo. Finished seeds are reused (the
-demo resumes). The full run (3 + 5 seeds) takes about 16 min per seed on 2 cores with native bf16 (2.1 h), about 30 min per seed at 1 thread on an AVX2 core.
+95 % intervals (two-level bootstrap over seeds and test volumes, :func:`pipeline.evaluation.stats.paired_difference`,
+and a t interval over the seeds; "beats" needs both above 0, and fewer than 5 seeds are marked underpowered). The
+classical filters are tuned on each cohort's validation subjects, as in the demo. Finished seeds are reused (the demo
+resumes). The full run (3 + 5 seeds) takes about 16 min per seed on 2 cores with native bf16 (2.1 h), about 30 min
+per seed at 1 thread on an AVX2 core.
 """
 
 from __future__ import annotations

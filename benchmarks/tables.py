@@ -273,8 +273,11 @@ def _demo(data: dict[str, Any]) -> str:
 
 
 def _demo_seeds(data: dict[str, Any]) -> str:
-    """Each group of seeds (confirmation: test volumes; selection: validation volumes), or the one group of a
-    transcribed result: methods as rows, ``brain / volume`` PSNR per seed as columns; then each difference."""
+    """Methods as rows, ``brain / volume`` PSNR per seed as columns, then each difference, per group of seeds.
+
+    The groups: confirmation seeds (test volumes), then selection seeds (validation volumes); a transcribed result
+    has one group at its top level.
+    """
     groups = [
         (title, data[key])
         for key, title in (

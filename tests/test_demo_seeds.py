@@ -58,7 +58,9 @@ def test_the_rendered_block_shows_the_confirmation_seeds_first_and_the_summary_o
         "confirmation": collect([fake_result(rng, 0.8) for _ in range(5)], [10, 11, 12, 13, 14]) | {"volumes": "test"},
     }
     text = render_table(data, "demo_seeds")
-    assert text.index("Confirmation seeds") < text.index("seed 10") < text.index("Selection seeds") < text.index("seed 0")
+    assert (
+        text.index("Confirmation seeds") < text.index("seed 10") < text.index("Selection seeds") < text.index("seed 0")
+    )
     assert ", t [" in text and "(underpowered)" in text.split("Selection seeds")[1]
     headline = HEADLINES[("demo_seeds", "difference")](data)
     assert headline.startswith("+0.8") and "underpowered" not in headline

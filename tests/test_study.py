@@ -463,9 +463,7 @@ def test_every_arm_is_planned_with_the_same_steps_and_the_longer_ones_with_the_s
     monkeypatch.setattr(study_run, "_arm_data", lambda out, settings: {"train": [], "val": [], "eval": []})
     monkeypatch.setattr(study_run, "run_arm", fake_run_arm)
     settings = plan.StudySettings(seeds=2, transfer_seeds=2, steps=12, longer_factor=3)
-    study_run._run_arms(
-        tmp_path, settings, {}, None, lambda cache, part, name, job: job(), ["arms", "longer"], (1, 1)
-    )
+    study_run._run_arms(tmp_path, settings, {}, None, lambda cache, part, name, job: job(), ["arms", "longer"], (1, 1))
     short = {arm: steps for (part, arm), steps in planned.items() if part == "arms"}
     longer = {arm: steps for (part, arm), steps in planned.items() if part == "longer"}
     assert set(short) == {arm.name for arm in plan.ARMS} and set(longer) == set(plan.LONGER_ARMS)
