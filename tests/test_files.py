@@ -33,3 +33,23 @@ def test_input_error_names_file_and_problem():
     err = InputError("a/b.nii.gz", "is empty")
     assert str(err) == "a/b.nii.gz: is empty" and err.path == "a/b.nii.gz"
     assert isinstance(err, ValueError)
+
+
+def test_exclusive_makes_another_process_wait_for_the_lock(tmp_path):
+    import subprocess
+    import sys
+
+    from pipeline.utils.files import exclusive
+
+    lock = tmp_path / "sub" / ".cohort.lock"
+    probe = (
+        "import fcntl, sys\n"
+        "with open(sys.argv[1], 'a') as handle:\n"
+        "    try:\n"
+        "        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "    except BlockingIOError:\n"
+        "        sys.exit(3)\n"
+    )
+    with exclusive(lock):
+        assert subprocess.run([sys.executable, "-c", probe, str(lock)]).returncode == 3  # held: the other must wait
+    assert subprocess.run([sys.executable, "-c", probe, str(lock)]).returncode == 0  # released

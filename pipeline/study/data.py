@@ -23,6 +23,7 @@ from monai.transforms import Compose, CopyItemsd, RandSpatialCropSamplesd
 from pipeline.data.cohort import CohortParameters, build_cohort
 from pipeline.data.datasets import load_subjects_csv
 from pipeline.evaluation.leakage import check_distinct_volumes, volume_hash
+from pipeline.utils.files import exclusive
 from transforms.intensity import robust_max
 from transforms.noise import RandGaussianNoise255d
 
@@ -71,8 +72,9 @@ def simulated_cohort(
         them.
     """
     params = CohortParameters(spacing=spacing, **(HARD_COHORT if hard else {}))
-    if not (out / "subjects.csv").is_file():
-        build_cohort(out, n_subjects=max(4, n), seed=seed, params=params, noisy=False, id_prefix=prefix)
+    with exclusive(out.parent / f".{out.name}.lock"):  # shards sharing the folder: one writes, the others wait
+        if not (out / "subjects.csv").is_file():
+            build_cohort(out, n_subjects=max(4, n), seed=seed, params=params, noisy=False, id_prefix=prefix)
     return cohort_items(out)[:n]
 
 
