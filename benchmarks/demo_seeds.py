@@ -113,6 +113,19 @@ def validation_results(out: Path, settings: Any) -> dict[str, Any]:
     }
 
 
+def _finished_or_run(folder: Path, settings: Any) -> dict[str, Any]:
+    """The ``results.json`` of a demo finished in ``folder`` with these settings, else the demo run (or resumed)."""
+    from pipeline.demo.run import run_demo
+
+    results = folder / "results.json"
+    if results.is_file():
+        found = json.loads(results.read_text(encoding="utf-8"))
+        if found.get("settings") == json.loads(json.dumps(settings.to_dict(), default=str)) and "denoising" in found:
+            print(f"seed {settings.seed}: finished in {folder}, its results reused")
+            return found
+    return run_demo(folder, settings)
+
+
 def _print_summary(title: str, summary: dict[str, Any]) -> None:
     methods = [c for c in summary["per_seed"][0] if c != "seed"]
     print(f"\nPSNR (dB) on each {title} (mean)\n")
@@ -160,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if set(args.seeds) & set(args.confirm):
         parser.error(f"--confirm {args.confirm} must not share a seed with the selection --seeds {args.seeds}")
 
-    from pipeline.demo.run import DEFAULT, QUICK, run_demo
+    from pipeline.demo.run import DEFAULT, QUICK
 
     base = QUICK if args.quick else dataclasses.replace(DEFAULT, classifier_epochs=1, heldout_subjects=4)
     base = dataclasses.replace(base, **_settings(parser, args.set))
@@ -172,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"about 16 min per seed on 2 cores ({len(seeds) * 16} min)" if not args.quick else "about 1 min per seed",
         precision="fp32",
     )
-    runs = {seed: run_demo(args.work / f"seed{seed}", dataclasses.replace(base, seed=seed)) for seed in seeds}
+    runs = {seed: _finished_or_run(args.work / f"seed{seed}", dataclasses.replace(base, seed=seed)) for seed in seeds}
     selection = [
         validation_results(args.work / f"seed{seed}", dataclasses.replace(base, seed=seed)) for seed in args.seeds
     ]

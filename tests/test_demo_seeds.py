@@ -89,7 +89,7 @@ def test_confirmation_seeds_must_be_fresh(capsys):
 
 
 @pytest.mark.slow
-def test_quick_run_scores_selection_seeds_on_validation_and_confirmation_seeds_on_test(tmp_path):
+def test_quick_run_scores_selection_seeds_on_validation_and_confirmation_seeds_on_test(tmp_path, capsys):
     from benchmarks.demo_seeds import main
 
     out = tmp_path / "seeds.json"
@@ -103,3 +103,9 @@ def test_quick_run_scores_selection_seeds_on_validation_and_confirmation_seeds_o
     ]
     assert [row["seed"] for row in result["confirmation"]["per_seed"]] == [1]
     assert json.loads(out.read_text())["confirmation_seeds"] == [1]
+
+    # finished seeds are read back, not run again; confirmation seeds alone need no selection seed
+    capsys.readouterr()
+    again = main(["--quick", "--seeds", "--confirm", "1", "--work", str(tmp_path / "runs"), "--out", str(out)])
+    assert "seed 1: finished in" in capsys.readouterr().out and "selection" not in again
+    assert again["confirmation"]["per_seed"] == result["confirmation"]["per_seed"]
