@@ -304,11 +304,10 @@ def _seeds_group(data: Mapping[str, Any]) -> str:
 
 
 def _seeds_cell(d: Mapping[str, Any]) -> str:
-    """``+0.62 [+0.49, +0.77] dB``, then the t interval over seeds and ``(underpowered)`` where recorded."""
-    cell = f"{_with_interval(d['mean dB'], [d['low'], d['high']], 2, True)} dB"
-    if _is_number(d.get("t_low")) and _is_number(d.get("t_high")):
-        cell += f", t [{_signed(d['t_low'], 2)}, {_signed(d['t_high'], 2)}]"
-    return cell + (" (underpowered)" if d.get("underpowered") else "")
+    """A ``demo_seeds`` difference as :func:`_diff_cell` writes a contrast, in dB, ``(underpowered)`` where marked."""
+    t = [d["t_low"], d["t_high"]] if _is_number(d.get("t_low")) and _is_number(d.get("t_high")) else None
+    cell = _diff_cell({"estimate": d["mean dB"], "bootstrap_interval": [d["low"], d["high"]], "t_interval": t})
+    return f"{cell} dB" + (" (underpowered)" if d.get("underpowered") else "")
 
 
 def _diff_cell(diff: Mapping[str, Any] | None, digits: int = 2) -> str:
