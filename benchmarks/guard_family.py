@@ -51,17 +51,19 @@ def generated_heads(count: int, seed: int) -> list[dict[str, Any]]:
     ]
 
 
-def _memoised(model: torch.nn.Module, roi: int, overlap: float) -> Callable[[torch.Tensor], torch.Tensor]:
+def _memoised(model: torch.nn.Module, roi: int, overlap: float) -> Callable[..., torch.Tensor]:
     """The network as the guard calls it, remembering its outputs so both guards see the same ones."""
     from benchmarks.quality import denoise_with_network
 
     seen: dict[str, torch.Tensor] = {}
 
-    def predict(x: torch.Tensor) -> torch.Tensor:
+    def predict(x: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().cpu().numpy()[0], dtype=np.float32)
-        key = hashlib.sha1(array.tobytes()).hexdigest()
+        inside = None if where is None else where.numpy()
+        key = hashlib.sha1(array.tobytes() + (b"" if inside is None else inside.tobytes())).hexdigest()
         if key not in seen:
-            seen[key] = torch.from_numpy(denoise_with_network(model, array, roi, overlap, False, floor=None))[None]
+            out = denoise_with_network(model, array, roi, overlap, False, floor=None, where=inside)
+            seen[key] = torch.from_numpy(out)[None]
         return seen[key]
 
     return predict

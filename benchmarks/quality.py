@@ -86,6 +86,7 @@ from benchmarks.quality_report import NOISES, collect, print_tables, ratios
 from pipeline.errors import NonFiniteLossError
 from pipeline.evaluation.classical import OUTPUT_FLOOR
 from pipeline.evaluation.metrics import masked_psnr, masked_ssim
+from pipeline.inference.within import WithinMask
 from pipeline.training.denoise import build_denoise_trainer
 from pipeline.training.handlers import NonFiniteLossGuard, TimeBudget
 from transforms.intensity import robust_max
@@ -124,6 +125,7 @@ def denoise_with_network(
     overlap: float = 0.5,
     bf16: bool = False,
     floor: float | None = OUTPUT_FLOOR,
+    where: np.ndarray | None = None,
 ) -> np.ndarray:
     """Denoise one (H, W, D) volume as the bundle's inference does, returning it on the input's scale.
 
@@ -138,6 +140,8 @@ def denoise_with_network(
         overlap: sliding-window overlap (the bundle's is 0.5).
         bf16: run the network under ``torch.autocast`` in bfloat16 (blending stays float32).
         floor: outputs below it are set to it; ``None`` keeps them.
+        where: compute only the windows that touch this mask (the guard's second pass,
+            :func:`pipeline.inference.within.predict_within`); the output is exact there only.
 
     Returns:
         The denoised float32 volume (H, W, D).
@@ -148,7 +152,14 @@ def denoise_with_network(
     scale = robust_max(noisy)
     x = torch.from_numpy(np.ascontiguousarray(noisy / scale, dtype=np.float32))[None, None]
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        out = sliding_window_inference(x, patch, 4, model, overlap=overlap, mode="gaussian").float()
+        if where is None:
+            out = sliding_window_inference(x, patch, 4, model, overlap=overlap, mode="gaussian")
+        else:
+            condition = torch.from_numpy(np.asarray(where, dtype=np.float32).reshape(x.shape))
+            out = sliding_window_inference(
+                x, patch, 4, WithinMask(model), overlap=overlap, mode="gaussian", condition=condition
+            )
+        out = out.float()
     denoised = out[0, 0].numpy() * scale
     return denoised if floor is None else np.maximum(denoised, floor)
 

@@ -36,7 +36,7 @@ def _mse(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 
 def _as_network(fn):
     """A ``predict`` callable over a numpy function of the volume."""
-    return lambda x: torch.from_numpy(fn(x.double().numpy().reshape(x.shape[-3:]))).reshape(x.shape).float()
+    return lambda x, where=None: torch.from_numpy(fn(x.double().numpy().reshape(x.shape[-3:]))).reshape(x.shape).float()
 
 
 def _oversmoothing(volume: np.ndarray) -> np.ndarray:

@@ -121,9 +121,10 @@ def guarded_output(
     scale = robust_max(noisy)
     image = torch.from_numpy(np.ascontiguousarray(noisy / scale, dtype=np.float32))[None]
 
-    def predict(x: torch.Tensor) -> torch.Tensor:
+    def predict(x: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
         array = np.asarray(x.detach().cpu().numpy()[0], dtype=np.float32)
-        return torch.from_numpy(denoise_with_network(model, array, roi, overlap, False, floor=None))[None]
+        inside = None if where is None else where.numpy()
+        return torch.from_numpy(denoise_with_network(model, array, roi, overlap, False, floor=None, where=inside))[None]
 
     output, report = guard(image, predict)
     out = np.asarray(torch.as_tensor(output).detach().cpu().numpy(), dtype=np.float32).reshape(noisy.shape) * scale

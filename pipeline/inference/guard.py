@@ -18,7 +18,9 @@ that restores detail it smoothed away). The lowest risk is written, so the combi
 least-squares system is degenerate; its estimated gain over the noisy input ``10 log10(sigma^2 / SURE)`` goes to the
 log and to the scan's JSON sidecar, with every other candidate's. Fitting six weights on the head's voxels makes the
 estimate optimistic by about ``2 x 6 / N`` of ``sigma^2`` (under 0.001 dB on a head of 10^5 voxels). The network's
-divergence is estimated by Monte Carlo with one probe (Ramani et al. 2008), which costs one more network pass.
+divergence is estimated by Monte Carlo with one probe (Ramani et al. 2008), which costs one more network pass; that
+pass is read in the head only, so it may skip the sliding windows that lie wholly in the air
+(:mod:`pipeline.inference.within`).
 
 Everything is measured in the head (:func:`transforms.noise_level.head_mask` of the noisy scan), where the image
 matters and where magnitude (Rician) noise is close to Gaussian; in the air a magnitude image's noise is Rayleigh and
@@ -33,10 +35,10 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -50,6 +52,7 @@ __all__ = [
     "ASSUMPTIONS",
     "MAX_PLAUSIBLE_GAIN_DB",
     "GuardReport",
+    "Predict",
     "SureGuard",
     "gaussian_centre_weight",
     "gaussian_divergence",
@@ -158,6 +161,17 @@ class GuardReport:
         }
 
 
+class Predict(Protocol):
+    """The network as inference runs it (e.g. a sliding window), mapping a tensor shaped like the scan to its output.
+
+    ``where`` (a boolean head mask shaped like the scan's spatial axes) says where the output will be read: a
+    predict may compute only there (:func:`pipeline.inference.within.predict_within`) or ignore it.
+    """
+
+    def __call__(self, image: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's output for ``image``, read only in ``where`` when it is given."""
+
+
 def _rounded(value: float) -> float | None:
     return round(value, 3) if math.isfinite(value) else None
 
@@ -221,16 +235,14 @@ class SureGuard:
             )
         return float(found["noise_sigma"]), str(found["method"]), str(found["model"])
 
-    def __call__(
-        self, image: torch.Tensor, predict: Callable[[torch.Tensor], torch.Tensor]
-    ) -> tuple[torch.Tensor, GuardReport | None]:
+    def __call__(self, image: torch.Tensor, predict: Predict) -> tuple[torch.Tensor, GuardReport | None]:
         """Denoise ``image`` with ``predict`` and return what SURE says is best, with the report.
 
         Args:
             image: the preprocessed scan, ``(1, X, Y, Z)`` (or ``(X, Y, Z)``), float.
-            predict: the network as inference runs it (e.g. a sliding window), mapping a tensor shaped like
-                ``image`` to its output. It is called twice (the output, and the output of a perturbed input for the
-                divergence): run it in float32, since bf16 rounding would swamp the small perturbation.
+            predict: the network as inference runs it (:class:`Predict`). It is called twice: the output, and the
+                output of a perturbed input for the divergence, with ``where`` the head mask (only read there). Run
+                it in float32, since bf16 rounding would swamp the small perturbation.
 
         Returns:
             ``(output shaped like image, report)``; the report is ``None`` (and the output the network's) when the
@@ -252,7 +264,8 @@ class SureGuard:
         eps = EPSILON_RATIO * sigma
         generator = torch.Generator().manual_seed(self.seed)
         probe = torch.randn(y.shape, generator=generator)
-        perturbed = predict((y + eps * probe).to(image)).detach().float().cpu().reshape(y.shape)
+        inside = torch.from_numpy(mask)
+        perturbed = predict((y + eps * probe).to(image), inside).detach().float().cpu().reshape(y.shape)
         flat = torch.from_numpy(mask.reshape(-1))
         base = y.reshape(-1)[flat].double()
         net = pred.reshape(-1)[flat].double()

@@ -23,6 +23,7 @@ from monai.inferers import Inferer, SimpleInferer
 from pipeline.inference.guard import SureGuard, write_guard_report
 from pipeline.inference.results import InferenceSummary, ScanResult
 from pipeline.inference.scan_listing import describe, scan_name
+from pipeline.inference.within import predict_within
 from pipeline.inference.writer import DENOISED_POSTFIX, check_unique_outputs, output_file
 from pipeline.utils.files import atomic_path
 from transforms.errors import InputError
@@ -84,7 +85,8 @@ def denoise_items(
     network)`` under ``torch.inference_mode``, the prediction cast to float32 on the CPU (a reduced-precision
     inferer's bf16/fp16 output included) -> ``postprocessing`` (``Invertd`` and :class:`SaveLikeSourced`, as the
     bundle's ``inference.yaml`` defines them), which writes the file. With a ``guard``
-    (:class:`pipeline.inference.guard.SureGuard`), the network runs twice and the guard decides what is written (the
+    (:class:`pipeline.inference.guard.SureGuard`), the network runs twice (the second pass only on the windows that
+    touch the head, :func:`pipeline.inference.within.predict_within`) and the guard decides what is written (the
     network's output, a blend with the input, a Gaussian filter or the input itself, whichever has the least
     estimated error); its report goes to ``<scan>_denoised.json`` beside the output and to the log.
 
@@ -128,9 +130,12 @@ def denoise_items(
             data = preprocessing(dict(item))
             image = data[image_key]
 
-            def predict(x: torch.Tensor) -> torch.Tensor:
+            def predict(x: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
                 with torch.inference_mode():
-                    return inferer(x.unsqueeze(0).to(device), network)[0]
+                    batch = x.unsqueeze(0).to(device)
+                    if where is None:
+                        return inferer(batch, network)[0]
+                    return predict_within(inferer, network, batch, where)[0]
 
             if guard is None:
                 pred = predict(image)
