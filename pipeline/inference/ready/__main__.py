@@ -25,7 +25,7 @@ from pipeline.inference.ready import READY_DIR
 from pipeline.runtime.model_card import read_model_card
 from pipeline.utils.files import atomic_path
 
-__all__ = ["RECIPE", "main", "package_model", "train"]
+__all__ = ["RECIPE", "main", "package_model", "recipe", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,24 @@ _NOISE = {
 }
 
 
+def recipe(epochs: int | None = None, samples_per_epoch: int | None = None) -> dict[str, object]:
+    """:data:`RECIPE` with a run of other length: the overrides a run uses, recorded in its model card.
+
+    Args:
+        epochs: epochs instead of the recipe's (validation and checkpoints every 5, or every epoch below 5).
+        samples_per_epoch: generated heads per epoch instead of the recipe's.
+
+    Returns:
+        The overrides.
+    """
+    used = dict(RECIPE)
+    if epochs is not None:
+        used.update(num_epochs=epochs, val_interval=min(epochs, 5), ckpt_interval=min(epochs, 5))
+    if samples_per_epoch is not None:
+        used["synth::samples_per_epoch"] = samples_per_epoch
+    return used
+
+
 def train(
     out: str | os.PathLike, epochs: int | None = None, samples_per_epoch: int | None = None, **overrides: object
 ) -> Path:
@@ -64,11 +82,7 @@ def train(
     from pipeline.bundle_run import run
 
     out = Path(out)
-    overrides = {**RECIPE, **overrides}
-    if epochs is not None:
-        overrides.update(num_epochs=epochs, val_interval=min(epochs, 5), ckpt_interval=min(epochs, 5))
-    if samples_per_epoch is not None:
-        overrides["synth::samples_per_epoch"] = samples_per_epoch
+    overrides = {**recipe(epochs, samples_per_epoch), **overrides}
     run(
         config_file=bundle_configs("train_denoise.yaml", "small_denoiser.yaml", "train_synth.yaml"),
         ckpt_dir=os.fspath(out / "models"),
@@ -78,13 +92,16 @@ def train(
     return out / "models" / "model.pt"
 
 
-def package_model(weights: str | os.PathLike, dest: str | os.PathLike, command: str) -> Path:
+def package_model(
+    weights: str | os.PathLike, dest: str | os.PathLike, command: str, used: dict[str, object] | None = None
+) -> Path:
     """Copy trained weights to ``dest/denoiser.pt`` with their card (``denoiser.json``) saying how they were made.
 
     Args:
         weights: the trained ``model.pt`` (its card ``model.json`` beside it).
         dest: the folder written.
         command: the command that trained them, recorded in the card.
+        used: the recipe they were trained with (:func:`recipe`; default :data:`RECIPE`), recorded in the card.
 
     Returns:
         The weights' new path.
@@ -96,7 +113,8 @@ def package_model(weights: str | os.PathLike, dest: str | os.PathLike, command: 
     target = dest / "denoiser.pt"
     with atomic_path(target) as tmp:
         shutil.copyfile(weights, tmp)
-    card["model_card"].update(weights=target.name, noise=_NOISE, training={"command": command, "recipe": RECIPE})
+    training = {"command": command, "recipe": used or RECIPE}
+    card["model_card"].update(weights=target.name, noise=_NOISE, training=training)
     with atomic_path(dest / "denoiser.json") as tmp:
         tmp.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     logger.info("wrote %s and its card %s", target, dest / "denoiser.json")
@@ -115,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     weights = train(args.out, args.epochs, args.samples_per_epoch)
     command = "python -m pipeline.inference.ready " + " ".join(argv if argv is not None else sys.argv[1:])
-    packaged = package_model(weights, Path(args.out), command.strip())
+    packaged = package_model(weights, Path(args.out), command.strip(), recipe(args.epochs, args.samples_per_epoch))
     if args.install:
         for name in ("denoiser.pt", "denoiser.json"):
             shutil.copyfile(packaged.parent / name, READY_DIR / name)
