@@ -30,7 +30,7 @@ def test_a_run_of_other_length_records_its_own_recipe():
     assert recipe() == RECIPE
     longer = recipe(epochs=120, samples_per_epoch=48)
     assert longer["num_epochs"] == 120 and longer["synth::samples_per_epoch"] == 48 and longer["val_interval"] == 5
-    assert recipe(epochs=2)["val_interval"] == 2 and RECIPE["num_epochs"] == 30  # the default is not edited
+    assert recipe(epochs=2)["val_interval"] == 2 and RECIPE["num_epochs"] == 150  # the default is not edited
 
 
 def test_the_command_line_uses_them_only_when_no_weights_are_given():

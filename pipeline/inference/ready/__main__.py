@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 #: The shipped model's recipe: overrides of common + train_denoise + small_denoiser + train_synth.
 RECIPE: dict[str, object] = {
-    "num_epochs": 30,
+    "num_epochs": 150,
     "val_interval": 5,
     "ckpt_interval": 5,
     "synth::samples_per_epoch": 32,
