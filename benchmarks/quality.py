@@ -86,7 +86,7 @@ from benchmarks.quality_report import NOISES, collect, print_tables, ratios
 from pipeline.errors import NonFiniteLossError
 from pipeline.evaluation.classical import OUTPUT_FLOOR
 from pipeline.evaluation.metrics import masked_psnr, masked_ssim
-from pipeline.inference.within import WithinMask
+from pipeline.inference.within import PairSingles, WithinMask
 from pipeline.training.denoise import build_denoise_trainer
 from pipeline.training.handlers import NonFiniteLossGuard, TimeBudget
 from transforms.intensity import robust_max
@@ -153,7 +153,7 @@ def denoise_with_network(
     x = torch.from_numpy(np.ascontiguousarray(noisy / scale, dtype=np.float32))[None, None]
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         if where is None:
-            out = sliding_window_inference(x, patch, 4, model, overlap=overlap, mode="gaussian")
+            out = sliding_window_inference(x, patch, 4, PairSingles(model), overlap=overlap, mode="gaussian")
         else:
             condition = torch.from_numpy(np.asarray(where, dtype=np.float32).reshape(x.shape))
             out = sliding_window_inference(

@@ -96,3 +96,18 @@ def test_the_guard_passes_the_head_and_its_choice_is_unchanged():
     assert report.choice == report_full.choice
     assert report.estimated_gain_db == pytest.approx(report_full.estimated_gain_db, abs=1e-4)
     assert torch.allclose(out, out_full, atol=1e-5)
+
+
+def test_a_single_cpu_window_runs_as_a_pair_with_the_same_output():
+    from pipeline.inference.within import PairSingles
+
+    network = _Counted(_network())
+    x = torch.randn(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        alone = network(x)
+        network.windows = 0
+        paired = PairSingles(network)(x)
+        assert network.windows == 2 and paired.shape == x.shape and torch.allclose(paired, alone, atol=1e-6)
+        network.windows = 0
+        three = torch.randn(3, 1, 16, 16, 16)
+        assert torch.equal(PairSingles(network)(three), network(three)) and network.windows == 6

@@ -23,7 +23,7 @@ from monai.inferers import Inferer, SimpleInferer
 from pipeline.inference.guard import SureGuard, write_guard_report
 from pipeline.inference.results import InferenceSummary, ScanResult
 from pipeline.inference.scan_listing import describe, scan_name
-from pipeline.inference.within import predict_within
+from pipeline.inference.within import PairSingles, predict_within
 from pipeline.inference.writer import DENOISED_POSTFIX, check_unique_outputs, output_file
 from pipeline.utils.files import atomic_path
 from transforms.errors import InputError
@@ -116,6 +116,7 @@ def denoise_items(
     _remove_stale_partials(Path(output_dir), output_postfix)
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     network.eval()
+    paired = PairSingles(network)  # a last window alone would take the CPU's slow convolution
     summary = InferenceSummary(ignored=list(getattr(items, "ignored", [])))
     for item in _progress(items, "denoising", progress):
         source = describe(item[image_key])
@@ -134,7 +135,7 @@ def denoise_items(
                 with torch.inference_mode():
                     batch = x.unsqueeze(0).to(device)
                     if where is None:
-                        return inferer(batch, network)[0]
+                        return inferer(batch, paired)[0]
                     return predict_within(inferer, network, batch, where)[0]
 
             if guard is None:
