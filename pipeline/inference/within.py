@@ -20,8 +20,8 @@ __all__ = ["PairSingles", "WithinMask", "predict_within"]
 class PairSingles(torch.nn.Module):
     """Run a batch of one window on the CPU as a pair, and keep the first output.
 
-    PyTorch's CPU convolution sends a small 3-D input of batch 1 (fewer than 20480 values over batch, channels and the
-    first two spatial axes, e.g. 16 channels of a 32-voxel tile) to its slow native kernel instead of oneDNN's; the
+    PyTorch's CPU convolution picks its kernel by a size heuristic, and sends a small 3-D input of batch 1 (e.g. 16
+    channels of a 32-voxel tile) to its slow native kernel (``aten::slow_conv3d_forward``) instead of oneDNN's; the
     small ResUnet3D then took 0.19-0.23 s per 32-cubed window at batch 1 against 0.04-0.05 s at batch 2 or 4 (1 thread,
     AMD EPYC, AVX2). Two copies cost less than one. The output is the network's (batch norm in eval mode and
     instance norm treat samples independently).
