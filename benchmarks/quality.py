@@ -86,7 +86,7 @@ from benchmarks.quality_report import NOISES, collect, print_tables, ratios
 from pipeline.errors import NonFiniteLossError
 from pipeline.evaluation.classical import OUTPUT_FLOOR
 from pipeline.evaluation.metrics import masked_psnr, masked_ssim
-from pipeline.inference.within import PairSingles, WithinMask
+from pipeline.inference.within import PairSingles, predict_within
 from pipeline.training.denoise import build_denoise_trainer
 from pipeline.training.handlers import NonFiniteLossGuard, TimeBudget
 from transforms.intensity import robust_max
@@ -146,20 +146,17 @@ def denoise_with_network(
     Returns:
         The denoised float32 volume (H, W, D).
     """
-    from monai.inferers import sliding_window_inference
+    from monai.inferers import SlidingWindowInferer
 
     model.eval()
     scale = robust_max(noisy)
     x = torch.from_numpy(np.ascontiguousarray(noisy / scale, dtype=np.float32))[None, None]
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        inferer = SlidingWindowInferer(patch, 4, overlap=overlap, mode="gaussian")
         if where is None:
-            out = sliding_window_inference(x, patch, 4, PairSingles(model), overlap=overlap, mode="gaussian")
+            out = inferer(x, PairSingles(model)).float()
         else:
-            condition = torch.from_numpy(np.asarray(where, dtype=np.float32).reshape(x.shape))
-            out = sliding_window_inference(
-                x, patch, 4, WithinMask(model), overlap=overlap, mode="gaussian", condition=condition
-            )
-        out = out.float()
+            out = predict_within(inferer, model, x, torch.from_numpy(np.asarray(where))).float()
     denoised = out[0, 0].numpy() * scale
     return denoised if floor is None else np.maximum(denoised, floor)
 

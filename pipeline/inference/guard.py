@@ -266,7 +266,7 @@ class SureGuard:
         probe = torch.randn(y.shape, generator=generator)
         inside = torch.from_numpy(mask)
         perturbed = predict((y + eps * probe).to(image), inside).detach().float().cpu().reshape(y.shape)
-        flat = torch.from_numpy(mask.reshape(-1))
+        flat = inside.reshape(-1)
         base = y.reshape(-1)[flat].double()
         net = pred.reshape(-1)[flat].double()
         divergence = (
