@@ -87,6 +87,7 @@ from pipeline.errors import NonFiniteLossError
 from pipeline.evaluation.classical import OUTPUT_FLOOR
 from pipeline.evaluation.metrics import masked_psnr, masked_ssim
 from pipeline.inference.within import PairSingles, predict_within
+from pipeline.runtime.precision import ChannelsLastInferer, memory_format
 from pipeline.training.denoise import build_denoise_trainer
 from pipeline.training.handlers import NonFiniteLossGuard, TimeBudget
 from transforms.intensity import robust_max
@@ -126,12 +127,14 @@ def denoise_with_network(
     bf16: bool = False,
     floor: float | None = OUTPUT_FLOOR,
     where: np.ndarray | None = None,
+    channels_last: bool = True,
 ) -> np.ndarray:
     """Denoise one (H, W, D) volume as the bundle's inference does, returning it on the input's scale.
 
     The input is divided by its own robust maximum (what ``ScalePercentiled`` does at inference), run through
     ``sliding_window_inference`` (``patch``^3 tiles, 4 per pass, Gaussian blending) under
-    ``torch.inference_mode``, multiplied back and floored (``inference.yaml``'s ``output_min``).
+    ``torch.inference_mode``, channels-last as ``inference.yaml`` does by default, multiplied back and floored
+    (``inference.yaml``'s ``output_min``).
 
     Args:
         model: the network (put in eval mode here).
@@ -142,17 +145,19 @@ def denoise_with_network(
         floor: outputs below it are set to it; ``None`` keeps them.
         where: compute only the windows that touch this mask (the guard's second pass,
             :func:`pipeline.inference.within.predict_within`); the output is exact there only.
+        channels_last: convert the network (in place; same weights) and each window batch to ``channels_last_3d``.
 
     Returns:
         The denoised float32 volume (H, W, D).
     """
     from monai.inferers import SlidingWindowInferer
 
-    model.eval()
+    model.eval().to(memory_format=memory_format(channels_last))
     scale = robust_max(noisy)
     x = torch.from_numpy(np.ascontiguousarray(noisy / scale, dtype=np.float32))[None, None]
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         inferer = SlidingWindowInferer(patch, 4, overlap=overlap, mode="gaussian")
+        inferer = ChannelsLastInferer(inferer) if channels_last else inferer
         if where is None:
             out = inferer(x, PairSingles(model)).float()
         else:

@@ -19,6 +19,7 @@ from transforms.noise_level import (
     estimate_background_sigma,
     estimate_noise,
     estimate_noise_sigma,
+    estimate_tissue_sigma,
     head_mask,
     robust_max,
 )
@@ -151,7 +152,8 @@ def test_without_air_holding_noise_the_tissue_estimate_is_used():
     assert estimate_background_sigma(noisy) is None
     found = estimate_noise(noisy)
     assert found["method"] == "tissue" and found["model"] == "unknown"
-    assert found[NOISE_SIGMA_KEY] == pytest.approx(estimate_noise_sigma(noisy))
+    assert found[NOISE_SIGMA_KEY] == pytest.approx(estimate_tissue_sigma(noisy))
+    assert found[NOISE_SIGMA_KEY] == pytest.approx(0.05, rel=0.05)
     with pytest.raises(ValueError, match="too little air"):
         estimate_noise(noisy, method="background")
     with pytest.raises(ValueError, match="method"):

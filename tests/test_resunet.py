@@ -10,6 +10,7 @@ from monai.networks.nets import ResNet
 from torch import nn
 
 from networks import RESNET_LAYOUTS, ResUnet3D, build_resnet
+from networks.norms import InstanceNorm3d
 
 TINY = {"block_inplanes": (4, 8, 16, 32)}
 SIZES = [(37, 45, 29), (64, 48, 40), (33, 33, 33)]
@@ -219,7 +220,7 @@ def test_residual_output_subtracts_the_predicted_noise():
 @pytest.mark.parametrize("norm", ["instance", "group", "none", ("batch", {"momentum": 0.01})])
 def test_norm_reaches_encoder_and_decoder_alike(norm):
     net = ResUnet3D(norm=norm, **TINY)
-    expected = {"instance": nn.InstanceNorm3d, "group": nn.GroupNorm}.get(norm if isinstance(norm, str) else "batch")
+    expected = {"instance": InstanceNorm3d, "group": nn.GroupNorm}.get(norm if isinstance(norm, str) else "batch")
     expected = expected or nn.BatchNorm3d
     kinds = (nn.BatchNorm3d, nn.InstanceNorm3d, nn.GroupNorm)
     for part in (net.encoder, net.decoder, net.head):

@@ -319,8 +319,14 @@ def test_bundle_configs_wire_the_switches_into_every_engine(paired3, tmp_path):
         INFER_CLASSIFIER, "infer", logging_file=False, dataset_dir=os.fspath(paired3 / "FD"), **on, **TINY_CLASSIFIER
     )
     assert isinstance(classify.parser.get_parsed_content("evaluator").inferer, AutocastInferer)
-    default = create_workflow(INFER, "infer", logging_file=False, dataset_dir=scans, **TINY_UNET)
-    assert default.parser.get_parsed_content("precision_inferer") is default.parser.get_parsed_content("inferer")
+    # denoising's default (fp32 here) is channels-last; switched off, the inferer is the plain one
+    default = create_workflow(INFER, "infer", logging_file=False, dataset_dir=scans, precision="fp32", **TINY_UNET)
+    inferer = default.parser.get_parsed_content("precision_inferer")
+    assert isinstance(inferer, ChannelsLastInferer) and inferer.inferer is default.parser.get_parsed_content("inferer")
+    assert channels_last_weights(default.parser.get_parsed_content("network"))
+    off = {"channels_last": False, "precision": "fp32"}
+    plain = create_workflow(INFER, "infer", logging_file=False, dataset_dir=scans, **off, **TINY_UNET)
+    assert plain.parser.get_parsed_content("precision_inferer") is plain.parser.get_parsed_content("inferer")
 
 
 def test_classifier_finetune_config_runs_its_engines_in_bf16(tmp_path):
@@ -449,8 +455,9 @@ def test_auto_precision_in_the_bundle_follows_the_hardware(native, autocast, pai
     if autocast:
         assert isinstance(inferer, AutocastInferer) and inferer.dtype == torch.bfloat16
         assert inferer.output_dtype == torch.float32
-    else:
-        assert inferer is workflow.parser.get_parsed_content("inferer")
+    else:  # float32: only denoising's channels-last layout around the sliding windows
+        assert isinstance(inferer, ChannelsLastInferer)
+        assert inferer.inferer is workflow.parser.get_parsed_content("inferer")
 
 
 def test_cli_accepts_auto_precision(captured):

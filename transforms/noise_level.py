@@ -39,6 +39,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends
 
+from transforms.weak_texture import estimate_weak_texture_sigma
+
 __all__ = [
     "NOISE_LEVEL_KEY",
     "NOISE_METHODS",
@@ -48,6 +50,7 @@ __all__ = [
     "estimate_background_sigma",
     "estimate_noise",
     "estimate_noise_sigma",
+    "estimate_tissue_sigma",
     "head_mask",
     "rician_snr",
     "rician_spread",
@@ -221,10 +224,29 @@ def estimate_noise(
     if found is not None:
         sigma, model, where = found[0], found[1], "background"
     else:
-        sigma, model, where = estimate_noise_sigma(img, foreground=foreground), "unknown", "tissue"
+        sigma, model, where = estimate_tissue_sigma(img, foreground=foreground), "unknown", "tissue"
     reference = robust_max(img)
     level = 255.0 * sigma / reference if reference > 0 else 0.0
     return {NOISE_SIGMA_KEY: sigma, NOISE_LEVEL_KEY: level, "method": where, "model": model}
+
+
+def estimate_tissue_sigma(img: NdarrayOrTensor, foreground: float | None = 0.1) -> float:
+    """The noise level measured in the tissue: the weakly textured patches' principal components.
+
+    :func:`transforms.weak_texture.estimate_weak_texture_sigma` over the 5-cubed patches whose mean is at least
+    ``foreground`` times the robust maximum; Haar's MAD (:func:`estimate_noise_sigma`) where the volume holds too
+    few of them.
+
+    Args:
+        img: the volume ``(X, Y, Z)`` or ``(1, X, Y, Z)``.
+        foreground: the patches' least mean, as a fraction of the robust maximum; ``None`` takes every patch.
+
+    Returns:
+        ``sigma`` in the volume's intensity units.
+    """
+    x = _as_volume(img)
+    found = estimate_weak_texture_sigma(x, None if foreground is None else foreground * robust_max(x))
+    return estimate_noise_sigma(img, foreground=foreground) if found is None else found
 
 
 def estimate_noise_sigma(

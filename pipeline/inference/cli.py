@@ -119,9 +119,10 @@ def add_task_arguments(parser: argparse.ArgumentParser, task: str) -> argparse.A
     )
     parser.add_argument(
         "--channels-last",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="run the network in the channels_last_3d memory layout (same weights)",
+        help="run the network in the channels_last_3d memory layout (same weights; denoising's default, 1.5x faster"
+        " on the CPU for the small ResUnet3D)",
     )
     parser.add_argument(
         "--overwrite",
