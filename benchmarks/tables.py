@@ -461,8 +461,27 @@ def _guard_family(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _tissue_noise(data: dict[str, Any]) -> str:
+    """The tissue noise estimates over the truth, per generated head and level, and their range."""
+    rows = data.get("rows", [])
+    body = [
+        [str(r["seed"]), r["contrast"], r["noise"], f"{r['voxel_mm']:g}", f"{r['level']:g}", r["shape"]]
+        + [_number(r[k], 3) for k in ("tissue_ratio", "haar_ratio")]
+        for r in rows
+    ]
+    headers = ["seed", "contrast", "noise", "mm", "level (/255)", "crop", "weak-texture patches", "Haar MAD"]
+    summary = data.get("summary", {})
+    ranges = [
+        f"{label} {_number(summary[k]['min'], 3)}-{_number(summary[k]['max'], 3)}x"
+        for label, k in (("weak-texture patches", "tissue_ratio"), ("Haar MAD", "haar_ratio"))
+        if k in summary
+    ]
+    return "\n".join([_table(headers, body), "", "Estimate over the true level: " + ", ".join(ranges) + "."])
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "demo_recipe": _demo_recipe,
+    "tissue_noise": _tissue_noise,
     "guard_family": _guard_family,
     "classical": _classical,
     "real_scans": _real_scans,

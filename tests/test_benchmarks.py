@@ -410,3 +410,15 @@ def test_quality_trains_with_the_pipelines_supervised_trainer_and_scores_at_each
 def test_quality_retries_a_diverged_network_at_a_lower_lr_then_in_float32():
     assert quality._attempts("bf16", 3e-3) == [("bf16", 3e-3), ("bf16", 1e-3), ("fp32", 3e-3), ("fp32", 1e-3)]
     assert [p for p, _ in quality._attempts("fp32", 3e-3)] == ["fp32"] * 3
+
+
+def test_the_tissue_noise_benchmark_scores_both_estimates_on_a_generated_head(tmp_path):
+    from benchmarks import tissue_noise
+    from benchmarks.tables import RENDERERS
+
+    out = tmp_path / "tissue_noise.json"
+    result = tissue_noise.main(["--heads", "1", "--levels", "15", "--out", str(out)])
+    (row,) = result["rows"]
+    assert row["level"] == 15 and row["noise"] == "gaussian" and out.exists()
+    assert 0.9 < row["tissue_ratio"] < 1.1 and 0.9 < row["haar_ratio"] < 1.3
+    assert "weak-texture patches" in RENDERERS["tissue_noise"](result)
