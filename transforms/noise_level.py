@@ -20,7 +20,7 @@ now within 0.99-1.06x). :func:`estimate_noise` takes the air where
 there is enough of it (``method="auto"``) and the tissue estimate elsewhere (skull-stripped or zero-filled scans):
 :func:`estimate_tissue_sigma`, the principal components of the tissue's weakly textured patches
 (:mod:`transforms.weak_texture`), which fine anatomy fools far less than the Haar MAD (generated heads cropped inside
-the head: 0.95-1.18x the true level at 5-25/255, against 0.99-1.43x).
+the head: 0.95-1.19x the true level at 5-25/255, against 0.99-1.43x).
 
 :class:`EstimateNoiseLevel` / :class:`EstimateNoiseLeveld` pass the image through unchanged, record the estimate in
 its metadata (``meta["noise_sigma"]`` in image units, ``meta["noise_level_255"]`` on the 0-255 scale of the scan's

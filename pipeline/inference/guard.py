@@ -229,7 +229,7 @@ class SureGuard:
             self._warned_tissue = True
             log(
                 "no air around the head to measure the noise in: its level (%.1f/255) was estimated in the tissue's "
-                "flattest patches (within 0.93-1.18x of the truth on generated heads cropped inside the head, and "
+                "flattest patches (within 0.95-1.19x of the truth on generated heads cropped inside the head, and "
                 "SURE's estimated gain errs by about 1 dB per 4 %% of that error at large gains); give the level "
                 "with --noise-level where it is known",
                 found["noise_level_255"],
