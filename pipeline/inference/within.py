@@ -62,10 +62,7 @@ class WithinMask(torch.nn.Module):
             return self.network(window)
         output = torch.zeros_like(window)
         if bool(keep.any()):
-            kept = window[keep]  # indexing returns the default layout: keep a channels-last window channels-last
-            if window.dim() == 5 and window.is_contiguous(memory_format=torch.channels_last_3d):
-                kept = kept.contiguous(memory_format=torch.channels_last_3d)
-            output[keep] = self.network(kept).to(output.dtype)
+            output[keep] = self.network(window[keep]).to(output.dtype)
         return output
 
 
