@@ -161,6 +161,12 @@ def test_targets_say_met_or_missed_and_by_how_much():
     assert verdicts["|SURE gain - true gain|, Gaussian cases, worst"]["value"] == pytest.approx(0.3)
     assert verdicts["BM4D seconds / default seconds"]["met"]
     assert verdicts["default - NL means (blind), every level from 10/255"]["met"] is None  # not run
+    adapted = "after site adaptation, default - BM4D, mean"
+    assert verdicts[adapted]["met"] is None  # no --adapt
+    rows.append({"scan": "a", "noise": "gaussian", "level": 15.0, "method": "default+sure", "psnr_head": 31.25})
+    rows.append({"scan": "a", "noise": "gaussian", "level": 15.0, "method": "network+sure", "psnr_head": 35.0})
+    verdict = {v["target"]: v for v in real_scans.targets(rows)}[adapted]
+    assert verdict["met"] and verdict["value"] == pytest.approx(0.25)  # the guarded adapted output, not the raw one
 
 
 def test_load_denoiser_needs_a_card_with_the_preprocessing_the_benchmark_runs(tmp_path):

@@ -120,9 +120,9 @@ def _adapted_rows(
                 )
             adaptations.append({"noise": noise, "level": float(level)} | report)
             print(f"network adapted to {noise} {level:g}: {report['reason']}", flush=True)
-            for c in site:
-                row = score_case(c, ["network"], adapted, args.roi, args.overlap, bf16)[0]
-                rows.append(row | {"method": f"network+{args.adapt_loss}"})
+            for c in site:  # the adapted network raw, and through the guard as inference runs it
+                for row in score_case(c, ["network", "default"], adapted, args.roi, args.overlap, bf16):
+                    rows.append(row | {"method": f"{row['method']}+{args.adapt_loss}"})
     return rows, adaptations
 
 

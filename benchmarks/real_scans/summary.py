@@ -172,6 +172,13 @@ def targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         )
     else:
         out.append(_verdict(names[5], None, TARGETS[names[5]], "BM4D not run"))
+    adapted = [
+        r["psnr_head"] - by[(r["scan"], r["noise"], r["level"], "bm4d")]["psnr_head"]
+        for r in rows
+        if r["method"].startswith("default+") and (r["scan"], r["noise"], r["level"], "bm4d") in by
+    ]
+    detail = f"{len(adapted)} adapted cases, the adapted network through the guard" if adapted else "no --adapt run"
+    out.append(_verdict(names[6], float(np.mean(adapted)) if adapted else None, TARGETS[names[6]], detail))
     return out
 
 
