@@ -422,3 +422,12 @@ def test_the_tissue_noise_benchmark_scores_both_estimates_on_a_generated_head(tm
     assert row["level"] == 15 and row["noise"] == "gaussian" and out.exists()
     assert 0.9 < row["tissue_ratio"] < 1.1 and 0.9 < row["haar_ratio"] < 1.3
     assert "weak-texture patches" in RENDERERS["tissue_noise"](result)
+
+
+def test_the_layout_benchmark_times_four_ways_with_the_same_output(tmp_path):
+    from benchmarks import layout_speed
+
+    result = layout_speed.main(["--batch", "2", "--repeats", "1", "--out", str(tmp_path / "layout.json")])
+    rows = result["rows"]
+    assert len(rows) == 4 and rows[0]["speed-up"] == 1 and all(r["ms per window"] > 0 for r in rows)
+    assert all(float(r["max |output - torch's|"]) < 1e-3 for r in rows)
