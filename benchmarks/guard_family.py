@@ -33,7 +33,7 @@ import torch
 
 from benchmarks._common import announce, default_out, format_table, head_mask, machine_info, write_json
 
-__all__ = ["generated_heads", "main", "score_head"]
+__all__ = ["generated_head", "generated_heads", "main", "score_head"]
 
 _CONTRASTS = ("t1", "t2", "pd")
 
@@ -85,17 +85,12 @@ def _inside(mask: np.ndarray, share: float = 0.5) -> tuple[slice, ...]:
     return tuple(box)
 
 
-def score_head(
-    model: torch.nn.Module, head: dict[str, Any], level: float, maps: Any, air: bool = True
-) -> dict[str, Any]:
-    """One generated head at one level: noisy, network, the guard without and with SURE-LET (PSNR in the head).
+def generated_head(head: dict[str, Any], level: float, maps: Any, air: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """One generated head (:func:`generated_heads`' settings) at one level: ``(noisy float32, clean float64)``.
 
-    ``air=False`` crops the volume inside the head (:func:`_inside`), so the guard must measure the noise in the
-    tissue, as on a skull-stripped, zero-filled or slab scan.
+    ``air=False`` crops both inside the head (:func:`_inside`), leaving no air around it.
     """
     from pipeline.data.synth import synth_volumes
-    from pipeline.inference.guard import SureGuard
-    from transforms.noise_level import robust_max
 
     item = synth_volumes(
         maps,
@@ -112,6 +107,21 @@ def score_head(
     if not air:
         box = _inside(head_mask(clean))
         noisy, clean = np.ascontiguousarray(noisy[box]), clean[box]
+    return noisy, clean
+
+
+def score_head(
+    model: torch.nn.Module, head: dict[str, Any], level: float, maps: Any, air: bool = True
+) -> dict[str, Any]:
+    """One generated head at one level: noisy, network, the guard without and with SURE-LET (PSNR in the head).
+
+    ``air=False`` crops the volume inside the head (:func:`_inside`), so the guard must measure the noise in the
+    tissue, as on a skull-stripped, zero-filled or slab scan.
+    """
+    from pipeline.inference.guard import SureGuard
+    from transforms.noise_level import robust_max
+
+    noisy, clean = generated_head(head, level, maps, air)
     scale = robust_max(noisy)
     clean = clean / scale
     mask = head_mask(clean) if air else np.ones(clean.shape, bool)

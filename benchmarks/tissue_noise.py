@@ -20,31 +20,17 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import announce, default_out, format_table, head_mask, machine_info, write_json
+from benchmarks._common import announce, default_out, format_table, machine_info, write_json
 
 __all__ = ["main", "score"]
 
 
 def score(head: dict[str, Any], level: float, maps: Any) -> dict[str, Any]:
     """One generated head at one level, cropped inside the head: both estimates over the true level."""
-    from benchmarks.guard_family import _inside
-    from pipeline.data.synth import synth_volumes
+    from benchmarks.guard_family import generated_head
     from transforms.noise_level import estimate_noise, estimate_noise_sigma
 
-    item = synth_volumes(
-        maps,
-        n=1,
-        seed=head["seed"],
-        voxel_size=head["voxel_mm"],
-        noise=head["noise"],
-        level=level,
-        contrasts=[head["contrast"]],
-        head_prob=1.0,
-    )[0]
-    noisy = item["image"][0].numpy().astype(np.float32)
-    clean = item["label"][0].numpy().astype(np.float64)
-    box = _inside(head_mask(clean))
-    noisy, clean = np.ascontiguousarray(noisy[box]), clean[box]
+    noisy, clean = generated_head(head, level, maps, air=False)
     error = noisy - clean
     true = float(np.std(error if head["noise"] == "gaussian" else error[clean > 0.3 * clean.max()]))
     start = time.perf_counter()

@@ -111,19 +111,3 @@ def test_a_single_cpu_window_runs_as_a_pair_with_the_same_output():
         network.windows = 0
         three = torch.randn(3, 1, 16, 16, 16)
         assert torch.equal(PairSingles(network)(three), network(three)) and network.windows == 6
-
-
-def test_a_channels_last_window_stays_channels_last_when_some_are_skipped():
-    seen = []
-
-    def network(x: torch.Tensor) -> torch.Tensor:
-        seen.append(x.is_contiguous(memory_format=torch.channels_last_3d))
-        return x * 2
-
-    windows = torch.rand(4, 2, 6, 6, 6).contiguous(memory_format=torch.channels_last_3d)
-    condition = torch.zeros(4, 1, 6, 6, 6)
-    condition[[0, 2], 0, 1, 1, 1] = 1  # two of four windows touch the mask
-    out = WithinMask(network)(windows, condition)
-    assert seen == [True]
-    torch.testing.assert_close(out[[0, 2]], windows[[0, 2]] * 2)
-    assert not out[[1, 3]].any()
