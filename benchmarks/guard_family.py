@@ -7,16 +7,19 @@ T1/T2/PD in turn, Gaussian and Rician noise in turn, 2 mm and 1.5 mm in turn) fr
 (its training draws fresh heads from its own stream, its epoch was chosen on seeds 1000-1001). Each noisy head, on
 its robust-maximum scale, goes through the ready model and :class:`pipeline.inference.guard.SureGuard` twice on the
 same network outputs: ``combine=False`` (the network, its blend with the input, single Gaussian filters and
-non-negative network-plus-filter pairs) and ``combine=True`` (also every output at once, weights of any sign). PSNR in
-the head mask against the clean head, and each guard's estimated gain against the true one.
+non-negative network-plus-filter pairs), ``combine=True`` (also every output at once, weights of any sign) and
+``combine=True`` with the network's output smoothed by Gaussian filters of 0.5 and 1 voxel among the outputs
+(``network_widths``: for a network that under-smooths at high levels). PSNR in the head mask against the clean head,
+and each guard's estimated gain against the true one.
 
 Each head is scored twice: whole, with air around it (the guard measures the noise there), and cropped inside the
 head (no air: the level is measured in the tissue, where fine anatomy passes for noise and reads high). SURE's
 error grows with that of the level, and more so for a family that can smooth more, so each case gets its own rule,
 fixed before the run: the guard combines for that case if the 95 % t interval of the per-head mean difference
 (SURE-LET minus the candidates alone, averaged over the levels; heads are the independent units, ``n - 1`` degrees
-of freedom) lies above 0. No real scan is read: real heads stay for evaluation
-(``benchmarks.real_scans``).
+of freedom) lies above 0, and adds the smoothed network's outputs by default if the same interval of their
+difference (with them minus SURE-LET without them) lies above 0 in both cases. No real scan is read: real heads
+stay for evaluation (``benchmarks.real_scans``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,13 @@ from benchmarks._common import announce, default_out, format_table, head_mask, m
 __all__ = ["generated_head", "generated_heads", "main", "score_head"]
 
 _CONTRASTS = ("t1", "t2", "pd")
+
+#: The guards compared: name -> :class:`pipeline.inference.guard.SureGuard` arguments.
+GUARDS: dict[str, dict[str, Any]] = {
+    "candidates": {"combine": False},
+    "sure_let": {"combine": True},
+    "smoothed": {"combine": True, "network_widths": (0.5, 1.0)},
+}
 
 
 def generated_heads(count: int, seed: int) -> list[dict[str, Any]]:
@@ -113,7 +123,7 @@ def generated_head(head: dict[str, Any], level: float, maps: Any, air: bool = Tr
 def score_head(
     model: torch.nn.Module, head: dict[str, Any], level: float, maps: Any, air: bool = True
 ) -> dict[str, Any]:
-    """One generated head at one level: noisy, network, the guard without and with SURE-LET (PSNR in the head).
+    """One generated head at one level: noisy, network, and each of :data:`GUARDS` (PSNR in the head).
 
     ``air=False`` crops the volume inside the head (:func:`_inside`), so the guard must measure the noise in the
     tissue, as on a skull-stripped, zero-filled or slab scan.
@@ -129,8 +139,8 @@ def score_head(
     predict = _memoised(model, 32, 0.25)
     row = {**head, "air": air, "level": level, "noisy": _psnr(noisy / scale, clean, mask)}
     row["network"] = _psnr(predict(image).numpy()[0], clean, mask)
-    for name, combine in (("candidates", False), ("sure_let", True)):
-        out, report = SureGuard(combine=combine)(image, predict)
+    for name, settings in GUARDS.items():
+        out, report = SureGuard(**settings)(image, predict)
         row[name] = _psnr(out.numpy()[0], clean, mask)
         row[f"{name}_choice"] = report.choice
         row[f"{name}_estimate_error"] = report.estimated_gain_db - (row[name] - row["noisy"])
@@ -138,16 +148,19 @@ def score_head(
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
 
 
-def _decision(rows: list[dict[str, Any]], heads: list[dict[str, Any]]) -> dict[str, Any]:
+def _decision(
+    rows: list[dict[str, Any]], heads: list[dict[str, Any]], arm: str = "sure_let", base: str = "candidates"
+) -> dict[str, Any]:
+    """Whether ``arm`` beats ``base``: the 95 % t interval over heads of their per-head mean difference above 0."""
     from pipeline.evaluation.stats import seed_t_interval
 
-    per_head = [np.mean([r["sure_let"] - r["candidates"] for r in rows if r["seed"] == h["seed"]]) for h in heads]
+    per_head = [np.mean([r[arm] - r[base] for r in rows if r["seed"] == h["seed"]]) for h in heads]
     mean, low, high = seed_t_interval(np.asarray(per_head))
     return {
-        "rule": "combine if the 95 % t interval (heads, n - 1 df) of SURE-LET minus the candidates alone is above 0",
+        "rule": f"adopt if the 95 % t interval (heads, n - 1 df) of {arm} minus {base} is above 0",
         "difference_db": [round(mean, 3), round(low, 3), round(high, 3)],
         "heads": len(heads),
-        "combine": bool(low > 0),
+        "combine" if arm == "sure_let" else "adopt": bool(low > 0),
     }
 
 
@@ -174,14 +187,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = [
         score_head(model, head, level, maps, air) for air in (True, False) for head in heads for level in args.levels
     ]
-    columns = ["seed", "noise", "voxel_mm", "air", "noise_method", "level", "noisy", "network", "candidates"]
-    print(format_table(rows, [*columns, "sure_let", "candidates_estimate_error", "sure_let_estimate_error"]))
-    decision = {
-        where: _decision([r for r in rows if r["air"] == air], heads)
-        for where, air in (("level measured in the air", True), ("level measured in the tissue", False))
+    columns = ["seed", "noise", "voxel_mm", "air", "noise_method", "level", "noisy", "network", *GUARDS]
+    print(format_table(rows, [*columns, *(f"{name}_estimate_error" for name in GUARDS)]))
+    cases = (("level measured in the air", True), ("level measured in the tissue", False))
+    decision = {where: _decision([r for r in rows if r["air"] == air], heads) for where, air in cases}
+    smoothing = {
+        where: _decision([r for r in rows if r["air"] == air], heads, "smoothed", "sure_let") for where, air in cases
     }
     for where, found in decision.items():
         print(f"{where}: {'combine' if found['combine'] else 'do not combine'} ({found})")
+    for where, found in smoothing.items():
+        print(f"{where}: {'add' if found['adopt'] else 'do not add'} the smoothed network ({found})")
     result = {
         "benchmark": "guard_family",
         "command": "python -m benchmarks.guard_family " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -189,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "model": "pipeline.inference.ready (the shipped denoiser)",
         "rows": rows,
         "decision": decision,
+        "smoothing_decision": smoothing,
     }
     write_json(result, args.out)
     return result

@@ -431,31 +431,41 @@ def _demo_recipe(data: dict[str, Any]) -> str:
 def _guard_family(data: dict[str, Any]) -> str:
     """Mean PSNR in the head per case (air or not) and level, each guard's worst estimate error, then the rules."""
     rows = data.get("rows", [])
+    guards = [g for g in ("candidates", "sure_let", "smoothed") if rows and g in rows[0]]
+    titles = {"candidates": "candidates", "sure_let": "SURE-LET", "smoothed": "SURE-LET + smoothed network"}
     body = []
     for air in (True, False):
         for level in sorted({r["level"] for r in rows}):
             cell = [r for r in rows if r["air"] == air and r["level"] == level]
             if not cell:
                 continue
-            means = [_number(_mean(r[k] for r in cell), 2) for k in ("noisy", "network", "candidates", "sure_let")]
+            means = [_number(_mean(r[k] for r in cell), 2) for k in ("noisy", "network", *guards)]
             errors = [
                 " / ".join(
                     _number(
                         max((abs(r[k]) for r in cell if r["noise"] == noise and math.isfinite(r[k])), default=None), 2
                     )
-                    for k in ("candidates_estimate_error", "sure_let_estimate_error")
+                    for k in (f"{g}_estimate_error" for g in guards)
                 )
                 for noise in ("gaussian", "rician")
             ]
             body.append(["whole" if air else "inside the head", f"{level:g}", str(len(cell)), *means, *errors])
-    headers = ["volume", "level (/255)", "heads", "noisy", "network", "candidates", "SURE-LET"]
-    errors = ["worst SURE error, Gaussian (candidates / SURE-LET)", "worst SURE error, Rician"]
+    names = " / ".join(titles[g] for g in guards)
+    headers = ["volume", "level (/255)", "heads", "noisy", "network", *(titles[g] for g in guards)]
+    errors = [f"worst SURE error, Gaussian ({names})", "worst SURE error, Rician"]
     lines = [_table([*headers, *errors], body), ""]
     for where, found in data.get("decision", {}).items():
         mean, low, high = found["difference_db"]
         verdict = "combine" if found["combine"] else "do not combine"
         lines.append(
             f"- {where}: SURE-LET - candidates {mean:+.2f} dB [{low:+.2f}, {high:+.2f}] "
+            f"({found['heads']} heads): {verdict}."
+        )
+    for where, found in data.get("smoothing_decision", {}).items():
+        mean, low, high = found["difference_db"]
+        verdict = "above 0" if found["adopt"] else "not above 0"
+        lines.append(
+            f"- {where}: with the smoothed network - without {mean:+.2f} dB [{low:+.2f}, {high:+.2f}] "
             f"({found['heads']} heads): {verdict}."
         )
     return "\n".join(lines)
@@ -564,12 +574,27 @@ def _seeds_difference(data: Mapping[str, Any]) -> str:
     )
 
 
-def _real_scans_targets(data: Mapping[str, Any]) -> str:
+def _target_cell(target: Mapping[str, Any]) -> str:
+    """One measured target: its value (a ratio for speed, else dB) and whether it was met, or by how much missed."""
+    ratio = "seconds" in target["target"]
+    value = f"{target['value']:.1f}x" if ratio else f"{_signed(target['value'], 2)} dB"
+    verdict = "met" if target["met"] else f"**missed by {abs(target['margin']):.2f}{'' if ratio else ' dB'}**"
+    return f"{target['target']}: {value} ({verdict})"
+
+
+def _real_scans_targets(data: Mapping[str, Any], adaptation: bool = False) -> str:
+    """The issue's targets a real-scan run measured: those after site adaptation, or every other one."""
     return "; ".join(
-        f"{t['target']}: {_signed(t['value'], 2)} dB ({'met' if t['met'] else 'missed'})"
+        _target_cell(t)
         for t in data.get("targets", [])
-        if _is_number(t.get("value")) and t["target"].startswith("default - ")
+        if _is_number(t.get("value")) and t["target"].startswith("after site adaptation") == adaptation
     )
+
+
+def _quality_bm4d_target(data: Mapping[str, Any]) -> str:
+    """The cohort target of ``benchmarks.quality``: its longest ResUnet3D run minus BM4D at Gaussian 15."""
+    found = [f"{key}: {value}" for key, value in data.get("ratios", {}).items() if "BM4D, Gaussian 15" in key]
+    return "; ".join(found) or "-"
 
 
 def _whole_head_speed(data: Mapping[str, Any]) -> str:
@@ -611,6 +636,8 @@ HEADLINES: dict[tuple[str, str], Callable[[Mapping[str, Any]], str]] = {
     ("demo_seeds", "difference"): _seeds_difference,
     ("study", "verdicts"): _study_verdicts,
     ("real_scans", "targets"): _real_scans_targets,
+    ("real_scans", "adaptation"): lambda data: _real_scans_targets(data, adaptation=True),
+    ("quality", "bm4d_target"): _quality_bm4d_target,
     ("whole_head", "speed"): _whole_head_speed,
     ("transcribed", "headline"): lambda data: str(data["headline"]),
 }

@@ -120,11 +120,45 @@ def test_the_combination_of_every_output_corrects_an_oversmoothing_network_beyon
     assert any(weight < 0 for weight in report.weights.values())  # a signed correction, not a blend
 
 
+def _undersmoothing(volume: np.ndarray) -> np.ndarray:
+    """A nonlinear denoiser that leaves noise behind, as a network for every level does at the high ones."""
+    smooth = ndimage.gaussian_filter(volume, 0.5)
+    return smooth + 0.5 * 0.05 * np.tanh((volume - smooth) / 0.05)
+
+
+def _within(fn):
+    """A ``predict`` that computes only where it is told to read (zeros elsewhere), as the guard's second pass may."""
+    full = _as_network(fn)
+
+    def predict(x, where=None):
+        out = full(x)
+        return out if where is None else out * where.reshape(out.shape[-3:]).to(out.dtype)
+
+    return predict
+
+
+@pytest.mark.parametrize("sigma", (15 / 255, 25 / 255))
+def test_the_smoothed_networks_gains_are_estimated_from_the_same_probe(sigma):
+    clean, noisy = _noisy(sigma, seed=3)
+    mask = head_mask(noisy)
+    image = torch.from_numpy(noisy[None]).float()
+    out, report = SureGuard(network_widths=(0.5, 1.0))(image, _within(_undersmoothing))
+    for width in (0.5, 1.0):
+        smoothed = ndimage.gaussian_filter(_undersmoothing(noisy), width)
+        true_gain = 10 * math.log10(_mse(noisy, clean, mask) / _mse(smoothed, clean, mask))
+        assert report.candidates[f"network, gaussian {width:g}"] == pytest.approx(true_gain, abs=0.4)
+    _, without = SureGuard()(image, _within(_undersmoothing))
+    assert report.estimated_gain_db > without.estimated_gain_db  # a larger family: SURE's minimum can only fall
+    # the second pass reads the head and the filters' reach: the same as a network run everywhere
+    everywhere, same = SureGuard(network_widths=(0.5, 1.0))(image, _as_network(_undersmoothing))
+    assert torch.allclose(out, everywhere, atol=1e-6) and same.candidates == pytest.approx(report.candidates)
+
+
 def test_a_known_level_is_used_as_given_and_bad_settings_are_refused():
     _, noisy = _noisy(10 / 255)
     _, report = _run(noisy, _nonlinear, sigma_255=12.0)
     assert report.noise_method == "given" and report.sigma_255 == pytest.approx(12.0)
-    for bad in ({"widths": (0.0,)}, {"sigma_255": 0}, {"noise_method": "nowhere"}):
+    for bad in ({"widths": (0.0,)}, {"network_widths": (-1.0,)}, {"sigma_255": 0}, {"noise_method": "nowhere"}):
         with pytest.raises(ValueError):
             SureGuard(**bad)
 
@@ -206,7 +240,7 @@ def test_a_level_measured_in_the_tissue_is_reported_with_a_warning(caplog):
     assert report.noise_method == "background" and "tissue" not in caplog.text
 
 
-def test_the_guard_family_benchmark_scores_both_guards_on_the_same_network_outputs(monkeypatch):
+def test_the_guard_family_benchmark_scores_every_guard_on_the_same_network_outputs(monkeypatch):
     from benchmarks import guard_family
     from pipeline.data.synth import load_tissue_maps
 
@@ -219,11 +253,11 @@ def test_the_guard_family_benchmark_scores_both_guards_on_the_same_network_outpu
     head = {"seed": 7, "contrast": "t1", "noise": "gaussian", "voxel_mm": 4.0}
     row = guard_family.score_head(network, head, 15.0, load_tissue_maps(16.0, 4.0))
     assert row["sure_let_choice"] == "network + filters (SURE-LET)" and "SURE-LET" not in row["candidates_choice"]
-    assert all(math.isfinite(row[k]) for k in ("noisy", "network", "candidates", "sure_let"))
+    assert all(math.isfinite(row[k]) for k in ("noisy", "network", "candidates", "sure_let", "smoothed"))
     assert row["sure_let"] > row["noisy"] and abs(row["sure_let_estimate_error"]) < 1.0
     passes = len(calls)
     guard_family.score_head(network, head, 15.0, load_tissue_maps(16.0, 4.0))
-    assert len(calls) == 2 * passes  # each head costs the output and the perturbed pass once, for both guards
+    assert len(calls) == 2 * passes  # the output and each perturbed pass once (the smoothed arm reads farther)
 
 
 def test_the_guard_family_rule_needs_the_interval_over_heads_above_zero():
@@ -243,6 +277,9 @@ def test_the_guard_family_rule_needs_the_interval_over_heads_above_zero():
         for h, d in zip(heads, (0.5, -0.6, 0.4, -0.7, 0.5))
     ]
     assert not _decision(rows, heads)["combine"]
+    assert not _decision(rows, heads, "sure_let", "candidates")["combine"]
+    rows = [{**r, "smoothed": r["sure_let"] + 0.2 + 0.01 * k} for k, r in enumerate(rows)]
+    assert _decision(rows, heads, "smoothed", "sure_let")["adopt"]
 
 
 def test_the_guard_family_crop_inside_the_head_leaves_no_air():

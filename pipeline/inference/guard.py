@@ -187,6 +187,9 @@ class SureGuard:
         seed: seeds the Monte-Carlo probe, so a scan gives the same output every run.
         combine: also score every output at once with weights of any sign (SURE-LET); ``False`` keeps to the
             network, its blend, single filters and non-negative pairs (``benchmarks.guard_family`` compares both).
+        network_widths: also score the network's output smoothed by Gaussian filters of these widths (voxels), for a
+            network that under-smooths; their divergences come from the same Monte-Carlo probe, whose second pass
+            then covers the head and the filters' reach around it.
 
     Raises:
         ValueError: a negative width, a non-positive ``sigma_255`` or an unknown method.
@@ -199,9 +202,10 @@ class SureGuard:
         noise_method: str = "auto",
         seed: int = 0,
         combine: bool = True,
+        network_widths: Sequence[float] = (),
     ) -> None:
-        if any(float(w) <= 0 for w in widths):
-            raise ValueError(f"widths must be positive (voxels), got {list(widths)}.")
+        if any(float(w) <= 0 for w in (*widths, *network_widths)):
+            raise ValueError(f"widths must be positive (voxels), got {[*widths, *network_widths]}.")
         if sigma_255 is not None and not float(sigma_255) > 0:
             raise ValueError(f"sigma_255 must be positive or None (estimate it), got {sigma_255!r}.")
         if noise_method not in NOISE_METHODS:
@@ -212,6 +216,7 @@ class SureGuard:
         self._warned_tissue = False
         self.seed = int(seed)
         self.combine = bool(combine)
+        self.network_widths = tuple(float(w) for w in network_widths)
 
     def noise(
         self, volume: np.ndarray, head: np.ndarray | None = None, reference: float | None = None
@@ -266,7 +271,9 @@ class SureGuard:
         generator = torch.Generator().manual_seed(self.seed)
         probe = torch.randn(y.shape, generator=generator)
         inside = torch.from_numpy(mask)
-        perturbed = predict((y + eps * probe).to(image), inside).detach().float().cpu().reshape(y.shape)
+        reach = _filter_reach(self.network_widths)  # the smoothed outputs read the second pass this far from the head
+        read = ndimage.maximum_filter(mask, size=2 * reach + 1) if reach else mask
+        perturbed = predict((y + eps * probe).to(image), torch.from_numpy(read)).detach().float().cpu().reshape(y.shape)
         flat = inside.reshape(-1)
         base = y.reshape(-1)[flat].double()
         net = pred.reshape(-1)[flat].double()
@@ -279,9 +286,17 @@ class SureGuard:
         for name, width in widths.items():  # only the head's voxels are kept; the chosen filter is run again below
             outputs[name] = torch.from_numpy(ndimage.gaussian_filter(volume, width)[mask]) - base
             centre[name] = gaussian_divergence(volume.shape, width, mask)
+        smoothed = {f"network, gaussian {width:g}": width for width in self.network_widths}
+        full_pred = pred.reshape(volume.shape).double().numpy()
+        change = perturbed.reshape(volume.shape).double().numpy() - full_pred if smoothed else None
+        for name, width in smoothed.items():  # linear: div(G f) is G of the probe's response, read within its reach
+            outputs[name] = torch.from_numpy(ndimage.gaussian_filter(full_pred, width)[mask]) - base
+            moved = torch.from_numpy(ndimage.gaussian_filter(change, width)[mask])
+            centre[name] = float((probe.reshape(-1)[flat].double() * moved).mean()) / eps
         if not (math.isfinite(divergence) and bool(torch.isfinite(outputs[_NETWORK]).all())):
             logger.warning("the network's output is not finite: the guard chooses among the filters and the input")
-            del outputs[_NETWORK], centre[_NETWORK]
+            for name in (_NETWORK, *smoothed):
+                del outputs[name], centre[name]
         weights, risks = _candidates(outputs, centre, sigma, self.combine)
         best = min(risks, key=lambda name: risks[name] if math.isfinite(risks[name]) else math.inf)
         gains = {name: 10.0 * math.log10(sigma**2 / max(risk, 1e-30)) for name, risk in risks.items()}
@@ -299,11 +314,13 @@ class SureGuard:
             gains = {name: math.nan for name in [*gains, best]}
         output = y.double().clone()
         for name, weight in weights[best].items():
-            full = (
-                pred.double() if name == _NETWORK else torch.from_numpy(ndimage.gaussian_filter(volume, widths[name]))
-            )
-            full = full.reshape(y.shape)
-            output += weight * (full - y.double())
+            if name == _NETWORK:
+                full = pred.double()
+            elif name in smoothed:
+                full = torch.from_numpy(ndimage.gaussian_filter(full_pred, smoothed[name]))
+            else:
+                full = torch.from_numpy(ndimage.gaussian_filter(volume, widths[name]))
+            output += weight * (full.reshape(y.shape) - y.double())
         report = GuardReport(
             sigma=sigma,
             sigma_255=255.0 * sigma / reference,
@@ -316,6 +333,11 @@ class SureGuard:
             head_voxels=int(mask.sum()),
         )
         return output.to(pred.dtype), report
+
+
+def _filter_reach(widths: Sequence[float]) -> int:
+    """How far (voxels) scipy's Gaussian filters of ``widths`` reach: the kernel's radius, ``int(4 w + 0.5)``."""
+    return max((int(4.0 * w + 0.5) for w in widths), default=0)
 
 
 def _candidates(
