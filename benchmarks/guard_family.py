@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     announce(
         "benchmarks.guard_family",
-        f"the guard with and without SURE-LET on {args.heads} generated heads at {args.levels}/255 (validation)",
+        f"three guards (candidates, SURE-LET, SURE-LET + smoothed network) on {args.heads} generated heads at "
+        f"{args.levels}/255 (validation)",
         "about 30 s per head and level on 2 cores",
     )
     model, _ = load_denoiser(default_weights())

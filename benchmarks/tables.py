@@ -578,7 +578,9 @@ def _target_cell(target: Mapping[str, Any]) -> str:
     """One measured target: its value (a ratio for speed, else dB) and whether it was met, or by how much missed."""
     ratio = "seconds" in target["target"]
     value = f"{target['value']:.1f}x" if ratio else f"{_signed(target['value'], 2)} dB"
-    verdict = "met" if target["met"] else f"**missed by {abs(target['margin']):.2f}{'' if ratio else ' dB'}**"
+    margin = target.get("margin")
+    by = f" by {abs(margin):.2f}{'' if ratio else ' dB'}" if _is_number(margin) else ""
+    verdict = "met" if target["met"] else f"**missed{by}**"
     return f"{target['target']}: {value} ({verdict})"
 
 

@@ -212,20 +212,30 @@ def test_the_demo_renders_every_classification_figure_with_its_interval_whatever
 def test_the_summary_draws_one_row_from_each_result_with_its_date_and_cpu(tmp_path):
     _write(tmp_path, "demo", {**_demo({"scratch": {"balanced_accuracy": 0.67}}, 0.78), "quick": True})
     targets = [{"target": "default - noisy input, every level", "value": 1.94, "met": True}]
-    targets.append({"target": "|SURE gain - true gain|", "value": 2.1, "met": False})
+    targets.append({"target": "|SURE gain - true gain|", "value": 2.1, "met": False, "margin": -1.6})
+    targets.append({"target": "BM4D seconds / default seconds", "value": 24.15, "met": True, "margin": 4.15})
+    targets.append({"target": "after site adaptation, default - BM4D, mean", "value": -0.41, "met": False})
     _write(tmp_path, "real", {"benchmark": "real_scans", "machine": _MACHINE, "targets": targets})
+    ratios = {"resunet3d (60 min) - BM4D, Gaussian 15 (target >= +1 dB)": "-0.14 dB, missed", "other": "x"}
+    _write(tmp_path, "quality", {"benchmark": "quality", "machine": _MACHINE, "ratios": ratios})
     _write(tmp_path, "gpu", {"benchmark": "transcribed", "source": "x", "machine": _MACHINE, "headline": "0.21 s"})
     rows = [
         {"what": "demo", "link": "docs/a.md", "result": "demo", "headline": "denoising"},
         {"what": "demo classification", "result": "demo", "headline": "classification"},
         {"what": "real heads", "result": "real", "headline": "targets"},
+        {"what": "adapted", "result": "real", "headline": "adaptation"},
+        {"what": "cohort", "result": "quality", "headline": "bm4d_target"},
         {"what": "GPU", "result": "gpu", "headline": "headline"},
     ]
     _write(tmp_path, "summary", {"benchmark": "summary", "rows": rows})
     body = report.render_block("summary", tmp_path)
     assert "| [demo](docs/a.md) | noisy 30.8, **ResUnet3D 30.8** | 2026-12-07, x86_64, a quick run |" in body
     assert "| demo classification | ResNet from scratch: balanced accuracy 0.67; logistic-regression floor:" in body
-    assert "| real heads | default - noisy input, every level: +1.94 dB (met) | 2026-12-07, AMD EPYC" in body
+    real = "| real heads | default - noisy input, every level: +1.94 dB (met); |SURE gain - true gain|: +2.10 dB"
+    assert real.replace("|SURE", "\\|SURE").replace("gain|", "gain\\|") + " (**missed by 1.60 dB**);" in body
+    assert "BM4D seconds / default seconds: 24.1x (met) | 2026-12-07, AMD EPYC" in body
+    assert "| adapted | after site adaptation, default - BM4D, mean: -0.41 dB (**missed**) |" in body
+    assert "| cohort | resunet3d (60 min) - BM4D, Gaussian 15 (target >= +1 dB): -0.14 dB, missed |" in body
     assert "| GPU | 0.21 s | 2026-12-07, AMD EPYC; transcribed, not re-measured |" in body
     _write(tmp_path, "summary", {"benchmark": "summary", "rows": [{**rows[0], "headline": "speed"}]})
     with pytest.raises(report.ResultsBlockError, match="no headline"):
