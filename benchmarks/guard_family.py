@@ -1,6 +1,9 @@
 """Which outputs should the inference guard combine? The network's candidates alone, or every output at once (SURE-LET)?
 
-Run: ``python -m benchmarks.guard_family [--heads 8] [--seed 3000] [--levels 5 15 25] [--out ...json]``.
+Run: ``python -m benchmarks.guard_family [--heads 8] [--seed 3000] [--levels 5 15 25] [--weights model.pt]
+[--out ...json]``; ``--compare A.json B.json`` then says whether the model of run B beats that of run A through the
+default guard (SURE-LET), paired by head: the 95 % t interval over heads of their mean difference (both cases, every
+level) above 0.
 
 Validation data only: generated whole heads (:func:`pipeline.data.synth.synth_volumes`, skull and scalp, contrasts
 T1/T2/PD in turn, Gaussian and Rician noise in turn, 2 mm and 1.5 mm in turn) from seeds the ready model never saw
@@ -26,9 +29,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,7 +41,7 @@ import torch
 
 from benchmarks._common import announce, default_out, format_table, head_mask, machine_info, write_json
 
-__all__ = ["generated_head", "generated_heads", "main", "score_head"]
+__all__ = ["compare", "generated_head", "generated_heads", "main", "score_head"]
 
 _CONTRASTS = ("t1", "t2", "pd")
 
@@ -164,13 +169,35 @@ def _decision(
     }
 
 
+def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Whether run ``b``'s model beats run ``a``'s through the default guard, paired by head (:func:`_decision`).
+
+    Raises:
+        ValueError: the runs did not score the same heads, levels and cases.
+    """
+    key = ("seed", "air", "level")
+    first = {tuple(r[k] for k in key): r for r in a["rows"]}
+    second = {tuple(r[k] for k in key): r for r in b["rows"]}
+    if first.keys() != second.keys():
+        raise ValueError("the two guard_family runs scored different heads, levels or cases")
+    rows = [{"seed": k[0], "a": first[k]["sure_let"], "b": second[k]["sure_let"]} for k in first]
+    heads = [{"seed": seed} for seed in sorted({k[0] for k in first})]
+    return {"models": [a.get("model"), b.get("model")], **_decision(rows, heads, "b", "a")}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.guard_family", description=__doc__.split("\n")[0])
     parser.add_argument("--heads", type=int, default=8, help="generated heads (the independent units)")
     parser.add_argument("--seed", type=int, default=3000, help="seed of the first head")
     parser.add_argument("--levels", type=float, nargs="+", default=[5.0, 15.0, 25.0], help="sigma on 0-255")
+    parser.add_argument("--weights", help="the denoiser to score (default: the ready denoiser the package ships)")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two runs' JSON: does B's model beat A's?")
     parser.add_argument("--out", default=str(default_out("guard_family")))
     args = parser.parse_args(argv)
+    if args.compare:
+        found = compare(*(json.loads(Path(path).read_text()) for path in args.compare))
+        print(f"{args.compare[1]} - {args.compare[0]}: {found}")
+        return found
 
     from benchmarks.real_scans import load_denoiser
     from pipeline.data.synth import load_tissue_maps
@@ -182,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{args.levels}/255 (validation)",
         "about 30 s per head and level on 2 cores",
     )
-    model, _ = load_denoiser(default_weights())
+    model, _ = load_denoiser(args.weights or default_weights())
     maps = load_tissue_maps(16.0, 1.0)
     heads = generated_heads(args.heads, args.seed)
     rows = [
@@ -203,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "guard_family",
         "command": "python -m benchmarks.guard_family " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine_info(),
-        "model": "pipeline.inference.ready (the shipped denoiser)",
+        "model": args.weights or "pipeline.inference.ready (the shipped denoiser)",
         "rows": rows,
         "decision": decision,
         "smoothing_decision": smoothing,

@@ -282,6 +282,32 @@ def test_the_guard_family_rule_needs_the_interval_over_heads_above_zero():
     assert _decision(rows, heads, "smoothed", "sure_let")["adopt"]
 
 
+def test_the_guard_family_compares_two_models_paired_by_head(tmp_path):
+    from benchmarks import guard_family
+
+    def run(model, shift):
+        rows = [
+            {"seed": seed, "air": air, "level": level, "sure_let": 30.0 + level / 10 + shift(seed)}
+            for seed in range(5)
+            for air in (True, False)
+            for level in (5.0, 25.0)
+        ]
+        return {"model": model, "rows": rows}
+
+    shipped = run("shipped", lambda seed: seed)  # heads differ a lot; the pairing removes that
+    better = run("new", lambda seed: seed + 0.2 + 0.02 * seed)
+    found = guard_family.compare(shipped, better)
+    assert found["adopt"] and found["models"] == ["shipped", "new"] and found["difference_db"][1] > 0
+    assert not guard_family.compare(better, shipped)["adopt"]
+    mixed = run("mixed", lambda seed: seed + (0.3 if seed % 2 else -0.3))
+    assert not guard_family.compare(shipped, mixed)["adopt"]
+    for name, data in (("a", shipped), ("b", better)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    assert guard_family.main(["--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")])["adopt"]
+    with pytest.raises(ValueError, match="different heads"):
+        guard_family.compare(shipped, {"rows": better["rows"][:-1]})
+
+
 def test_the_guard_family_crop_inside_the_head_leaves_no_air():
     from benchmarks.guard_family import _inside
 
