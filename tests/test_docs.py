@@ -216,8 +216,9 @@ def test_the_summary_draws_one_row_from_each_result_with_its_date_and_cpu(tmp_pa
     targets.append({"target": "BM4D seconds / default seconds", "value": 24.15, "met": True, "margin": 4.15})
     targets.append({"target": "after site adaptation, default - BM4D, mean", "value": -0.41, "met": False})
     _write(tmp_path, "real", {"benchmark": "real_scans", "machine": _MACHINE, "targets": targets})
-    ratios = {"resunet3d (60 min) - BM4D, Gaussian 15 (target >= +1 dB)": "-0.14 dB, missed", "other": "x"}
-    _write(tmp_path, "quality", {"benchmark": "quality", "machine": _MACHINE, "ratios": ratios})
+    summary = [{"method": "bm4d", "g15_psnr": 31.51}, {"method": "resunet3d (1 min)", "g15_psnr": 28.6}]
+    summary.append({"method": "resunet3d (60 min)", "g15_psnr": 31.37})
+    _write(tmp_path, "quality", {"benchmark": "quality", "machine": _MACHINE, "summary": summary})
     _write(tmp_path, "gpu", {"benchmark": "transcribed", "source": "x", "machine": _MACHINE, "headline": "0.21 s"})
     rows = [
         {"what": "demo", "link": "docs/a.md", "result": "demo", "headline": "denoising"},
@@ -235,7 +236,7 @@ def test_the_summary_draws_one_row_from_each_result_with_its_date_and_cpu(tmp_pa
     assert real.replace("|SURE", "\\|SURE").replace("gain|", "gain\\|") + " (**missed by 1.60 dB**);" in body
     assert "BM4D seconds / default seconds: 24.1x (met) | 2026-12-07, AMD EPYC" in body
     assert "| adapted | after site adaptation, default - BM4D, mean: -0.41 dB (**missed**) |" in body
-    assert "| cohort | resunet3d (60 min) - BM4D, Gaussian 15 (target >= +1 dB): -0.14 dB, missed |" in body
+    assert "| cohort | resunet3d (60 min) - BM4D (target >= +1 dB): -0.14 dB (**missed by 1.14 dB**) |" in body
     assert "| GPU | 0.21 s | 2026-12-07, AMD EPYC; transcribed, not re-measured |" in body
     _write(tmp_path, "summary", {"benchmark": "summary", "rows": [{**rows[0], "headline": "speed"}]})
     with pytest.raises(report.ResultsBlockError, match="no headline"):
