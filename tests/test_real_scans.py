@@ -203,6 +203,19 @@ def test_quick_run_scores_network_default_and_the_filters_side_by_side_and_write
     assert "The issue's targets" in printed
 
 
+def test_the_known_level_reaches_the_guard_on_the_scale_it_reads():
+    from benchmarks.real_scans.cli import _guard
+    from pipeline.inference.guard import SureGuard
+
+    (case,) = real_scans.noisy_cases([_scan(1.0, shape=(32, 32, 32))], ["gaussian"], [15.0], seed=0)[0]
+    assert _guard(case, known_level=False) is None  # the benchmark's default: SureGuard() with the blind estimate
+    guard = _guard(case, known_level=True)
+    image = case["noisy"] / robust_max(case["noisy"])  # what the default hands the guard
+    sigma, method, _ = guard.noise(image)
+    assert isinstance(guard, SureGuard) and method == "given"
+    assert sigma * robust_max(case["noisy"]) == pytest.approx(15.0 / 255, rel=1e-5)  # the added sigma, [0, 1] scale
+
+
 def test_adaptation_to_the_site_never_reads_the_reference(tmp_path):
     weights = make_model(tmp_path / "tiny" / "model.pt")
     model, _ = real_scans.load_denoiser(weights)

@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--adapt-iterations", type=int, default=200, help="adaptation steps at most")
     parser.add_argument("--adapt-loss", default="n2s", choices=LOSSES, help="adapt.yaml's adapt_loss")
     parser.add_argument("--adapt-criterion", default="sure", choices=CRITERIA, help="adapt.yaml's guard criterion")
+    parser.add_argument(
+        "--known-level",
+        action="store_true",
+        help="give the guard the added noise level (--noise-level) instead of its blind estimate: a diagnostic of "
+        "how much of SURE's error comes from the level",
+    )
     parser.add_argument("--fit-blind-rules", action="store_true", help="refit BLIND_RULES on generated heads, exit")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(default_out("real_scans")))
@@ -84,6 +90,20 @@ def _methods(skip: Sequence[str], model: torch.nn.Module | None) -> list[str]:
     return [m for m in METHODS if m not in skipped]
 
 
+def _guard(case: dict[str, Any], known_level: bool) -> Any:
+    """The default's guard: blind (``None``: ``SureGuard()``), or told the level added to ``case``.
+
+    The guard reads the level on the 0-255 scale of the scan it is given, which the default divides by its robust
+    maximum first, while the noise was added on the clean scan's [0, 1] scale.
+    """
+    if not known_level:
+        return None
+    from pipeline.inference.guard import SureGuard
+    from transforms.noise_level import robust_max
+
+    return SureGuard(sigma_255=case["level"] / robust_max(case["noisy"]))
+
+
 def _score_cases(
     cases: Sequence[dict[str, Any]], methods: list[str], model: torch.nn.Module | None, args: Any, bf16: bool
 ) -> list[dict[str, Any]]:
@@ -94,7 +114,7 @@ def _score_cases(
         print(f"bm4d: on {', '.join(args.bm4d_scans)} only (--bm4d-scans; about 225 us per voxel on 2 busy cores)")
     for case in cases:
         own = [m for m in methods if m != "bm4d" or args.bm4d_scans is None or case["scan"] in args.bm4d_scans]
-        mine = score_case(case, own, model, args.roi, args.overlap, bf16, args.quick)
+        mine = score_case(case, own, model, args.roi, args.overlap, bf16, args.quick, _guard(case, args.known_level))
         rows += mine
         progress.step(
             f"{case['scan']} {case['noise']} {case['level']:g}: PSNR head "
@@ -137,6 +157,7 @@ def _setup(
         "noise_seeds": "transforms.noise.item_seed(seed, '<scan>-<noise>-<level>')",
         "crop": args.crop,
         "methods": methods,
+        "guard_level": "the added level, given (--known-level)" if args.known_level else "blind estimate",
         "weights": None if weights is None else str(weights),
         "network_def": card.get("network_def"),
         "roi": args.roi,
