@@ -454,20 +454,17 @@ def _guard_family(data: dict[str, Any]) -> str:
     headers = ["volume", "level (/255)", "heads", "noisy", "network", *(titles[g] for g in guards)]
     errors = [f"worst SURE error, Gaussian ({names})", "worst SURE error, Rician"]
     lines = [_table([*headers, *errors], body), ""]
-    for where, found in data.get("decision", {}).items():
-        mean, low, high = found["difference_db"]
-        verdict = "combine" if found["combine"] else "do not combine"
-        lines.append(
-            f"- {where}: SURE-LET - candidates {mean:+.2f} dB [{low:+.2f}, {high:+.2f}] "
-            f"({found['heads']} heads): {verdict}."
-        )
-    for where, found in data.get("smoothing_decision", {}).items():
-        mean, low, high = found["difference_db"]
-        verdict = "above 0" if found["adopt"] else "not above 0"
-        lines.append(
-            f"- {where}: with the smoothed network - without {mean:+.2f} dB [{low:+.2f}, {high:+.2f}] "
-            f"({found['heads']} heads): {verdict}."
-        )
+    rules = (
+        ("decision", "SURE-LET - candidates", "combine", ("combine", "do not combine")),
+        ("smoothing_decision", "with the smoothed network - without", "adopt", ("above 0", "not above 0")),
+    )
+    for key, contrast, flag, (yes, no) in rules:
+        for where, found in data.get(key, {}).items():
+            mean, low, high = found["difference_db"]
+            lines.append(
+                f"- {where}: {contrast} {mean:+.2f} dB [{low:+.2f}, {high:+.2f}] ({found['heads']} heads): "
+                f"{yes if found[flag] else no}."
+            )
     return "\n".join(lines)
 
 

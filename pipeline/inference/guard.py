@@ -289,8 +289,8 @@ class SureGuard:
             outputs[name] = torch.from_numpy(ndimage.gaussian_filter(volume, width)[mask]) - base
             centre[name] = gaussian_divergence(volume.shape, width, mask)
         smoothed = {f"network, gaussian {width:g}": width for width in self.network_widths}
-        full_pred = pred.reshape(volume.shape).double().numpy()
-        if smoothed:
+        if smoothed:  # a float64 copy of the whole output, made only when the option is on
+            full_pred = pred.reshape(volume.shape).double().numpy()
             change = (perturbed.reshape(volume.shape).double().numpy() - full_pred) / eps
             for name, width in smoothed.items():
                 smooth, centre[name] = _smoothed(full_pred, change, probe.reshape(volume.shape), mask, width)
